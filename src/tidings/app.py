@@ -1,0 +1,95 @@
+"""The FastAPI application: API routers, webhooks, and (when asked) the worker in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tidings import __version__
+from tidings.config import Settings
+from tidings.db import Database
+from tidings.errors import ApiError
+from tidings.secrets import SecretBox
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None, run_worker: bool = False) -> FastAPI:
+    """Build the app. The database must already be migrated (``tidings serve`` and the tests do it)."""
+    settings = settings or Settings.from_env()
+    db = db or Database(settings.database_url)
+    box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker_task = None
+        stop = asyncio.Event()
+        if run_worker:
+            from tidings.worker import Worker
+
+            worker = Worker(db, settings, box)
+            app.state.worker = worker
+            worker_task = asyncio.create_task(worker.run(stop))
+        yield
+        if worker_task is not None:
+            stop.set()
+            await worker_task
+
+    app = FastAPI(
+        title="Tidings",
+        version=__version__,
+        description=(
+            "Self-hosted WhatsApp engagement platform. Authenticate every `/api/v1` call with HTTP Basic "
+            "(`account_id:passcode`) or the CleverTap headers `X-CleverTap-Account-Id` and "
+            "`X-CleverTap-Passcode`. Errors are JSON: `{\"code\", \"message\"}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.box = box
+    app.state.worker = None
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(err.get("loc", ())), "message": err.get("msg", "")} for err in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "message": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"][1:]) or "body"
+        return JSONResponse(
+            {"code": "validation_error", "message": f"{where}: {first['message']}", "details": details},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+
+    from tidings.campaigns.api import router as campaigns_router
+    from tidings.profiles.api import router as ingest_router
+    from tidings.templates.api import router as templates_router
+    from tidings.webhooks.api import router as webhooks_router
+
+    app.include_router(ingest_router)
+    app.include_router(templates_router)
+    app.include_router(campaigns_router)
+    app.include_router(webhooks_router)
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app

@@ -1,0 +1,74 @@
+"""Settings, read only from ``TIDINGS_*`` environment variables (each is documented in the README)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TIDINGS_{name}", default)
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"TIDINGS_{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """How the built-in WhatsApp sandbox behaves (rates are probabilities from 0 to 1)."""
+
+    delivery_rate: float = 0.95
+    read_rate: float = 0.7
+    reply_rate: float = 0.1
+    failure_rate: float = 0.02
+    min_latency: float = 0.05
+    max_latency: float = 0.5
+    seed: str | None = None
+
+    @classmethod
+    def from_env(cls) -> SandboxSettings:
+        return cls(
+            delivery_rate=_float("SANDBOX_DELIVERY_RATE", cls.delivery_rate),
+            read_rate=_float("SANDBOX_READ_RATE", cls.read_rate),
+            reply_rate=_float("SANDBOX_REPLY_RATE", cls.reply_rate),
+            failure_rate=_float("SANDBOX_FAILURE_RATE", cls.failure_rate),
+            min_latency=_float("SANDBOX_MIN_LATENCY", cls.min_latency),
+            max_latency=_float("SANDBOX_MAX_LATENCY", cls.max_latency),
+            seed=_env("SANDBOX_SEED", "") or None,
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    public_url: str
+    secret_key: str | None
+    dispatch_batch: int = 200
+    dispatch_concurrency: int = 64
+    poll_interval: float = 0.2
+    lease_seconds: float = 60.0
+    max_attempts: int = 5
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = Path(_env("DATA_DIR", "./var"))
+        return cls(
+            data_dir=data_dir,
+            database_url=_env("DATABASE_URL", f"sqlite:///{data_dir / 'tidings.db'}"),
+            public_url=_env("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
+            secret_key=_env("SECRET_KEY", "") or None,
+            dispatch_batch=int(_float("DISPATCH_BATCH", cls.dispatch_batch)),
+            dispatch_concurrency=int(_float("DISPATCH_CONCURRENCY", cls.dispatch_concurrency)),
+            poll_interval=_float("POLL_INTERVAL", cls.poll_interval),
+            lease_seconds=_float("LEASE_SECONDS", cls.lease_seconds),
+            max_attempts=int(_float("MAX_ATTEMPTS", cls.max_attempts)),
+            sandbox=SandboxSettings.from_env(),
+        )

@@ -1,0 +1,66 @@
+"""FastAPI dependencies shared by every router: the unit of work and the caller's account."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from tidings.accounts.models import Account
+from tidings.accounts.service import authenticate
+from tidings.config import Settings
+from tidings.db import Database
+from tidings.errors import ApiError
+from tidings.secrets import SecretBox
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_box(request: Request) -> SecretBox:
+    box: SecretBox = request.app.state.box
+    return box
+
+
+def _session(request: Request) -> Iterator[Session]:
+    """One transaction per request: committed when the handler returns, rolled back if it raises."""
+    with get_db(request).session() as session:
+        yield session
+
+
+# scope="function": the commit happens before the response is sent, so a client never reads stale data.
+DbSession = Annotated[Session, Depends(_session, scope="function")]
+
+
+def credentials(request: Request) -> tuple[str | None, str | None]:
+    """Account id and passcode from the CleverTap headers, or from HTTP Basic (``id:passcode``)."""
+    account_id = request.headers.get("x-clevertap-account-id") or request.headers.get("x-tidings-account-id")
+    passcode = request.headers.get("x-clevertap-passcode") or request.headers.get("x-tidings-passcode")
+    auth = request.headers.get("authorization", "")
+    if not account_id and auth.lower().startswith("basic "):
+        try:
+            account_id, _, passcode = base64.b64decode(auth[6:]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None, None
+    return account_id, passcode
+
+
+def _current_account(request: Request, session: DbSession) -> Account:
+    account = authenticate(session, *credentials(request))
+    if account is None:
+        raise ApiError(401, "unauthorized", "missing or wrong account id / passcode")
+    return account
+
+
+CurrentAccount = Annotated[Account, Depends(_current_account)]

@@ -1,0 +1,22 @@
+"""Every table, imported in one place so that Alembic sees the whole schema."""
+
+from tidings.accounts.models import Account, Integration
+from tidings.campaigns.models import Campaign
+from tidings.conversations.models import InboundMessage
+from tidings.db import Base
+from tidings.delivery.models import Message, PendingStatus
+from tidings.profiles.models import Event, Profile
+from tidings.templates.models import Template
+
+__all__ = [
+    "Account",
+    "Base",
+    "Campaign",
+    "Event",
+    "InboundMessage",
+    "Integration",
+    "Message",
+    "PendingStatus",
+    "Profile",
+    "Template",
+]
