@@ -21,7 +21,9 @@ from tidings.secrets import SecretBox
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, run_worker: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, db: Database | None = None, run_worker: bool = False
+) -> FastAPI:
     """Build the app. The database must already be migrated (``tidings serve`` and the tests do it)."""
     settings = settings or Settings.from_env()
     db = db or Database(settings.database_url)
@@ -48,7 +50,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None, run
         description=(
             "Self-hosted WhatsApp engagement platform. Authenticate every `/api/v1` call with HTTP Basic "
             "(`account_id:passcode`) or the CleverTap headers `X-CleverTap-Account-Id` and "
-            "`X-CleverTap-Passcode`. Errors are JSON: `{\"code\", \"message\"}`."
+            '`X-CleverTap-Passcode`. Errors are JSON: `{"code", "message"}`.'
         ),
         lifespan=lifespan,
     )
@@ -63,9 +65,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None, run
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(err.get("loc", ())), "message": err.get("msg", "")} for err in exc.errors()
-        ]
+        details = [{"loc": list(err.get("loc", ())), "message": err.get("msg", "")} for err in exc.errors()]
         first = details[0] if details else {"loc": [], "message": "invalid request"}
         where = ".".join(str(p) for p in first["loc"][1:]) or "body"
         return JSONResponse(
