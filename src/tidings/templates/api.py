@@ -1,3 +1,69 @@
-from fastapi import APIRouter
+"""Templates API: a thin router over ``tidings.templates.service``."""
 
-router = APIRouter()
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+
+from tidings.deps import CurrentAccount, DbSession
+from tidings.templates import service
+from tidings.templates.schemas import ErrorBody, TemplateCreate, TemplateOut, TemplateUpdate
+
+router = APIRouter(prefix="/api/v1/templates", tags=["templates"])
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "Missing or wrong account id / passcode (`unauthorized`).",
+        404: "No such template in this account (`not_found`).",
+        409: "`template_exists`: same name and language already; `template_in_use`: a campaign uses it.",
+        422: "Refused input: `validation_error` for a malformed request (missing field, wrong type, unknown "
+        "field), or `invalid_<field>` (`invalid_name`, `invalid_body`, `invalid_language`, "
+        "`invalid_category`, `invalid_status`, `invalid_provider_template_id`) for a value the template "
+        "rules refuse; `message` says why.",
+    }
+    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
+
+
+@router.post("", status_code=201, response_model=TemplateOut, responses=_errors(401, 409, 422))
+def create_template(payload: TemplateCreate, session: DbSession, account: CurrentAccount) -> TemplateOut:
+    """Add a template by hand (registered as already approved at the provider unless `status` says)."""
+    template = service.create_template(session, account.id, **payload.model_dump())
+    return TemplateOut.model_validate(template)
+
+
+@router.get("", response_model=list[TemplateOut], responses=_errors(401, 422))
+def list_templates(
+    session: DbSession,
+    account: CurrentAccount,
+    status: str | None = Query(default=None, description="Only templates with this status (any case)."),
+    name: str | None = Query(
+        default=None, description="Only templates with this full name `<namespace>:<name>` (all languages)."
+    ),
+) -> list[TemplateOut]:
+    """The account's templates, ordered by name and language."""
+    templates = service.list_templates(session, account.id, status=status, name=name)
+    return [TemplateOut.model_validate(t) for t in templates]
+
+
+@router.get("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 422))
+def get_template(template_id: int, session: DbSession, account: CurrentAccount) -> TemplateOut:
+    return TemplateOut.model_validate(service.get_template(session, account.id, template_id))
+
+
+@router.patch("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 409, 422))
+def update_template(
+    template_id: int, payload: TemplateUpdate, session: DbSession, account: CurrentAccount
+) -> TemplateOut:
+    """Change the fields sent; the template is validated again (a new body gives a new `variable_count`)."""
+    template = service.update_template(session, account.id, template_id, **payload.changes())
+    return TemplateOut.model_validate(template)
+
+
+@router.delete(
+    "/{template_id}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 422)
+)
+def delete_template(template_id: int, session: DbSession, account: CurrentAccount) -> None:
+    """Delete a template; refused with `template_in_use` while a campaign uses it."""
+    service.delete_template(session, account.id, template_id)
