@@ -6,17 +6,31 @@ specification ``vonage-messages-openapi.yml``. The sandbox speaks this webhook f
 
 from __future__ import annotations
 
+import base64
+import email.utils
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from tidings.providers.base import InboundReply, Status, StatusUpdate, WebhookError
+from tidings.providers.base import (
+    InboundReply,
+    OutboundMessage,
+    Provider,
+    SendResult,
+    Status,
+    StatusUpdate,
+    WebhookError,
+)
 
 _STATUSES = {
     "submitted": Status.SENT,
@@ -114,8 +128,9 @@ def parse_inbound(payload: Mapping[str, Any]) -> InboundReply:
     """An inbound WhatsApp message as an ``InboundReply``."""
     if not payload.get("message_uuid") or not payload.get("from"):
         raise WebhookError(400, "not a Vonage inbound webhook (message_uuid and from are required)")
-    context = payload.get("context") if isinstance(payload.get("context"), Mapping) else {}
-    profile = payload.get("profile") if isinstance(payload.get("profile"), Mapping) else {}
+    raw_context, raw_profile = payload.get("context"), payload.get("profile")
+    context: Mapping[str, Any] = raw_context if isinstance(raw_context, Mapping) else {}
+    profile: Mapping[str, Any] = raw_profile if isinstance(raw_profile, Mapping) else {}
     return InboundReply(
         provider_message_id=str(payload["message_uuid"]),
         from_phone=_e164(payload["from"]),
@@ -125,3 +140,322 @@ def parse_inbound(payload: Mapping[str, Any]) -> InboundReply:
         context_message_id=context.get("message_uuid"),
         profile_name=profile.get("name"),
     )
+
+
+# --- sending ----------------------------------------------------------------------------------------
+
+DEFAULT_BASE_URL = "https://api.nexmo.com"
+JWT_LIFETIME = 15 * 60  # seconds: the official SDK's default ``exp = iat + 15 min`` (reference §1.2)
+JWT_RENEW_MARGIN = 5 * 60  # a cached token is replaced this long before it expires
+MAX_CLIENT_REF = 100  # characters (reference §1.3; it was 40 in v0.1)
+
+# Problem codes that say "try again later" even on a 4xx answer: 1000 throttled, 1030 internal error,
+# 1331 provider error, retry in a few minutes (reference §1.5, spec ``x-errors``).
+RETRY_CODES = frozenset({"1000", "1030", "1331"})
+_RETRY_STATUSES = frozenset({408, 425, 429})
+_BSUID = re.compile(r"^[A-Z]{2}\.\d{1,40}$")  # WhatsApp business-scoped user id, e.g. US.13491208655302741918
+
+
+def vonage_template_name(name: str, *, legacy: bool = False) -> str:
+    """The template name to put in ``template.name`` for a Tidings template named ``<namespace>:<name>``.
+
+    Vonage Messages API v1 takes the plain WhatsApp template name: the official spec's ``Template.name``
+    example is ``verify`` and the current v1 snippet (``send-mtm.sh``) passes only the name. The
+    ``namespace:name`` form belongs to the legacy v0.1 API (its spec's example is
+    ``example_namespace:verify``; the SDK docstring still repeats it). See
+    ../shared/reference/whatsapp-providers-and-clevertap.md §1.3. So the part after the last ``:`` is sent,
+    unless ``legacy`` asks for the full ``namespace:name``.
+    """
+    return name if legacy else name.rpartition(":")[2]
+
+
+def _digits(number: str, what: str) -> str:
+    value = number.strip().removeprefix("+")
+    if not value.isdigit():
+        raise ValueError(f"{what} must be an E.164 number, got {number!r}")
+    return value
+
+
+def _recipient(to: str) -> str:
+    """``to`` for Vonage: E.164 digits without the '+' (7 to 15 digits), or a WhatsApp BSUID as it is."""
+    value = to.strip()
+    if _BSUID.match(value):
+        return value
+    digits = value.removeprefix("+")
+    if not digits.isdigit() or not 7 <= len(digits) <= 15:
+        raise ValueError(f"recipient {to!r} is not an E.164 number")
+    return digits
+
+
+def _load_private_key(pem: str) -> RSAPrivateKey:
+    text = pem.strip()
+    if "\n" not in text and "\\n" in text:  # a PEM pasted into one environment variable line
+        text = text.replace("\\n", "\n")
+    try:
+        key = serialization.load_pem_private_key(text.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"private_key is not a PEM private key: {exc}") from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError("private_key must be an RSA key (Vonage application JWTs are RS256)")
+    return key
+
+
+def _messages_url(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def problem_code(problem: Mapping[str, Any]) -> str | None:
+    """The Vonage code of an RFC 7807 problem: the number after '#' in ``type`` (…/messages#1022), or a
+    numeric ``title`` (the v1 status-webhook shape); ``None`` when there is none (…/api-errors#unauthorized).
+    """
+    fragment = str(problem.get("type") or "").rpartition("#")[2].strip()
+    if fragment.isdigit():
+        return fragment
+    title = str(problem.get("title") or "").strip()
+    return title if title.isdigit() else None
+
+
+def _problem_detail(problem: Mapping[str, Any], response: httpx.Response) -> str:
+    parts = [str(problem[k]).strip() for k in ("title", "detail") if problem.get(k)]
+    text = ": ".join(p for p in parts if p)
+    invalid = problem.get("invalid_parameters")
+    if isinstance(invalid, list):
+        reasons = [
+            f"{item.get('name')}: {item.get('reason')}" for item in invalid if isinstance(item, Mapping)
+        ]
+        if reasons:
+            text = f"{text} ({'; '.join(reasons)})" if text else "; ".join(reasons)
+    if not text:
+        text = response.text.strip()[:300] or f"HTTP {response.status_code}"
+    return text
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """``Retry-After`` in seconds: a number (what Vonage sends) or an HTTP date (RFC 9110)."""
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
+
+
+def classify_response(response: httpx.Response) -> SendResult:
+    """A ``SendResult`` for Vonage's answer to ``POST /v1/messages``.
+
+    202 with ``message_uuid``: accepted. Errors are RFC 7807 problems: 429 (with ``Retry-After``), 5xx, 408
+    and the codes in ``RETRY_CODES`` are worth retrying; everything else (401, 402, 404, 422 with 1022
+    invalid template, 1120 invalid sender, 1150 invalid params, 1300 not on WhatsApp, 1340 outside the
+    24-hour window, …) fails this send. ``error_code`` is Vonage's code, else ``http_<status>``.
+    """
+    status = response.status_code
+    problem = _problem(response)
+    if 200 <= status < 300:
+        message_uuid = problem.get("message_uuid")
+        if isinstance(message_uuid, str) and message_uuid:
+            return SendResult.accepted(message_uuid)
+        # Vonage may have taken it: never retry blindly (DESIGN invariant 3); webhooks carry client_ref.
+        return SendResult.failed(
+            "outcome_unknown", f"HTTP {status} without message_uuid: {response.text[:200]}"
+        )
+    code = problem_code(problem) or f"http_{status}"
+    detail = _problem_detail(problem, response)
+    if status >= 500 or status in _RETRY_STATUSES or code in RETRY_CODES:
+        return SendResult.retry(code, detail, _retry_after(response.headers))
+    return SendResult.failed(code, detail)
+
+
+def _transport_detail(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class VonageProvider(Provider):
+    """WhatsApp through the Vonage Messages API v1: ``POST {base_url}/v1/messages`` in the flat v1 format.
+
+    Authentication (reference §1.2): with ``application_id`` and the application's PEM ``private_key``, a
+    JWT signed RS256 with claims ``application_id``, ``iat``, ``jti`` (uuid4) and ``exp`` (``iat`` + 15 min),
+    as the official SDK makes it, cached and renewed 5 minutes before it expires; otherwise Basic with
+    ``api_key``:``api_secret``. JWT wins when both are given, as in the SDK.
+
+    Bodies (reference §1.3, spec ``OutboundWhatsAppText`` / ``OutboundWhatsAppTemplate``):
+
+    - ``message.text`` set: ``message_type: "text"``.
+    - a template: ``message_type: "template"``, ``whatsapp: {policy: "deterministic", locale}``,
+      ``template: {name, parameters}`` (strings for ``{{1}}``, ``{{2}}``, …; omitted when there are none).
+      The name sent is the plain template name (the part after ``namespace:``), which is what v1 takes;
+      ``legacy_template_names=True`` sends the full ``namespace:name`` of the v0.1 API. See
+      ``vonage_template_name``.
+    - a template with ``header_params`` or ``button_params``: the ``template`` type cannot carry them, so it
+      goes as ``message_type: "custom"``, Meta's template object passed through (reference §1.3,
+      ``send-media-mtm.sh``): ``header_params`` are the header component's parameters
+      (``[{"type": "image", "image": {"link": …}}]``), each of ``button_params`` is one button component
+      (``{"sub_type": "url", "index": "0", "parameters": [...]}``), and the language code is written with
+      an underscore (``en_GB``).
+
+    ``send`` never raises for HTTP or network errors; see ``classify_response``. A connection that could
+    not be made (``connect_error``, ``connect_timeout``) is safe to retry; a ``timeout`` or
+    ``network_error`` after the request went out is retried too, though Vonage may have accepted it.
+    """
+
+    kind = "vonage"
+
+    def __init__(
+        self,
+        *,
+        sender: str,
+        base_url: str = DEFAULT_BASE_URL,
+        application_id: str | None = None,
+        private_key: str | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        timeout: float = 15.0,
+        http: httpx.AsyncClient | None = None,
+        legacy_template_names: bool = False,
+    ) -> None:
+        self.sender = _digits(sender, "sender")
+        self.url = _messages_url(base_url)
+        self.legacy_template_names = legacy_template_names
+        self._timeout = timeout
+        self._application_id: str | None = None
+        self._private_key: RSAPrivateKey | None = None
+        self._basic: str | None = None
+        if application_id or private_key:
+            if not (application_id and private_key):
+                raise ValueError("Vonage JWT authentication needs both application_id and private_key")
+            self._application_id = application_id
+            self._private_key = _load_private_key(private_key)
+        elif api_key or api_secret:
+            if not (api_key and api_secret):
+                raise ValueError("Vonage Basic authentication needs both api_key and api_secret")
+            self._basic = "Basic " + base64.b64encode(f"{api_key}:{api_secret}".encode()).decode()
+        else:
+            raise ValueError(
+                "Vonage needs credentials: application_id + private_key (JWT) or api_key + api_secret (Basic)"
+            )
+        self._token: str | None = None
+        self._token_renew_at = 0.0
+        self._clock = time.time  # tests move it to check renewal
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=30.0),
+            headers={"Accept": "application/json", "User-Agent": "tidings"},
+        )
+
+    @property
+    def auth_scheme(self) -> str:
+        """``"jwt"`` or ``"basic"``."""
+        return "jwt" if self._private_key is not None else "basic"
+
+    def authorization(self) -> str:
+        """The ``Authorization`` header for the next request (a cached JWT, renewed before it expires)."""
+        if self._private_key is None:
+            assert self._basic is not None
+            return self._basic
+        now = self._clock()
+        if self._token is None or now >= self._token_renew_at:
+            iat = int(now)
+            claims = {
+                "application_id": self._application_id,
+                "iat": iat,
+                "jti": str(uuid.uuid4()),
+                "exp": iat + JWT_LIFETIME,
+            }
+            self._token = jwt.encode(claims, self._private_key, algorithm="RS256")
+            self._token_renew_at = iat + JWT_LIFETIME - JWT_RENEW_MARGIN
+        return "Bearer " + self._token
+
+    def request_body(self, message: OutboundMessage) -> dict[str, Any]:
+        """The JSON body for ``message``; ``ValueError`` when it cannot be sent as it is."""
+        if len(message.client_ref) > MAX_CLIENT_REF:
+            raise ValueError(f"client_ref is longer than {MAX_CLIENT_REF} characters")
+        body: dict[str, Any] = {
+            "channel": "whatsapp",
+            "to": _recipient(message.to),
+            "from": self.sender,
+            "client_ref": message.client_ref,
+        }
+        if message.text is not None:
+            if not message.text:
+                raise ValueError("empty text")
+            body.update(message_type="text", text=message.text)
+            return body
+        if not message.template_name:
+            raise ValueError("a message needs a template_name or a text")
+        name = vonage_template_name(message.template_name, legacy=self.legacy_template_names)
+        if message.header_params or message.button_params:
+            body.update(message_type="custom", custom=self._custom_template(message, name))
+            return body
+        template: dict[str, Any] = {"name": name}
+        if message.params:
+            template["parameters"] = [str(p) for p in message.params]
+        body.update(
+            message_type="template",
+            whatsapp={"policy": "deterministic", "locale": message.language},
+            template=template,
+        )
+        return body
+
+    @staticmethod
+    def _custom_template(message: OutboundMessage, name: str) -> dict[str, Any]:
+        components: list[dict[str, Any]] = []
+        if message.header_params:
+            components.append({"type": "header", "parameters": [dict(p) for p in message.header_params]})
+        if message.params:
+            components.append(
+                {"type": "body", "parameters": [{"type": "text", "text": str(p)} for p in message.params]}
+            )
+        components.extend({"type": "button", **button} for button in message.button_params)
+        return {
+            "type": "template",
+            "template": {
+                "name": name,
+                "language": {"policy": "deterministic", "code": message.language.replace("-", "_")},
+                "components": components,
+            },
+        }
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        try:
+            body = self.request_body(message)
+        except ValueError as exc:
+            return SendResult.failed("invalid_message", str(exc))
+        try:
+            response = await self._http.post(
+                self.url,
+                json=body,
+                headers={"Authorization": self.authorization()},
+                timeout=self._timeout,
+            )
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return SendResult.retry("connect_timeout", _transport_detail(exc))
+        except httpx.TimeoutException as exc:
+            return SendResult.retry("timeout", _transport_detail(exc))
+        except httpx.ConnectError as exc:
+            return SendResult.retry("connect_error", _transport_detail(exc))
+        except httpx.TransportError as exc:
+            return SendResult.retry("network_error", _transport_detail(exc))
+        return classify_response(response)
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()

@@ -1,0 +1,2 @@
+"""Stand-ins for the providers' HTTP APIs: small servers on loopback that check every request against the
+provider's official OpenAPI specification, record it, and answer as scripted."""
