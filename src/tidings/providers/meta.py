@@ -1,0 +1,677 @@
+"""Meta WhatsApp Cloud API (Graph API v23.0): sending, webhooks and template sync.
+
+Wire formats: ../shared/reference/whatsapp-providers-and-clevertap.md §2 and Meta's official specification
+``meta-business-messaging-api_v23.0.yaml`` (request body ``components/schemas/Message``, answer
+``MessageResponsePayload``, errors ``GraphAPIError``). Nothing outside this module knows these shapes.
+
+Error classes (Meta says to build logic on ``error.code``, not on titles):
+
+* transient, so ``SendResult.retry``: throughput and rate limits (130429, 131056, 80007, 4, 17, 32, 613),
+  the throughput upgrade (131057), Meta-side failures (1, 2, 131000, 131016, 133004), any error Meta marks
+  ``is_transient``, any other 5xx, HTTP 429, time-outs and connection errors. ``Retry-After`` is honoured.
+* 131049 (Meta held back a marketing template to protect the user's experience) and 131048 (the number's
+  quality-based spam rate limit): retried, but only after ``PER_USER_MARKETING_RETRY_AFTER`` seconds (one
+  hour). Meta says not to resend at once but later, at growing intervals; the dispatcher grows the delay
+  with the attempt number.
+* everything else is permanent for this send, so ``SendResult.failed``: 131047 (outside the 24-hour
+  window: only a template can reach the user), 131026 (undeliverable), 131050 (user stopped marketing),
+  131051, 132000-132016 (template problems), 100/131008/131009 (bad request), 0/190 (auth), 10/200-299
+  (permission), 133010 (number not registered), 368 (policy block), 131031 (account locked), any other 4xx.
+  A 2xx answer without ``messages[0].id`` fails as ``bad_response`` rather than being resent: Meta may have
+  taken the message, and its status webhook (with our ``biz_opaque_callback_data``) can still say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from tidings.providers.base import (
+    InboundReply,
+    OutboundMessage,
+    Provider,
+    SendResult,
+    Status,
+    StatusUpdate,
+    TemplateStatusUpdate,
+    WebhookError,
+    WebhookEvent,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v23.0"
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+# Seconds to wait before retrying a message Meta held back under the per-user marketing limit (131049).
+PER_USER_MARKETING_RETRY_AFTER = 3600.0
+
+# Meta error codes that say "try again later".
+TRANSIENT_CODES = frozenset(
+    {
+        1,  # API unknown
+        2,  # API service (temporary downtime)
+        4,  # application request limit reached
+        17,  # user request limit reached
+        32,  # page request limit reached
+        613,  # calls to this API exceed the rate limit
+        80007,  # WhatsApp Business Account rate limit
+        130429,  # Cloud API throughput reached
+        131000,  # something went wrong
+        131016,  # service unavailable
+        131056,  # (business, consumer) pair rate limit
+        131057,  # account in maintenance mode (throughput upgrade)
+        133004,  # server temporarily unavailable
+    }
+)
+# Codes retried only after ``PER_USER_MARKETING_RETRY_AFTER``: the per-user marketing limit (131049) and the
+# quality-based spam rate limit of the sender number (131048), which an immediate retry only makes worse.
+LONG_RETRY_CODES = frozenset({131048, 131049})
+# Codes that are permanent even though Meta's table gives some of them 5xx-like wording.
+PERMANENT_CODES = frozenset(
+    {
+        0,  # AuthException
+        10,  # permission denied
+        100,  # invalid parameter
+        190,  # access token expired or invalid
+        368,  # temporarily blocked for policy violations
+        130472,  # user's number is part of an experiment
+        131008,  # required parameter missing
+        131009,  # parameter value invalid
+        131021,  # recipient cannot be the sender
+        131026,  # message undeliverable
+        131031,  # account locked
+        131042,  # business eligibility payment issue
+        131047,  # re-engagement message: more than 24 hours since the user's last reply
+        131050,  # user stopped marketing messages
+        131051,  # unsupported message type
+        131052,  # media download error
+        131053,  # media upload error
+        133010,  # phone number not registered
+    }
+)
+
+
+def _is_permanent(code: int) -> bool:
+    return code in PERMANENT_CODES or 200 <= code <= 299 or 132000 <= code <= 132999
+
+
+# --- sending ----------------------------------------------------------------------------------------
+
+
+def _digits(phone: str) -> str:
+    return re.sub(r"\D", "", phone)
+
+
+def template_name(name: str) -> str:
+    """Meta's template name for our ``"<namespace>:<name>"``: Meta names carry no namespace."""
+    return name.split(":", 1)[1] if ":" in name else name
+
+
+def _header_components(header_params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The header component: ``header_params`` are its parameters (``{"type": "image", "image": {...}}``,
+    ``{"type": "text", "text": ...}``), or already a whole ``{"type": "header", "parameters": [...]}``."""
+    if all(p.get("type") == "header" for p in header_params):
+        return [dict(p) for p in header_params]
+    return [{"type": "header", "parameters": [dict(p) for p in header_params]}]
+
+
+def _button_components(button_params: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Button components from ``OutboundMessage.button_params``.
+
+    Each item is either a whole button component in Meta's shape
+    (``{"type": "button", "sub_type": "url", "index": "0", "parameters": [...]}``; ``type`` may be left out)
+    or one bare button parameter (``{"type": "payload", ...}`` for a quick reply, ``{"type": "text", ...}``
+    for a URL suffix), which becomes the component of the button at its position in the list.
+    """
+    components: list[dict[str, Any]] = []
+    for index, item in enumerate(button_params):
+        if item.get("type") == "button" or "sub_type" in item or "parameters" in item:
+            component = {"type": "button", **item}
+            component["index"] = str(component.get("index", index))
+            components.append(component)
+        else:
+            sub_type = "quick_reply" if item.get("type") == "payload" else "url"
+            components.append(
+                {"type": "button", "sub_type": sub_type, "index": str(index), "parameters": [dict(item)]}
+            )
+    return components
+
+
+def build_message_body(message: OutboundMessage) -> dict[str, Any]:
+    """The JSON body of ``POST /{Version}/{Phone-Number-ID}/messages`` for ``message``.
+
+    A template wins when both ``template_name`` and ``text`` are set: it is the one that can be delivered
+    outside the 24-hour window. ``biz_opaque_callback_data`` carries our ``client_ref`` on every message;
+    Meta echoes it in the status webhooks, which is how an unknown outcome is reconciled.
+    """
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": _digits(message.to),
+    }
+    if message.template_name:
+        components: list[dict[str, Any]] = []
+        if message.header_params:
+            components.extend(_header_components(message.header_params))
+        if message.params:
+            components.append(
+                {"type": "body", "parameters": [{"type": "text", "text": str(p)} for p in message.params]}
+            )
+        components.extend(_button_components(message.button_params))
+        template: dict[str, Any] = {
+            "name": template_name(message.template_name),
+            "language": {"policy": "deterministic", "code": message.language},
+        }
+        if components:
+            template["components"] = components
+        body["type"] = "template"
+        body["template"] = template
+    elif message.text is not None:
+        body["type"] = "text"
+        body["text"] = {"body": message.text, "preview_url": False}
+    else:
+        raise ValueError("a message needs a template_name or a text")
+    body["biz_opaque_callback_data"] = message.client_ref
+    return body
+
+
+def _retry_after(raw: str | None) -> float | None:
+    """``Retry-After`` in seconds: either delta-seconds or an HTTP date."""
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _graph_error(response: httpx.Response) -> Mapping[str, Any] | None:
+    try:
+        payload = response.json()
+    except ValueError:
+        return None
+    if isinstance(payload, Mapping) and isinstance(payload.get("error"), Mapping):
+        return payload["error"]
+    return None
+
+
+def _error_detail(error: Mapping[str, Any]) -> str:
+    detail = str(error.get("message") or error.get("title") or "")
+    data = error.get("error_data")
+    if isinstance(data, Mapping) and data.get("details"):
+        extra = str(data["details"])
+        detail = f"{detail}: {extra}" if detail and extra != detail else extra
+    return detail
+
+
+def _error_code(error: Mapping[str, Any] | None) -> int | None:
+    raw = error.get("code") if error is not None else None
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw)
+    return None
+
+
+def classify_response(response: httpx.Response) -> SendResult:
+    """Map a non-2xx Graph API answer to ``retry`` or ``failed`` (see the module docstring)."""
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    error = _graph_error(response)
+    code = _error_code(error)
+    if error is None or code is None:
+        text = response.text[:500] if response.content else response.reason_phrase
+        code_str = f"http_{response.status_code}"
+        if response.status_code == 429 or response.status_code >= 500:
+            return SendResult.retry(code_str, text, retry_after)
+        return SendResult.failed(code_str, text)
+    detail = _error_detail(error)
+    if code in LONG_RETRY_CODES:
+        return SendResult.retry(str(code), detail, max(PER_USER_MARKETING_RETRY_AFTER, retry_after or 0.0))
+    if _is_permanent(code):
+        return SendResult.failed(str(code), detail)
+    if (
+        code in TRANSIENT_CODES
+        or error.get("is_transient") is True
+        or response.status_code == 429
+        or response.status_code >= 500
+    ):
+        return SendResult.retry(str(code), detail, retry_after)
+    return SendResult.failed(str(code), detail)
+
+
+class MetaProvider(Provider):
+    """Sends through the Cloud API from one business phone number."""
+
+    kind = "meta"
+
+    def __init__(
+        self,
+        *,
+        phone_number_id: str,
+        access_token: str,
+        base_url: str = DEFAULT_BASE_URL,
+        api_version: str = DEFAULT_API_VERSION,
+        timeout: float = 15.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.phone_number_id = phone_number_id
+        self._access_token = access_token
+        self.base_url = base_url.rstrip("/")
+        self.api_version = api_version
+        self.timeout = timeout
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+
+    def __repr__(self) -> str:  # never show the token
+        return f"MetaProvider(phone_number_id={self.phone_number_id!r}, base_url={self.base_url!r})"
+
+    @property
+    def messages_url(self) -> str:
+        return f"{self.base_url}/{self.api_version}/{self.phone_number_id}/messages"
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        try:
+            body = build_message_body(message)
+        except ValueError as exc:
+            return SendResult.failed("invalid_message", str(exc))
+        headers = {"Authorization": f"Bearer {self._access_token}", "Content-Type": "application/json"}
+        try:
+            response = await self._http.post(
+                self.messages_url, json=body, headers=headers, timeout=self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            # A read time-out may hide an accepted message; the caller decides (it retries, as for 5xx).
+            return SendResult.retry("timeout", f"{type(exc).__name__}: {exc}")
+        except httpx.RequestError as exc:  # connection refused or reset, DNS, protocol errors
+            return SendResult.retry("connection_error", f"{type(exc).__name__}: {exc}")
+        if response.is_success:
+            return self._accepted(response)
+        result = classify_response(response)
+        log.info("meta send to …%s: %s %s", body["to"][-4:], result.outcome, result.error_code)
+        return result
+
+    @staticmethod
+    def _accepted(response: httpx.Response) -> SendResult:
+        try:
+            payload = response.json()
+            wamid = payload["messages"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            wamid = None
+        if not isinstance(wamid, str) or not wamid:
+            # Meta answered 2xx, so the message may well be on its way: never resend it blindly.
+            return SendResult.failed(
+                "bad_response", f"2xx answer without messages[0].id: {response.text[:200]}"
+            )
+        return SendResult.accepted(wamid)
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+
+# --- webhooks ---------------------------------------------------------------------------------------
+
+
+def sign_webhook(body: bytes, app_secret: str) -> str:
+    """The ``X-Hub-Signature-256`` value Meta puts on a webhook carrying ``body``."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        for key, candidate in headers.items():
+            if key.lower() == lowered:
+                return candidate
+    return value
+
+
+def verify_signature(headers: Mapping[str, str], body: bytes, app_secret: str) -> None:
+    """Check ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(raw body, app secret)>`` in constant time."""
+    if not app_secret:
+        raise WebhookError(401, "no app secret configured: cannot verify the webhook")
+    signature = _header(headers, SIGNATURE_HEADER)
+    if not signature:
+        raise WebhookError(401, f"missing {SIGNATURE_HEADER} header")
+    algorithm, _, digest = signature.strip().partition("=")
+    if algorithm.lower() != "sha256" or not digest:
+        raise WebhookError(401, f"{SIGNATURE_HEADER} is not of the form sha256=<hex>")
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(digest.lower().encode(), expected.encode()):
+        raise WebhookError(401, "webhook signature does not match the body")
+
+
+def verify_handshake(params: Mapping[str, str], verify_token: str) -> str:
+    """Answer Meta's subscription ``GET``: the ``hub.challenge`` to echo, or ``WebhookError(403)``."""
+    token = params.get("hub.verify_token") or ""
+    if (
+        params.get("hub.mode") != "subscribe"
+        or not verify_token
+        or not hmac.compare_digest(token.encode(), verify_token.encode())
+    ):
+        raise WebhookError(403, "webhook verification failed: wrong hub.mode or hub.verify_token")
+    challenge = params.get("hub.challenge")
+    if challenge is None:
+        raise WebhookError(400, "hub.challenge is missing")
+    return challenge
+
+
+_STATUSES = {
+    "sent": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "read": Status.READ,
+    "failed": Status.FAILED,
+}
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _timestamp(raw: Any) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(str(raw)), tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return datetime.now(UTC)
+
+
+def _e164(number: Any) -> str:
+    text = str(number or "")
+    return "+" + text if text.isdigit() else text
+
+
+def _parse_status(item: Mapping[str, Any]) -> StatusUpdate | None:
+    status = _STATUSES.get(str(item.get("status", "")))
+    if status is None or not item.get("id"):
+        return None  # e.g. "played" (voice) or "deleted": nothing for the ledger
+    code = detail = None
+    errors = item.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
+        error = errors[0]
+        code = str(error["code"]) if error.get("code") is not None else None
+        title, message = error.get("title"), error.get("message")
+        parts = [str(p) for p in (title, message) if p]
+        if len(parts) == 2 and parts[0] == parts[1]:
+            parts = parts[:1]
+        data = error.get("error_data")
+        if isinstance(data, Mapping) and data.get("details") and str(data["details"]) not in parts:
+            parts.append(str(data["details"]))
+        detail = ": ".join(parts) or None
+    if status is Status.FAILED and code is None:
+        code, detail = "failed", detail or "message failed"
+    ref = item.get("biz_opaque_callback_data")
+    return StatusUpdate(
+        status=status,
+        timestamp=_timestamp(item.get("timestamp")),
+        provider_message_id=str(item["id"]),
+        client_ref=str(ref) if ref not in (None, "") else None,
+        error_code=code,
+        error_detail=detail,
+    )
+
+
+def _inbound_text(item: Mapping[str, Any]) -> str:
+    kind = str(item.get("type", ""))
+    content = item.get(kind)
+    if kind == "text" and isinstance(content, Mapping):
+        return str(content.get("body", ""))
+    if kind == "button" and isinstance(content, Mapping):
+        return str(content.get("text") or content.get("payload") or "")
+    if kind == "interactive" and isinstance(content, Mapping):
+        for reply_kind in ("button_reply", "list_reply"):
+            reply = content.get(reply_kind)
+            if isinstance(reply, Mapping):
+                return str(reply.get("title") or reply.get("id") or "")
+    return f"[{kind or 'unknown'}]"
+
+
+def _parse_message(item: Mapping[str, Any], names: Mapping[str, str]) -> InboundReply | None:
+    if not item.get("id") or not item.get("from") or item.get("type") == "system":
+        return None  # "system" (the user changed number) is not a reply
+    sender = str(item["from"])
+    context_id = _mapping(item.get("context")).get("id")
+    reaction = item.get("reaction")
+    if context_id is None and item.get("type") == "reaction" and isinstance(reaction, Mapping):
+        context_id = reaction.get("message_id")  # a reaction answers the message it reacts to
+    name = names.get(sender)
+    if name is None and len(names) == 1:
+        name = next(iter(names.values()))
+    return InboundReply(
+        provider_message_id=str(item["id"]),
+        from_phone=_e164(sender),
+        timestamp=_timestamp(item.get("timestamp")),
+        text=_inbound_text(item),
+        kind=str(item.get("type") or "unknown"),
+        context_message_id=str(context_id) if context_id else None,
+        profile_name=name,
+    )
+
+
+def _contact_names(value: Mapping[str, Any]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    contacts = value.get("contacts")
+    for contact in contacts if isinstance(contacts, list) else []:
+        if not isinstance(contact, Mapping):
+            continue
+        profile = contact.get("profile")
+        if isinstance(profile, Mapping) and profile.get("name"):
+            names[str(contact.get("wa_id", ""))] = str(profile["name"])
+    return names
+
+
+def _parse_template_status(value: Mapping[str, Any]) -> TemplateStatusUpdate | None:
+    name, event = value.get("message_template_name"), value.get("event")
+    if not name or not event:
+        return None
+    reason = value.get("reason")
+    if not reason or str(reason).upper() == "NONE":
+        # PAUSED and FLAGGED say why in other_info {title, description}.
+        info = _mapping(value.get("other_info"))
+        parts = [str(info[k]) for k in ("title", "description") if info.get(k)]
+        reason = ": ".join(parts) or None
+    template_id = value.get("message_template_id")
+    return TemplateStatusUpdate(
+        name=str(name),
+        language=str(value["message_template_language"]) if value.get("message_template_language") else None,
+        status=str(event).upper(),
+        reason=str(reason) if reason else None,
+        provider_template_id=str(template_id) if template_id is not None else None,
+    )
+
+
+def _items(value: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    raw = value.get(key)
+    return [item for item in raw if isinstance(item, Mapping)] if isinstance(raw, list) else []
+
+
+def parse_webhook(payload: Any) -> list[WebhookEvent]:
+    """Every status, inbound message and template status change in one webhook POST, in order.
+
+    Raises ``WebhookError(400)`` when the body is not Meta's ``whatsapp_business_account`` envelope. Unknown
+    fields, unknown statuses and items missing their ids are skipped (and logged) so that one odd item
+    never costs the others: Meta would redeliver the whole POST for days if it were refused.
+    """
+    if not isinstance(payload, Mapping) or payload.get("object") != "whatsapp_business_account":
+        raise WebhookError(
+            400, "not a WhatsApp Business Account webhook (object != whatsapp_business_account)"
+        )
+    entries = payload.get("entry")
+    if not isinstance(entries, list):
+        raise WebhookError(400, "webhook without an entry list")
+    events: list[WebhookEvent] = []
+    for entry in entries:
+        changes = entry.get("changes") if isinstance(entry, Mapping) else None
+        if not isinstance(changes, list):
+            raise WebhookError(400, "webhook entry without a changes list")
+        for change in changes:
+            if not isinstance(change, Mapping) or not isinstance(change.get("value"), Mapping):
+                raise WebhookError(400, "webhook change without a value object")
+            field_name, value = change.get("field"), change["value"]
+            if field_name == "messages":
+                for item in _items(value, "statuses"):
+                    status = _parse_status(item)
+                    if status is None:
+                        log.info("meta webhook: skipped status %r", item.get("status"))
+                    else:
+                        events.append(status)
+                names = _contact_names(value)
+                for item in _items(value, "messages"):
+                    reply = _parse_message(item, names)
+                    if reply is None:
+                        log.info("meta webhook: skipped message of type %r", item.get("type"))
+                    else:
+                        events.append(reply)
+                for error in _items(value, "errors"):
+                    log.warning("meta webhook error %s: %s", error.get("code"), _error_detail(error))
+            elif field_name == "message_template_status_update":
+                template = _parse_template_status(value)
+                if template is None:
+                    log.warning("meta webhook: template status update without name or event")
+                else:
+                    events.append(template)
+    return events
+
+
+# --- template sync ----------------------------------------------------------------------------------
+
+
+class MetaApiError(Exception):
+    """A Graph API call failed: ``status`` is the HTTP status (None for a network error)."""
+
+    def __init__(self, status: int | None, code: int | None, message: str) -> None:
+        super().__init__(f"Meta API error (HTTP {status}, code {code}): {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RemoteTemplate:
+    """One message template as Meta lists it."""
+
+    id: str
+    name: str
+    language: str
+    status: str
+    category: str
+    body: str  # the BODY component's text, "" when there is none
+    components: list[dict[str, Any]] = field(default_factory=list)  # raw, for headers and buttons
+
+
+def _remote_template(item: Mapping[str, Any]) -> RemoteTemplate:
+    components = [dict(c) for c in item.get("components") or [] if isinstance(c, Mapping)]
+    body = next(
+        (str(c.get("text") or "") for c in components if str(c.get("type", "")).upper() == "BODY"), ""
+    )
+    return RemoteTemplate(
+        id=str(item.get("id", "")),
+        name=str(item.get("name", "")),
+        language=str(item.get("language", "")),
+        status=str(item.get("status", "")),
+        category=str(item.get("category", "")),
+        body=body,
+        components=components,
+    )
+
+
+def _same_origin(url: str, base_url: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base_url)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+MAX_TEMPLATE_PAGES = 1000
+
+
+async def fetch_templates(
+    *,
+    waba_id: str,
+    access_token: str,
+    base_url: str = DEFAULT_BASE_URL,
+    api_version: str = DEFAULT_API_VERSION,
+    http: httpx.AsyncClient | None = None,
+    timeout: float = 15.0,
+) -> list[RemoteTemplate]:
+    """Every message template of a WhatsApp Business Account, following the pages to the end.
+
+    The next page is ``paging.next`` when Meta gives it (only on our own Graph host: the request carries our
+    token), and its absence ends the list. An answer that only ever gives ``paging.cursors.after`` is
+    followed by cursor until a page comes back empty or repeats a cursor.
+    Raises ``MetaApiError`` on any HTTP or network error.
+    """
+    base = base_url.rstrip("/")
+    url: str | None = f"{base}/{api_version}/{waba_id}/message_templates"
+    params: dict[str, str] | None = {"fields": "name,status,language,category,components", "limit": "100"}
+    headers = {"Authorization": f"Bearer {access_token}"}
+    client = http or httpx.AsyncClient(timeout=timeout)
+    templates: list[RemoteTemplate] = []
+    seen_cursors: set[str] = set()
+    follows_next = False
+    try:
+        for _ in range(MAX_TEMPLATE_PAGES):
+            assert url is not None
+            try:
+                response = await client.get(url, params=params, headers=headers, timeout=timeout)
+            except httpx.HTTPError as exc:
+                raise MetaApiError(None, None, f"{type(exc).__name__}: {exc}") from exc
+            if not response.is_success:
+                error = _graph_error(response) or {}
+                raise MetaApiError(
+                    response.status_code,
+                    _error_code(error),
+                    _error_detail(error) if error else response.text[:500] or response.reason_phrase,
+                )
+            try:
+                payload = response.json()
+            except ValueError as exc:
+                raise MetaApiError(
+                    response.status_code, None, "message_templates answer is not JSON"
+                ) from exc
+            data = payload.get("data") if isinstance(payload, Mapping) else None
+            if not isinstance(data, list):
+                raise MetaApiError(response.status_code, None, "message_templates answer without a data list")
+            templates.extend(_remote_template(item) for item in data if isinstance(item, Mapping))
+            paging = _mapping(payload.get("paging"))
+            next_url = paging.get("next")
+            after = _mapping(paging.get("cursors")).get("after")
+            if isinstance(next_url, str) and next_url and _same_origin(next_url, base):
+                url, params = next_url, None  # the next URL carries every query parameter
+                follows_next = True
+            elif follows_next:
+                return templates  # Graph paging: no ``next`` on the last page
+            elif data and isinstance(after, str) and after and after not in seen_cursors:
+                seen_cursors.add(after)
+                url = f"{base}/{api_version}/{waba_id}/message_templates"
+                params = {
+                    "fields": "name,status,language,category,components",
+                    "limit": "100",
+                    "after": after,
+                }
+            else:
+                return templates
+        raise MetaApiError(None, None, f"more than {MAX_TEMPLATE_PAGES} pages of templates")
+    finally:
+        if http is None:
+            await client.aclose()
