@@ -1,3 +1,182 @@
-from fastapi import APIRouter
+"""The CleverTap-compatible ingest (``POST /1/upload``) and the profiles read API (``/api/v1/profiles``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from tidings.accounts.service import authenticate
+from tidings.deps import CurrentAccount, DbSession, credentials
+from tidings.profiles import service
+from tidings.profiles.schemas import (
+    EventOut,
+    EventPage,
+    ProfileOut,
+    ProfilePage,
+    UploadFailure,
+    UploadRequest,
+    UploadResponse,
+)
 
 router = APIRouter()
+
+
+class CleverTapJSONResponse(JSONResponse):
+    """ASCII JSON: records are echoed back as sent, even with a lone surrogate escape in a string."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+class BadUpload(ValueError):
+    pass
+
+
+def _fail(status: int, error: str) -> CleverTapJSONResponse:
+    return CleverTapJSONResponse({"status": "fail", "error": error, "code": status}, status_code=status)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_upload(body: bytes) -> list[Any]:
+    """The records of an upload body ``{"d": [...]}``; raises BadUpload with a clear message."""
+    try:
+        document = json.loads(body, parse_float=_finite, parse_constant=_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BadUpload(f"The request body is not valid JSON: {reason}") from None
+    if not isinstance(document, dict):
+        raise BadUpload('The request body must be a JSON object {"d": [records]}')
+    records = document.get("d")
+    if not isinstance(records, list):
+        raise BadUpload('The request body must have a list of records in "d": {"d": [records]}')
+    if len(records) > service.MAX_RECORDS:
+        raise BadUpload(
+            f"Too many records: {len(records)}; at most {service.MAX_RECORDS} records are allowed per call"
+        )
+    return records
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+_UPLOAD_EXAMPLE = {
+    "d": [
+        {
+            "identity": "1189549",
+            "ts": 1468308340,
+            "type": "profile",
+            "profileData": {
+                "Name": "Jack Montana",
+                "Phone": "+14155552671",
+                "MSG-whatsapp": True,
+                "DOB": "$D_1487576752",
+                "Tags": {"$add": ["shoes", "bags"]},
+                "Visits": {"$incr": 1},
+            },
+        },
+        {
+            "identity": "1189549",
+            "type": "event",
+            "evtName": "Charged",
+            "evtData": {"Amount": 300, "Currency": "USD", "Delivery By": "$D_1468322268"},
+        },
+    ]
+}
+
+
+@router.post(
+    "/1/upload",
+    tags=["ingest"],
+    summary="Upload profiles and events (CleverTap-compatible)",
+    description=(
+        "CleverTap's `POST /1/upload`: authenticate with the headers `X-CleverTap-Account-Id` and "
+        "`X-CleverTap-Passcode`. Each record is applied in order; a record that cannot be applied is "
+        "returned in `unprocessed` with CleverTap's code, and the others are kept. A body that is not "
+        'JSON, not `{"d": [...]}`, or has more than 1000 records is refused (400) and nothing is written.'
+    ),
+    response_class=CleverTapJSONResponse,
+    response_model=None,
+    responses={
+        200: {"model": UploadResponse, "description": "Processed (check `unprocessed`)"},
+        400: {"model": UploadFailure, "description": "Bad body; nothing written"},
+        401: {"model": UploadFailure, "description": "Wrong account id or passcode; nothing written"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": UploadRequest.model_json_schema(), "example": _UPLOAD_EXAMPLE}
+            },
+        }
+    },
+)
+def upload(
+    request: Request, session: DbSession, body: Annotated[bytes, Depends(_raw_body)]
+) -> CleverTapJSONResponse:
+    account = authenticate(session, *credentials(request))
+    if account is None:
+        return _fail(401, "Account ID or passcode is not valid")
+    try:
+        records = parse_upload(body)
+    except BadUpload as exc:
+        return _fail(400, str(exc))
+    result = service.ingest(session, account.id, records)
+    return CleverTapJSONResponse(
+        {"status": "success", "processed": result.processed, "unprocessed": result.unprocessed}
+    )
+
+
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
+Offset = Annotated[int, Query(ge=0, description="How many to skip")]
+
+
+@router.get("/api/v1/profiles", tags=["profiles"], response_model=ProfilePage, summary="List profiles")
+def list_profiles(
+    account: CurrentAccount, session: DbSession, limit: Limit = 50, offset: Offset = 0
+) -> ProfilePage:
+    profiles, total = service.list_profiles(session, account.id, limit, offset)
+    return ProfilePage(
+        total=total, limit=limit, offset=offset, items=[ProfileOut.model_validate(p) for p in profiles]
+    )
+
+
+# Declared before the profile route: an identity may hold "/", so both use the path converter.
+@router.get(
+    "/api/v1/profiles/{identity:path}/events",
+    tags=["profiles"],
+    response_model=EventPage,
+    summary="A profile's events, latest first",
+)
+def list_events(
+    identity: str, account: CurrentAccount, session: DbSession, limit: Limit = 50, offset: Offset = 0
+) -> EventPage:
+    events, total = service.list_events(session, account.id, identity, limit, offset)
+    return EventPage(
+        identity=identity,
+        total=total,
+        limit=limit,
+        offset=offset,
+        items=[EventOut.model_validate(e) for e in events],
+    )
+
+
+@router.get(
+    "/api/v1/profiles/{identity:path}", tags=["profiles"], response_model=ProfileOut, summary="One profile"
+)
+def get_profile(identity: str, account: CurrentAccount, session: DbSession) -> ProfileOut:
+    return ProfileOut.model_validate(service.get_profile(session, account.id, identity))

@@ -1,0 +1,871 @@
+"""Profiles and events: the CleverTap-compatible ingest, and the reads and writes other domains need.
+
+The ingest (:func:`ingest`) is set-based, whatever the batch size: every record is validated in Python,
+the batch's existing profiles are loaded with one SELECT (``FOR UPDATE`` on PostgreSQL when the batch
+changes profiles, so that concurrent ``$incr`` never lose an update), the records are applied in order
+in Python, then new profiles are inserted in one ``INSERT … ON CONFLICT DO NOTHING`` (a concurrent upload
+may create the same identity first: such profiles are re-selected and the batch's records re-applied on
+top of what the other upload wrote), changed profiles are updated in one executemany, and events are
+inserted in one executemany. No query is issued per record.
+
+CleverTap's per-record error codes are kept: 509 missing event name, 512 bad structure, 516 invalid
+phone, 523 missing identity, 524 neither profile nor event, 525 ``ts`` not epoch seconds.
+
+Profile property semantics:
+
+- plain values overwrite; ``null`` removes the property (JSON merge-patch style);
+- ``{"$add": v}`` / ``{"$remove": v}`` add to / remove from a multi-value property (``v`` a value or a
+  list; an existing scalar becomes a list), ``{"$incr": n}`` / ``{"$decr": n}`` (a missing property counts
+  as 0), ``{"$delete": 1}`` removes the property;
+- ``"$D_<epoch seconds>"`` strings become ISO-8601 UTC strings ``YYYY-MM-DDTHH:MM:SSZ``;
+- ``Phone`` is normalised to E.164 and mirrored in ``Profile.phone``;
+- ``MSG-whatsapp`` (``true``/``false`` or the strings) is mirrored in ``Profile.whatsapp_opt_in``;
+  a profile is opted out until it is set true.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from hashlib import sha256
+from typing import Any, cast
+
+import phonenumbers
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from tidings.db import UTCDateTime, is_postgres, utcnow
+from tidings.errors import Invalid, NotFound
+from tidings.profiles.models import Event, Profile
+
+BUCKET_PRIME = 1_000_003
+
+MAX_RECORDS = 1000  # per /1/upload call, as CleverTap
+MAX_IDENTITY_CHARS = 120
+MAX_KEY_BYTES = 120
+MAX_VALUE_BYTES = 512
+MAX_EVENT_NAME_CHARS = 255  # the events.name column
+MAX_NESTING = 32  # of event property values (lists and objects)
+MAX_EPOCH = 10**11  # a "seconds" value above this is really milliseconds (year 5138)
+MIN_DATE = -62_135_596_800  # 0001-01-01T00:00:00Z, the earliest $D_ date
+
+PHONE = "Phone"
+WHATSAPP = "MSG-whatsapp"
+
+# CleverTap's per-record codes.
+MISSING_EVENT_NAME = 509
+BAD_STRUCTURE = 512
+INVALID_PHONE = 516
+MISSING_IDENTITY = 523
+NOT_PROFILE_OR_EVENT = 524
+BAD_TS = 525
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_OPERATIONS = ("$add", "$remove", "$incr", "$decr", "$delete")
+_PROFILES = cast(Table, Profile.__table__)
+_EVENTS = cast(Table, Event.__table__)
+
+
+def profile_seed(account_id: str, identity: str) -> int:
+    """A stable number in ``[0, BUCKET_PRIME)`` per profile (control groups hash it with the campaign)."""
+    digest = sha256(f"{account_id}:{identity}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKET_PRIME
+
+
+@lru_cache(maxsize=65_536)  # re-uploads of the same profiles are common; parsing costs ~0.1 ms
+def normalize_phone(raw: str) -> str | None:
+    """The E.164 form of a phone number written with its country code and a leading ``+``, else None."""
+    text = raw.strip()
+    if not text.startswith("+") or len(text) > 64:
+        return None
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def iso_date(epoch_seconds: int) -> str:
+    """``"YYYY-MM-DDTHH:MM:SSZ"`` for an epoch in seconds (how ``$D_`` values are stored)."""
+    moment = _EPOCH + timedelta(seconds=epoch_seconds)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
+    )
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class IngestedEvent:
+    """An event written by :func:`ingest` (for live triggers, which run in the same transaction)."""
+
+    id: int
+    profile_id: int
+    identity: str
+    name: str
+    properties: dict[str, Any]
+    ts: datetime
+
+
+@dataclass
+class IngestResult:
+    processed: int
+    # CleverTap's shape: {"status": "fail", "code": 5xx, "error": "...", "record": <as sent>}, by index.
+    unprocessed: list[dict[str, Any]] = field(default_factory=list)
+    events: list[IngestedEvent] = field(default_factory=list)
+    created_profile_ids: list[int] = field(default_factory=list)
+    updated_profile_ids: list[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+class RecordError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    key: str
+    kind: str  # set | delete | add | remove | incr
+    value: Any = None
+
+
+@dataclass(slots=True)
+class _ProfileRecord:
+    index: int
+    key: str
+    ops: list[_Op]
+
+
+@dataclass(slots=True)
+class _EventRecord:
+    index: int
+    key: str
+    name: str
+    properties: dict[str, Any]
+    ts: datetime
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _utf8_len(where: str, what: str, text: str, code: int = BAD_STRUCTURE) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise RecordError(code, f"{where}: {what} is not valid Unicode (a lone surrogate escape)") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _parse(index: int, record: Any, now: datetime) -> _ProfileRecord | _EventRecord:
+    where = f"Record d[{index}]"
+    if not isinstance(record, dict):
+        raise RecordError(BAD_STRUCTURE, f"{where} is not a JSON object, got {_show(record)}")
+    kind = record.get("type")
+    if kind not in ("profile", "event"):
+        raise RecordError(
+            NOT_PROFILE_OR_EVENT,
+            f'{where}: \'type\' must be "profile" or "event", got {_show(kind)}',
+        )
+    key = _identity(where, record)
+    ts = _ts(where, record.get("ts"), now)
+    if kind == "profile":
+        return _ProfileRecord(index, key, _profile_ops(where, record.get("profileData")))
+    name = record.get("evtName")
+    if not isinstance(name, str) or not name.strip():
+        raise RecordError(
+            MISSING_EVENT_NAME, f"{where}: 'evtName' is mandatory for an event (a non-empty string)"
+        )
+    _utf8_len(where, "'evtName'", name)
+    if len(name) > MAX_EVENT_NAME_CHARS:
+        raise RecordError(
+            BAD_STRUCTURE, f"{where}: 'evtName' is longer than {MAX_EVENT_NAME_CHARS} characters"
+        )
+    return _EventRecord(index, key, name, _event_properties(where, record.get("evtData")), ts)
+
+
+def _identity(where: str, record: dict[str, Any]) -> str:
+    """The profile key: ``identity`` when given, else ``objectId``."""
+    for name in ("identity", "objectId"):
+        raw = record.get(name)
+        if raw is None or raw == "":
+            continue
+        if isinstance(raw, str):
+            _utf8_len(where, f"'{name}'", raw, MISSING_IDENTITY)
+            text = raw.strip()
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            text = str(raw)
+        elif isinstance(raw, float):
+            text = str(int(raw)) if raw.is_integer() else repr(raw)
+        else:
+            raise RecordError(
+                MISSING_IDENTITY, f"{where}: '{name}' must be a string or a number, got {_show(raw)}"
+            )
+        if not text:
+            continue
+        if len(text) > MAX_IDENTITY_CHARS:
+            raise RecordError(
+                MISSING_IDENTITY,
+                f"{where}: '{name}' is {len(text)} characters long; at most {MAX_IDENTITY_CHARS} are allowed",
+            )
+        return text
+    raise RecordError(
+        MISSING_IDENTITY,
+        f"{where}: 'identity' or 'objectId' (a string or number of at most {MAX_IDENTITY_CHARS} "
+        "characters) is necessary to identify the user",
+    )
+
+
+def _ts(where: str, raw: Any, now: datetime) -> datetime:
+    if raw is None:
+        return now
+    seconds: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        seconds = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        seconds = int(raw)
+    if seconds is None or not 0 <= seconds <= MAX_EPOCH:
+        hint = " (milliseconds?)" if seconds is not None and seconds > MAX_EPOCH else ""
+        raise RecordError(
+            BAD_TS,
+            f"{where}: 'ts' must be a UNIX epoch in seconds (a whole number from 0 to {MAX_EPOCH}, "
+            f"or a string of digits), got {_show(raw)}{hint}",
+        )
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _check_key(where: str, container: str, key: str) -> None:
+    size = _utf8_len(where, f"a key of {container}", key)
+    if size == 0 or size > MAX_KEY_BYTES:
+        raise RecordError(
+            BAD_STRUCTURE,
+            f"{where}: {container} key {_show(key)} must be 1 to {MAX_KEY_BYTES} bytes long (it is {size})",
+        )
+
+
+def _string(where: str, what: str, text: str) -> str:
+    """A string value: at most 512 bytes; ``$D_<epoch seconds>`` becomes an ISO-8601 UTC string."""
+    size = _utf8_len(where, what, text)
+    if size > MAX_VALUE_BYTES:
+        raise RecordError(
+            BAD_STRUCTURE, f"{where}: {what} is {size} bytes long; at most {MAX_VALUE_BYTES} are allowed"
+        )
+    if not text.startswith("$D_"):
+        return text
+    digits = text[3:]
+    body = digits[1:] if digits.startswith("-") else digits
+    if body.isascii() and body.isdigit() and MIN_DATE <= int(digits) < MAX_EPOCH:
+        return iso_date(int(digits))
+    raise RecordError(
+        BAD_STRUCTURE,
+        f'{where}: {what} {_show(text)} is not a date; write dates as "$D_<UNIX epoch in seconds>"',
+    )
+
+
+def _scalar(where: str, what: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return _string(where, what, value)
+    if isinstance(value, bool):
+        return value
+    if _is_number(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecordError(BAD_STRUCTURE, f"{where}: {what} is not a finite number")
+        return value
+    raise RecordError(
+        BAD_STRUCTURE, f"{where}: {what} must be a string, number or boolean, got {_show(value)}"
+    )
+
+
+def _profile_ops(where: str, data: Any) -> list[_Op]:
+    if not isinstance(data, dict):
+        got = "it is missing" if data is None else f"got {_show(data)}"
+        raise RecordError(BAD_STRUCTURE, f"{where}: 'profileData' must be a JSON object; {got}")
+    ops: list[_Op] = []
+    for key, value in data.items():
+        _check_key(where, "profileData", key)
+        if key == PHONE:
+            ops.append(_phone_op(where, value))
+        elif key == WHATSAPP:
+            ops.append(_whatsapp_op(where, value))
+        else:
+            ops.append(_property_op(where, key, value))
+    return ops
+
+
+def _is_delete(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and list(value) == ["$delete"])
+
+
+def _phone_op(where: str, value: Any) -> _Op:
+    if _is_delete(value):
+        return _Op(PHONE, "delete")
+    if isinstance(value, str):
+        _utf8_len(where, "profileData.Phone", value, INVALID_PHONE)
+        e164 = normalize_phone(value)
+        if e164 is not None:
+            return _Op(PHONE, "set", e164)
+    raise RecordError(
+        INVALID_PHONE,
+        f"{where}: profileData.Phone {_show(value)} is not a valid phone number; write it with the "
+        'country code, starting with + (e.g. "+14155552671")',
+    )
+
+
+def _whatsapp_op(where: str, value: Any) -> _Op:
+    if isinstance(value, bool):
+        return _Op(WHATSAPP, "set", value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return _Op(WHATSAPP, "set", value.strip().lower() == "true")
+    raise RecordError(
+        BAD_STRUCTURE,
+        f'{where}: profileData.{WHATSAPP} must be true or false (or the strings "true"/"false"), '
+        f"got {_show(value)}",
+    )
+
+
+def _property_op(where: str, key: str, value: Any) -> _Op:
+    what = f"profileData.{key}"
+    if value is None:
+        return _Op(key, "delete")
+    if isinstance(value, list):
+        return _Op(key, "set", [_scalar(where, f"an item of {what}", item) for item in value])
+    if not isinstance(value, dict):
+        return _Op(key, "set", _scalar(where, what, value))
+    if len(value) != 1 or next(iter(value)) not in _OPERATIONS:
+        raise RecordError(
+            BAD_STRUCTURE,
+            f"{where}: {what} must be a value or one operation of {', '.join(_OPERATIONS)}; "
+            f"got {_show(value)}",
+        )
+    ((operation, argument),) = value.items()
+    if operation == "$delete":
+        return _Op(key, "delete")
+    if operation in ("$add", "$remove"):
+        items = argument if isinstance(argument, list) else [argument]
+        values = [_scalar(where, f"the {operation} value of {what}", item) for item in items]
+        return _Op(key, operation[1:], values)
+    if not _is_number(argument) or (isinstance(argument, float) and not math.isfinite(argument)):
+        raise RecordError(
+            BAD_STRUCTURE, f"{where}: {operation} of {what} needs a number, got {_show(argument)}"
+        )
+    return _Op(key, "incr", argument if operation == "$incr" else -argument)
+
+
+def _event_properties(where: str, data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecordError(BAD_STRUCTURE, f"{where}: 'evtData' must be a JSON object, got {_show(data)}")
+    properties: dict[str, Any] = {}
+    for key, value in data.items():
+        _check_key(where, "evtData", key)
+        what = f"evtData.{key}"
+        if isinstance(value, str):
+            properties[key] = _string(where, what, value)
+        elif isinstance(value, list):
+            properties[key] = [
+                _string(where, f"an item of {what}", item)
+                if isinstance(item, str)
+                else _nested(where, what, item, 1)
+                for item in value
+            ]
+        else:
+            properties[key] = _nested(where, what, value, 0)
+    return properties
+
+
+def _nested(where: str, what: str, value: Any, depth: int) -> Any:
+    """Check a nested event value (keys and string sizes, depth); returns it unchanged."""
+    if depth > MAX_NESTING:
+        raise RecordError(BAD_STRUCTURE, f"{where}: {what} is nested more than {MAX_NESTING} levels deep")
+    if isinstance(value, str):
+        size = _utf8_len(where, what, value)
+        if size > MAX_VALUE_BYTES:
+            raise RecordError(
+                BAD_STRUCTURE,
+                f"{where}: a string in {what} is {size} bytes long; at most {MAX_VALUE_BYTES} are allowed",
+            )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise RecordError(BAD_STRUCTURE, f"{where}: {what} holds a number that is not finite")
+    elif isinstance(value, list):
+        for item in value:
+            _nested(where, what, item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_key(where, what, key)
+            _nested(where, what, item, depth + 1)
+    elif value is not None and not isinstance(value, int | float):
+        raise RecordError(BAD_STRUCTURE, f"{where}: {what} holds a value that is not JSON: {_show(value)}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- applying
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that tells 1, 1.0 and true apart (so that changing one into another is a change)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _contains(items: Sequence[Any], value: Any) -> bool:
+    return any(_same(item, value) for item in items)
+
+
+def _apply(properties: dict[str, Any], ops: list[_Op]) -> str | None:
+    """Apply one record's operations, all or nothing; the reason it cannot be applied, or None."""
+    staged = dict(properties)
+    for op in ops:
+        if op.kind == "set":
+            staged[op.key] = op.value
+        elif op.kind == "delete":
+            staged.pop(op.key, None)
+        elif op.kind == "incr":
+            current = staged.get(op.key, 0)
+            if not _is_number(current):
+                return f"cannot $incr/$decr profileData.{op.key}: its value {_show(current)} is not a number"
+            total = current + op.value
+            if isinstance(total, float) and not math.isfinite(total):
+                return f"$incr/$decr of profileData.{op.key} overflows"
+            staged[op.key] = total
+        else:
+            current = staged.get(op.key)
+            items = [] if current is None else list(current) if isinstance(current, list) else [current]
+            if op.kind == "add":
+                for value in op.value:
+                    if not _contains(items, value):
+                        items.append(value)
+                staged[op.key] = items
+            elif current is not None:  # remove
+                kept = [item for item in items if not _contains(op.value, item)]
+                if isinstance(current, list):
+                    staged[op.key] = kept
+                elif not kept:
+                    del staged[op.key]
+    properties.clear()
+    properties.update(staged)
+    return None
+
+
+def _columns(properties: dict[str, Any]) -> tuple[str | None, bool]:
+    phone = properties.get(PHONE)
+    return (phone if isinstance(phone, str) else None), properties.get(WHATSAPP) is True
+
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    phone: str | None
+    whatsapp_opt_in: bool
+    properties: dict[str, Any]
+
+
+def _run(base: dict[str, Any], records: Sequence[_ProfileRecord]) -> tuple[dict[str, Any], dict[int, str]]:
+    properties = dict(base)
+    failed: dict[int, str] = {}
+    for record in records:
+        reason = _apply(properties, record.ops)
+        if reason is not None:
+            failed[record.index] = f"Record d[{record.index}]: {reason}"
+    return properties, failed
+
+
+def _load(session: Session, account_id: str, keys: Sequence[str], lock: bool) -> dict[str, _Row]:
+    """The batch's existing profiles, in one SELECT (locked ``FOR UPDATE`` on PostgreSQL if ``lock``)."""
+    if not keys:
+        return {}
+    columns = (
+        _PROFILES.c.id,
+        _PROFILES.c.identity,
+        _PROFILES.c.phone,
+        _PROFILES.c.whatsapp_opt_in,
+        _PROFILES.c.properties,
+    )
+    if is_postgres(session):
+        # A join with unnest(array) rather than IN (…): the generic plan PostgreSQL settles on for a
+        # prepared IN list of hundreds of parameters scans every profile of the account; this one looks
+        # each key up in the (account_id, identity) index, however large the account.
+        wanted = (
+            func.unnest(bindparam("keys", list(keys), type_=ARRAY(String)))
+            .table_valued("identity")
+            .render_derived(name="wanted")
+        )
+        stmt = select(*columns).select_from(
+            wanted.join(
+                _PROFILES,
+                and_(_PROFILES.c.account_id == account_id, _PROFILES.c.identity == wanted.c.identity),
+            )
+        )
+        if lock:  # SQLite needs no lock: it has one writer at a time
+            stmt = stmt.with_for_update(of=_PROFILES)
+    else:
+        stmt = select(*columns).where(_PROFILES.c.account_id == account_id, _PROFILES.c.identity.in_(keys))
+    stmt = stmt.order_by(_PROFILES.c.id)  # rows are locked in this order: no deadlock between two batches
+    return {
+        row.identity: _Row(row.id, row.phone, row.whatsapp_opt_in, dict(row.properties or {}))
+        for row in session.execute(stmt)
+    }
+
+
+def ingest(
+    session: Session, account_id: str, records: Sequence[Any], now: datetime | None = None
+) -> IngestResult:
+    """Upload CleverTap records (profiles and events) for an account, in order, set-based.
+
+    Each record that cannot be applied is reported in ``unprocessed`` with its code and is not written;
+    the others are. The caller owns the transaction (the request's unit of work).
+    """
+    now = now or utcnow()
+    failures: dict[int, tuple[int, str]] = {}
+    parsed: list[_ProfileRecord | _EventRecord] = []
+    for index, record in enumerate(records):
+        try:
+            parsed.append(_parse(index, record, now))
+        except RecordError as exc:
+            failures[index] = (exc.code, exc.message)
+
+    keys = list(dict.fromkeys(item.key for item in parsed))
+    profile_records: dict[str, list[_ProfileRecord]] = {}
+    event_keys: set[str] = set()
+    for item in parsed:
+        if isinstance(item, _ProfileRecord):
+            profile_records.setdefault(item.key, []).append(item)
+        else:
+            event_keys.add(item.key)
+
+    rows = _load(session, account_id, keys, lock=bool(profile_records))
+    apply_failures: dict[str, dict[int, str]] = {}
+    updates: dict[str, tuple[_Row, dict[str, Any]]] = {}
+    creates: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        row = rows.get(key)
+        properties, failed = _run(row.properties if row else {}, profile_records.get(key, ()))
+        apply_failures[key] = failed
+        if row is not None:
+            updates[key] = (row, properties)
+        elif key in event_keys or len(failed) < len(profile_records.get(key, ())):
+            creates[key] = properties
+
+    ids = {key: row.id for key, row in rows.items()}
+    created: list[int] = []
+    if creates:
+        new_rows = []
+        for key in sorted(creates):  # one insert order for every batch: no deadlock between two
+            phone, opted_in = _columns(creates[key])
+            new_rows.append((key, phone, opted_in, creates[key], profile_seed(account_id, key)))
+        for row_id, identity in _insert_profiles(session, account_id, new_rows, now):
+            ids[identity] = row_id
+            created.append(row_id)
+        raced = [key for key in creates if key not in ids]
+        if raced:  # created by a concurrent upload since our SELECT: apply this batch on top of theirs
+            theirs = _load(session, account_id, sorted(raced), lock=True)
+            for key, row in theirs.items():
+                properties, apply_failures[key] = _run(row.properties, profile_records.get(key, ()))
+                ids[key] = row.id
+                updates[key] = (row, properties)
+
+    changes: list[tuple[int, str | None, bool, dict[str, Any]]] = []
+    for row, properties in updates.values():
+        phone, opted_in = _columns(properties)
+        if row.phone != phone or row.whatsapp_opt_in != opted_in or not _same(row.properties, properties):
+            changes.append((row.id, phone, opted_in, properties))
+    if changes:
+        _update_profiles(session, changes, now)
+
+    events = [item for item in parsed if isinstance(item, _EventRecord)]
+    ingested: list[IngestedEvent] = []
+    if events:
+        event_rows = [(ids[item.key], item.name, item.properties, item.ts) for item in events]
+        event_ids = _insert_events(session, account_id, event_rows, now)
+        ingested = [
+            IngestedEvent(event_id, ids[item.key], item.key, item.name, item.properties, item.ts)
+            for event_id, item in zip(event_ids, events, strict=True)
+        ]
+
+    for failed in apply_failures.values():
+        for index, message in failed.items():
+            failures[index] = (BAD_STRUCTURE, message)
+    unprocessed = [
+        {"status": "fail", "code": code, "error": message, "record": records[index]}
+        for index, (code, message) in sorted(failures.items())
+    ]
+    return IngestResult(
+        processed=len(records) - len(failures),
+        unprocessed=unprocessed,
+        events=ingested,
+        created_profile_ids=created,
+        updated_profile_ids=[change[0] for change in changes],
+    )
+
+
+# On PostgreSQL each write is one statement over arrays (``unnest``): a multi-row VALUES with thousands of
+# parameters costs more to build and parse than to run. On SQLite, executemany is fast already.
+
+
+def _arrays(*columns: tuple[str, list[Any], Any]) -> Any:
+    """``unnest(:a, :b, …) AS new(a, b, …)``: rows from one array parameter per column (PostgreSQL)."""
+    unnest = func.unnest(*(bindparam(name, values, type_=ARRAY(type_)) for name, values, type_ in columns))
+    return unnest.table_valued(*(name for name, _, _ in columns)).render_derived(name="new")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _insert_profiles(
+    session: Session,
+    account_id: str,
+    rows: list[tuple[str, str | None, bool, dict[str, Any], int]],
+    now: datetime,
+) -> list[tuple[int, str]]:
+    """``INSERT … ON CONFLICT DO NOTHING`` of (identity, phone, opted in, properties, seed) rows;
+    (id, identity) of the rows inserted (not of those another upload inserted first)."""
+    if is_postgres(session):
+        identity, phone, opt_in, properties, seed = (list(column) for column in zip(*rows, strict=True))
+        new = _arrays(
+            ("identity", identity, String),
+            ("phone", phone, String),
+            ("opt_in", opt_in, Boolean),
+            ("properties", [_json(p) for p in properties], Text),
+            ("seed", seed, Integer),
+        )
+        at = bindparam("now", now, type_=UTCDateTime())
+        source = select(
+            literal(account_id, String),
+            new.c.identity,
+            new.c.phone,
+            new.c.opt_in,
+            new.c.properties.cast(JSONB),
+            new.c.seed,
+            at,
+            at,
+        )
+        columns = ["account_id", "identity", "phone", "whatsapp_opt_in", "properties", "seed"]
+        stmt: Any = pg_insert(_PROFILES).from_select([*columns, "created_at", "updated_at"], source)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["account_id", "identity"])
+        return [
+            (r.id, r.identity) for r in session.execute(stmt.returning(_PROFILES.c.id, _PROFILES.c.identity))
+        ]
+    params = [
+        {
+            "account_id": account_id,
+            "identity": identity,
+            "phone": phone,
+            "whatsapp_opt_in": opted_in,
+            "properties": properties,
+            "seed": seed,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for identity, phone, opted_in, properties, seed in rows
+    ]
+    stmt = sqlite_insert(_PROFILES).on_conflict_do_nothing(index_elements=["account_id", "identity"])
+    result = session.execute(stmt.returning(_PROFILES.c.id, _PROFILES.c.identity), params)
+    return [(r.id, r.identity) for r in result]
+
+
+def _update_profiles(
+    session: Session, changes: list[tuple[int, str | None, bool, dict[str, Any]]], now: datetime
+) -> None:
+    """Write (id, phone, opted in, properties) of changed profiles, in one statement."""
+    if is_postgres(session):
+        ids, phone, opt_in, properties = (list(column) for column in zip(*changes, strict=True))
+        new = _arrays(
+            ("id", ids, BigInteger),
+            ("phone", phone, String),
+            ("opt_in", opt_in, Boolean),
+            ("properties", [_json(p) for p in properties], Text),
+        )
+        session.execute(
+            update(_PROFILES)
+            .where(_PROFILES.c.id == new.c.id)
+            .values(
+                phone=new.c.phone,
+                whatsapp_opt_in=new.c.opt_in,
+                properties=new.c.properties.cast(JSONB),
+                updated_at=bindparam("now", now, type_=UTCDateTime()),
+            )
+        )
+        return
+    session.execute(
+        update(_PROFILES)
+        .where(_PROFILES.c.id == bindparam("b_id"))
+        .values(
+            phone=bindparam("b_phone"),
+            whatsapp_opt_in=bindparam("b_opt_in"),
+            properties=bindparam("b_properties"),
+            updated_at=bindparam("b_updated_at"),
+        ),
+        [
+            {"b_id": i, "b_phone": phone, "b_opt_in": opt_in, "b_properties": props, "b_updated_at": now}
+            for i, phone, opt_in, props in changes
+        ],
+    )
+
+
+def _insert_events(
+    session: Session,
+    account_id: str,
+    rows: list[tuple[int, str, dict[str, Any], datetime]],
+    now: datetime,
+) -> Sequence[int]:
+    """Insert (profile id, name, properties, ts) events in one statement; their ids, in ``rows`` order."""
+    if is_postgres(session):
+        profile_id, name, properties, ts = (list(column) for column in zip(*rows, strict=True))
+        new = _arrays(
+            ("profile_id", profile_id, BigInteger),
+            ("name", name, String),
+            ("properties", [_json(p) for p in properties], Text),
+            ("ts", [t.astimezone(UTC).replace(tzinfo=None) for t in ts], DateTime),  # as UTCDateTime
+        )
+        source = select(
+            literal(account_id, String),
+            new.c.profile_id,
+            new.c.name,
+            new.c.properties.cast(JSONB),
+            new.c.ts,
+            bindparam("now", now, type_=UTCDateTime()),
+        )
+        columns = ["account_id", "profile_id", "name", "properties", "ts", "created_at"]
+        # The rows are inserted in array order, so the id sequence hands out ascending ids in that order
+        # (the same reasoning as SQLAlchemy's sort_by_parameter_order for SERIAL keys): sorted ids line up.
+        stmt = insert(_EVENTS).from_select(columns, source).returning(_EVENTS.c.id)
+        return sorted(session.execute(stmt).scalars())
+    # SQLAlchemy cannot order RETURNING rows on SQLite and would insert one row per statement. SQLite
+    # has one writer at a time (every transaction is BEGIN IMMEDIATE), so number the rows as SQLite
+    # itself would (max + 1): a writer that did not hold the lock would fail on the primary key, not
+    # mix ids up.
+    first = (session.scalar(select(func.max(_EVENTS.c.id))) or 0) + 1
+    ids = range(first, first + len(rows))
+    session.execute(
+        insert(_EVENTS),
+        [
+            {
+                "id": event_id,
+                "account_id": account_id,
+                "profile_id": profile_id,
+                "name": name,
+                "properties": properties,
+                "ts": ts,
+                "created_at": now,
+            }
+            for event_id, (profile_id, name, properties, ts) in zip(ids, rows, strict=True)
+        ],
+    )
+    return ids
+
+
+# --------------------------------------------------------------------------------------------- other domains
+
+
+def update_profile(session: Session, account_id: str, identity: str, profile_data: dict[str, Any]) -> Profile:
+    """Apply one ``profileData`` (same rules as the upload) to a profile, creating it if needed.
+
+    Raises :class:`tidings.errors.Invalid` (code ``"clevertap_<code>"``) when the data is rejected.
+    """
+    result = ingest(
+        session, account_id, [{"type": "profile", "identity": identity, "profileData": profile_data}]
+    )
+    if result.unprocessed:
+        failure = result.unprocessed[0]
+        raise Invalid(failure["error"], code=f"clevertap_{failure['code']}")
+    profile = get_profile(session, account_id, identity.strip())
+    session.refresh(profile)  # the ingest wrote with Core statements
+    return profile
+
+
+def get_profile(session: Session, account_id: str, identity: str) -> Profile:
+    profile = session.scalars(
+        select(Profile).where(Profile.account_id == account_id, Profile.identity == identity)
+    ).one_or_none()
+    if profile is None:
+        raise NotFound(f"profile {identity!r}")
+    return profile
+
+
+def profile_by_phone(session: Session, account_id: str, phone: str) -> Profile | None:
+    """The account's profile with this phone (E.164, with or without the leading +), latest updated."""
+    text = phone.strip()
+    e164 = normalize_phone(text if text.startswith("+") else f"+{text}") or text
+    return session.scalars(
+        select(Profile)
+        .where(Profile.account_id == account_id, Profile.phone == e164)
+        .order_by(Profile.updated_at.desc(), Profile.id.desc())
+        .limit(1)
+    ).first()
+
+
+def set_whatsapp_opt_in(session: Session, profile: Profile, value: bool) -> None:
+    """Opt a profile in to or out of WhatsApp (the column and the ``MSG-whatsapp`` property)."""
+    profile.whatsapp_opt_in = value
+    profile.properties = {**(profile.properties or {}), WHATSAPP: value}
+    profile.updated_at = utcnow()
+    session.flush()
+
+
+def list_profiles(
+    session: Session, account_id: str, limit: int = 50, offset: int = 0
+) -> tuple[list[Profile], int]:
+    """A page of the account's profiles, newest first, and how many it has in all."""
+    total = session.scalar(select(func.count()).select_from(Profile).where(Profile.account_id == account_id))
+    page = session.scalars(
+        select(Profile)
+        .where(Profile.account_id == account_id)
+        .order_by(Profile.created_at.desc(), Profile.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(page), int(total or 0)
+
+
+def list_events(
+    session: Session, account_id: str, identity: str, limit: int = 50, offset: int = 0
+) -> tuple[list[Event], int]:
+    """A page of a profile's events, latest first, and how many it has in all (NotFound if no profile)."""
+    profile = get_profile(session, account_id, identity)
+    where = (Event.account_id == account_id, Event.profile_id == profile.id)
+    total = session.scalar(select(func.count()).select_from(Event).where(*where))
+    page = session.scalars(
+        select(Event).where(*where).order_by(Event.ts.desc(), Event.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(page), int(total or 0)
