@@ -119,3 +119,16 @@ def auth(account: NewAccount) -> dict[str, str]:
 
 def with_public_url(settings: Settings, url: str) -> Settings:
     return replace(settings, public_url=url)
+
+
+@pytest.fixture
+def live(settings: Settings, db: Database) -> Iterator[tuple[str, FastAPI]]:
+    """The real server on a loopback port, with its worker running (the sandbox calls its webhooks)."""
+    from tidings.app import create_app
+    from tidings.server import bind, serving
+
+    sock = bind()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app = create_app(with_public_url(settings, url), db, run_worker=True)
+    with serving(app, sock):
+        yield url, app

@@ -55,6 +55,8 @@ class Settings:
     poll_interval: float = 0.2
     lease_seconds: float = 60.0
     max_attempts: int = 5
+    retry_base: float = 2.0  # seconds before the first retry; doubles with each attempt (with jitter)
+    retry_cap: float = 900.0
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @classmethod
@@ -70,5 +72,7 @@ class Settings:
             poll_interval=_float("POLL_INTERVAL", cls.poll_interval),
             lease_seconds=_float("LEASE_SECONDS", cls.lease_seconds),
             max_attempts=int(_float("MAX_ATTEMPTS", cls.max_attempts)),
+            retry_base=_float("RETRY_BASE", cls.retry_base),
+            retry_cap=_float("RETRY_CAP", cls.retry_cap),
             sandbox=SandboxSettings.from_env(),
         )

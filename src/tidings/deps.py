@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
 from tidings.accounts.service import authenticate
@@ -33,14 +31,11 @@ def get_box(request: Request) -> SecretBox:
     return box
 
 
-def _session(request: Request) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns, rolled back if it raises."""
-    with get_db(request).session() as session:
-        yield session
-
-
-# scope="function": the commit happens before the response is sent, so a client never reads stale data.
-DbSession = Annotated[Session, Depends(_session, scope="function")]
+# Handlers open their unit of work themselves — ``with db.session() as session:`` — so that a transaction
+# begins and commits in one thread. A transaction held across a hop through the thread pool can
+# deadlock SQLite under load: it holds the write lock while waiting for a thread, and every thread
+# waits for the lock.
+Db = Annotated[Database, Depends(get_db)]
 
 
 def credentials(request: Request) -> tuple[str | None, str | None]:
@@ -56,8 +51,9 @@ def credentials(request: Request) -> tuple[str | None, str | None]:
     return account_id, passcode
 
 
-def _current_account(request: Request, session: DbSession) -> Account:
-    account = authenticate(session, *credentials(request))
+def _current_account(request: Request) -> Account:
+    with get_db(request).session() as session:  # its own short transaction, begun and ended in this thread
+        account = authenticate(session, *credentials(request))
     if account is None:
         raise ApiError(401, "unauthorized", "missing or wrong account id / passcode")
     return account

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from tidings.accounts.service import authenticate
-from tidings.deps import CurrentAccount, DbSession, credentials
+from tidings.deps import CurrentAccount, Db, credentials
 from tidings.profiles import service
 from tidings.profiles.schemas import (
     EventOut,
@@ -125,17 +125,16 @@ _UPLOAD_EXAMPLE = {
         }
     },
 )
-def upload(
-    request: Request, session: DbSession, body: Annotated[bytes, Depends(_raw_body)]
-) -> CleverTapJSONResponse:
-    account = authenticate(session, *credentials(request))
-    if account is None:
-        return _fail(401, "Account ID or passcode is not valid")
-    try:
-        records = parse_upload(body)
-    except BadUpload as exc:
-        return _fail(400, str(exc))
-    result = service.ingest(session, account.id, records)
+def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)]) -> CleverTapJSONResponse:
+    with db.session() as session:
+        account = authenticate(session, *credentials(request))
+        if account is None:
+            return _fail(401, "Account ID or passcode is not valid")
+        try:
+            records = parse_upload(body)
+        except BadUpload as exc:
+            return _fail(400, str(exc))
+        result = service.ingest(session, account.id, records)
     return CleverTapJSONResponse(
         {"status": "success", "processed": result.processed, "unprocessed": result.unprocessed}
     )
@@ -146,13 +145,12 @@ Offset = Annotated[int, Query(ge=0, description="How many to skip")]
 
 
 @router.get("/api/v1/profiles", tags=["profiles"], response_model=ProfilePage, summary="List profiles")
-def list_profiles(
-    account: CurrentAccount, session: DbSession, limit: Limit = 50, offset: Offset = 0
-) -> ProfilePage:
-    profiles, total = service.list_profiles(session, account.id, limit, offset)
-    return ProfilePage(
-        total=total, limit=limit, offset=offset, items=[ProfileOut.model_validate(p) for p in profiles]
-    )
+def list_profiles(account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0) -> ProfilePage:
+    with db.session() as session:
+        profiles, total = service.list_profiles(session, account.id, limit, offset)
+        return ProfilePage(
+            total=total, limit=limit, offset=offset, items=[ProfileOut.model_validate(p) for p in profiles]
+        )
 
 
 # Declared before the profile route: an identity may hold "/", so both use the path converter.
@@ -163,20 +161,22 @@ def list_profiles(
     summary="A profile's events, latest first",
 )
 def list_events(
-    identity: str, account: CurrentAccount, session: DbSession, limit: Limit = 50, offset: Offset = 0
+    identity: str, account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0
 ) -> EventPage:
-    events, total = service.list_events(session, account.id, identity, limit, offset)
-    return EventPage(
-        identity=identity,
-        total=total,
-        limit=limit,
-        offset=offset,
-        items=[EventOut.model_validate(e) for e in events],
-    )
+    with db.session() as session:
+        events, total = service.list_events(session, account.id, identity, limit, offset)
+        return EventPage(
+            identity=identity,
+            total=total,
+            limit=limit,
+            offset=offset,
+            items=[EventOut.model_validate(e) for e in events],
+        )
 
 
 @router.get(
     "/api/v1/profiles/{identity:path}", tags=["profiles"], response_model=ProfileOut, summary="One profile"
 )
-def get_profile(identity: str, account: CurrentAccount, session: DbSession) -> ProfileOut:
-    return ProfileOut.model_validate(service.get_profile(session, account.id, identity))
+def get_profile(identity: str, account: CurrentAccount, db: Db) -> ProfileOut:
+    with db.session() as session:
+        return ProfileOut.model_validate(service.get_profile(session, account.id, identity))

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from tidings.deps import CurrentAccount, DbSession
+from tidings.deps import CurrentAccount, Db
 from tidings.templates import service
 from tidings.templates.schemas import ErrorBody, TemplateCreate, TemplateOut, TemplateUpdate
 
@@ -27,15 +27,17 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 @router.post("", status_code=201, response_model=TemplateOut, responses=_errors(401, 409, 422))
-def create_template(payload: TemplateCreate, session: DbSession, account: CurrentAccount) -> TemplateOut:
+def create_template(payload: TemplateCreate, db: Db, account: CurrentAccount) -> TemplateOut:
     """Add a template by hand (registered as already approved at the provider unless `status` says)."""
-    template = service.create_template(session, account.id, **payload.model_dump())
-    return TemplateOut.model_validate(template)
+    with db.session() as session:
+        return TemplateOut.model_validate(
+            service.create_template(session, account.id, **payload.model_dump())
+        )
 
 
 @router.get("", response_model=list[TemplateOut], responses=_errors(401, 422))
 def list_templates(
-    session: DbSession,
+    db: Db,
     account: CurrentAccount,
     status: str | None = Query(default=None, description="Only templates with this status (any case)."),
     name: str | None = Query(
@@ -43,27 +45,31 @@ def list_templates(
     ),
 ) -> list[TemplateOut]:
     """The account's templates, ordered by name and language."""
-    templates = service.list_templates(session, account.id, status=status, name=name)
-    return [TemplateOut.model_validate(t) for t in templates]
+    with db.session() as session:
+        templates = service.list_templates(session, account.id, status=status, name=name)
+        return [TemplateOut.model_validate(t) for t in templates]
 
 
 @router.get("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 422))
-def get_template(template_id: int, session: DbSession, account: CurrentAccount) -> TemplateOut:
-    return TemplateOut.model_validate(service.get_template(session, account.id, template_id))
+def get_template(template_id: int, db: Db, account: CurrentAccount) -> TemplateOut:
+    with db.session() as session:
+        return TemplateOut.model_validate(service.get_template(session, account.id, template_id))
 
 
 @router.patch("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 409, 422))
 def update_template(
-    template_id: int, payload: TemplateUpdate, session: DbSession, account: CurrentAccount
+    template_id: int, payload: TemplateUpdate, db: Db, account: CurrentAccount
 ) -> TemplateOut:
     """Change the fields sent; the template is validated again (a new body gives a new `variable_count`)."""
-    template = service.update_template(session, account.id, template_id, **payload.changes())
-    return TemplateOut.model_validate(template)
+    with db.session() as session:
+        template = service.update_template(session, account.id, template_id, **payload.changes())
+        return TemplateOut.model_validate(template)
 
 
 @router.delete(
     "/{template_id}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 422)
 )
-def delete_template(template_id: int, session: DbSession, account: CurrentAccount) -> None:
+def delete_template(template_id: int, db: Db, account: CurrentAccount) -> None:
     """Delete a template; refused with `template_in_use` while a campaign uses it."""
-    service.delete_template(session, account.id, template_id)
+    with db.session() as session:
+        service.delete_template(session, account.id, template_id)

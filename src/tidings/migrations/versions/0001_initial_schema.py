@@ -144,6 +144,7 @@ def upgrade() -> None:
         sa.Column("control_group_pct", sa.Integer(), nullable=False),
         sa.Column("scheduled_at", tidings.db.UTCDateTime(), nullable=False),
         sa.Column("audience_size", sa.Integer(), nullable=True),
+        sa.Column("note", sa.String(length=300), nullable=True),
         sa.Column("created_at", tidings.db.UTCDateTime(), nullable=False),
         sa.Column("started_at", tidings.db.UTCDateTime(), nullable=True),
         sa.Column("completed_at", tidings.db.UTCDateTime(), nullable=True),

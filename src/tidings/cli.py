@@ -1,0 +1,126 @@
+"""The ``tidings`` command: serve, worker, demo, account, db."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tidings.config import Settings
+from tidings.db import Database
+from tidings.secrets import SecretBox
+
+app = typer.Typer(help="Tidings: a self-hosted WhatsApp engagement platform.", no_args_is_help=True)
+account_app = typer.Typer(help="Accounts and their API credentials.", no_args_is_help=True)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(db_app, name="db")
+console = Console()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Serve HTTP only; run workers apart.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Migrate the database, then serve the API and webhooks (and run the worker unless --no-worker)."""
+    import uvicorn
+
+    from tidings.app import create_app
+
+    _setup_logging(log_level)
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.migrate()
+    uvicorn.run(create_app(settings, db, run_worker=not no_worker), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def worker(log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info") -> None:
+    """Run the scheduler and the dispatcher without the web server (any number of them)."""
+    from tidings.worker import Worker
+
+    _setup_logging(log_level)
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.migrate()
+    box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(db, settings, box).run(stop)
+
+    asyncio.run(main())
+
+
+@account_app.command("create")
+def account_create(
+    name: Annotated[str, typer.Option(help="The account's name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print {account_id, passcode} as JSON.")] = False,
+) -> None:
+    """Create an account; its passcode is shown only now."""
+    from tidings.accounts.service import create_account
+
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.migrate()
+    box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+    with db.session() as session:
+        new = create_account(session, box, name)
+    if as_json:
+        print(json.dumps({"account_id": new.account_id, "passcode": new.passcode}))
+    else:
+        console.print(f"account id: [bold]{new.account_id}[/]\npasscode:   [bold]{new.passcode}[/]")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the migrations (serve, worker and demo do it themselves)."""
+    settings = Settings.from_env()
+    Database(settings.database_url).migrate()
+    console.print("database is at the latest revision")
+
+
+@app.command()
+def demo(
+    profiles: Annotated[int, typer.Option(help="How many profiles to upload.")] = 1000,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder (default: a new temporary one).")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database (default: SQLite in the data folder).")
+    ] = None,
+    seed: Annotated[str, typer.Option(help="Sandbox seed, for a repeatable run.")] = "demo",
+) -> None:
+    """The whole story on a fresh data folder: account, profiles, template, campaign, sandbox, stats."""
+    import tempfile
+
+    from tidings.demo import run_demo
+
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="tidings-demo-"))
+    base = Settings.from_env()
+    settings = replace(
+        base,
+        data_dir=folder,
+        database_url=database_url or f"sqlite:///{folder / 'tidings.db'}",
+        secret_key=None,
+        sandbox=replace(base.sandbox, seed=seed),
+    )
+    ok = run_demo(settings, profiles=profiles, console=console)
+    raise typer.Exit(0 if ok else 1)

@@ -1,0 +1,52 @@
+"""One webhook pipeline for every provider: providers only verify and parse; what a status, a reply or a
+template update does is decided here, once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tidings.accounts.models import Account, Integration
+from tidings.conversations.service import record_inbound
+from tidings.delivery.service import apply_status
+from tidings.errors import ApiError
+from tidings.providers.base import InboundReply, StatusUpdate, TemplateStatusUpdate, WebhookEvent
+from tidings.secrets import SecretBox
+from tidings.templates.service import set_status
+
+
+def integration_for(session: Session, box: SecretBox, account_id: str, provider: str) -> dict[str, Any]:
+    """The secrets of the account's integration for ``provider``; 404 when that is not its provider."""
+    integration = session.get(Integration, account_id)
+    if session.get(Account, account_id) is None or integration is None:
+        raise ApiError(404, "not_found", "no such account")
+    if integration.kind != provider:
+        raise ApiError(
+            404,
+            "provider_not_configured",
+            f"this account's WhatsApp provider is {integration.kind}, not {provider}",
+        )
+    return {"settings": dict(integration.settings), "secrets": box.open(integration.secrets)}
+
+
+def handle_events(
+    session: Session, account_id: str, provider: str, events: Iterable[WebhookEvent]
+) -> dict[str, int]:
+    """Apply parsed webhook events to the ledger, the conversations and the templates."""
+    outcome: Counter[str] = Counter()
+    for event in events:
+        if isinstance(event, StatusUpdate):
+            outcome[f"status_{apply_status(session, account_id, provider, event)}"] += 1
+        elif isinstance(event, InboundReply):
+            outcome[
+                "inbound_new" if record_inbound(session, account_id, provider, event) else "inbound_repeat"
+            ] += 1
+        elif isinstance(event, TemplateStatusUpdate):
+            changed = set_status(
+                session, account_id, name=event.name, language=event.language, status=event.status
+            )
+            outcome["template_updated" if changed else "template_unknown"] += 1
+    return dict(outcome)
