@@ -78,6 +78,7 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
 
+    from tidings.accounts.api import router as integrations_router
     from tidings.campaigns.api import router as campaigns_router
     from tidings.profiles.api import router as ingest_router
     from tidings.templates.api import router as templates_router
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(ingest_router)
     app.include_router(templates_router)
     app.include_router(campaigns_router)
+    app.include_router(integrations_router)
     app.include_router(webhooks_router)
 
     @app.get("/healthz", tags=["meta"])

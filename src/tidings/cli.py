@@ -21,7 +21,9 @@ app = typer.Typer(help="Tidings: a self-hosted WhatsApp engagement platform.", n
 account_app = typer.Typer(help="Accounts and their API credentials.", no_args_is_help=True)
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
+templates_app = typer.Typer(help="WhatsApp templates.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(templates_app, name="templates")
 console = Console()
 
 
@@ -89,6 +91,54 @@ def account_create(
         print(json.dumps({"account_id": new.account_id, "passcode": new.passcode}))
     else:
         console.print(f"account id: [bold]{new.account_id}[/]\npasscode:   [bold]{new.passcode}[/]")
+
+
+def _context() -> tuple[Settings, Database, SecretBox]:
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.migrate()
+    return settings, db, SecretBox.from_settings(settings.secret_key, settings.data_dir)
+
+
+@app.command("send-test")
+def send_test(
+    account: Annotated[str, typer.Option(help="Account id.")],
+    to: Annotated[str, typer.Option(help="Recipient, E.164 (+ and country code).")],
+    template: Annotated[str | None, typer.Option(help="<namespace>:<name> of an approved template.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="Template value for {{1}}, {{2}}, … (repeat).")
+    ] = None,
+    language: Annotated[str, typer.Option(help="Template language.")] = "en",
+    text: Annotated[str | None, typer.Option(help="Free text (only inside the 24-hour window).")] = None,
+) -> None:
+    """Send one test message with the account's WhatsApp provider and show what the provider answered."""
+    from tidings.accounts.testsend import send_test_message
+
+    settings, db, box = _context()
+    result = asyncio.run(
+        send_test_message(
+            db,
+            box,
+            settings,
+            account,
+            to=to,
+            text=text,
+            template=template,
+            language=language,
+            params=param or [],
+        )
+    )
+    console.print_json(json.dumps(result))
+    raise typer.Exit(0 if result["outcome"] == "accepted" else 1)
+
+
+@templates_app.command("sync")
+def templates_sync(account: Annotated[str, typer.Option(help="Account id.")]) -> None:
+    """Fetch the account's templates from its provider and create or update them."""
+    from tidings.templates.sync import sync_templates
+
+    _settings, db, box = _context()
+    console.print_json(json.dumps(asyncio.run(sync_templates(db, box, account))))
 
 
 @db_app.command("upgrade")

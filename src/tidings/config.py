@@ -57,6 +57,7 @@ class Settings:
     max_attempts: int = 5
     retry_base: float = 2.0  # seconds before the first retry; doubles with each attempt (with jitter)
     retry_cap: float = 900.0
+    template_sync_seconds: float = 3600.0
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @classmethod
@@ -74,5 +75,6 @@ class Settings:
             max_attempts=int(_float("MAX_ATTEMPTS", cls.max_attempts)),
             retry_base=_float("RETRY_BASE", cls.retry_base),
             retry_cap=_float("RETRY_CAP", cls.retry_cap),
+            template_sync_seconds=_float("TEMPLATE_SYNC_SECONDS", cls.template_sync_seconds),
             sandbox=SandboxSettings.from_env(),
         )

@@ -9,6 +9,9 @@ import logging
 import time
 from datetime import timedelta
 
+from sqlalchemy import select
+
+from tidings.accounts.models import Integration
 from tidings.campaigns.service import scheduler_tick
 from tidings.config import Settings
 from tidings.db import Database
@@ -26,6 +29,7 @@ class Worker:
     def __init__(self, db: Database, settings: Settings, box: SecretBox) -> None:
         self.db = db
         self.settings = settings
+        self.box = box
         self.pool = ProviderPool(db, settings, box)
         self.dispatcher = Dispatcher(db, settings, self.pool)
         self.lease_grace = timedelta(seconds=settings.lease_seconds)
@@ -35,14 +39,32 @@ class Worker:
         """Sandbox messages whose delivery, read and reply webhooks are still to come."""
         return sum(p.pending for p in self.pool.providers() if isinstance(p, SandboxProvider))
 
+    async def sync_meta_templates(self) -> None:
+        """Keep every Meta account's template statuses current (webhooks tell us too; this catches up)."""
+        from tidings.templates.sync import sync_templates
+
+        def meta_accounts() -> list[str]:
+            with self.db.session() as session:
+                return list(session.scalars(select(Integration.account_id).where(Integration.kind == "meta")))
+
+        for account_id in await asyncio.to_thread(meta_accounts):
+            try:
+                await sync_templates(self.db, self.box, account_id)
+            except Exception:
+                log.exception("worker: template sync failed for %s", account_id)
+
     async def run(self, stop: asyncio.Event) -> None:
         last_tick = 0.0
+        last_sync = time.monotonic()
         while not stop.is_set():
             try:
                 if time.monotonic() - last_tick >= TICK_SECONDS:
                     await asyncio.to_thread(scheduler_tick, self.db, self.lease_grace)
                     last_tick = time.monotonic()
                 handled = await self.dispatcher.run_once()
+                if time.monotonic() - last_sync >= self.settings.template_sync_seconds:
+                    last_sync = time.monotonic()
+                    await self.sync_meta_templates()
             except Exception:
                 log.exception("worker: error in the loop; carrying on")
                 handled = 0

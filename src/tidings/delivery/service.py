@@ -49,6 +49,7 @@ _FORWARD: dict[Status, tuple[tuple[str, ...], str]] = {
 }
 SENT_STATES = ("sent", "delivered", "read")
 REPLY_ATTRIBUTION = timedelta(hours=72)  # a reply without context counts for the last message this long
+TEST_REF_PREFIX = "test-"  # client_ref of ``tidings send-test`` messages: not in the ledger, never pending
 
 
 # --- planning -----------------------------------------------------------------------------------------
@@ -378,6 +379,8 @@ def status_from_json(data: dict[str, Any]) -> StatusUpdate:
 
 
 def _match(account_id: str, update_: StatusUpdate) -> ColumnElement[bool] | None:
+    if update_.client_ref and update_.client_ref.startswith(TEST_REF_PREFIX):
+        return None
     keys = []
     if update_.client_ref and update_.client_ref.isdigit():
         keys.append(Message.id == int(update_.client_ref))

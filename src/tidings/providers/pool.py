@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -12,7 +13,9 @@ from tidings.accounts.service import get_integration
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.providers.base import Provider
+from tidings.providers.meta import MetaProvider
 from tidings.providers.sandbox import SandboxProvider
+from tidings.providers.vonage import VonageProvider
 from tidings.secrets import SecretBox
 
 
@@ -25,19 +28,38 @@ class _Entry:
 
 def build_provider(
     kind: str,
-    settings: dict[str, object],
+    settings: dict[str, Any],
     secrets: dict[str, str],
     *,
     account_id: str,
     app: Settings,
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | None = None,
 ) -> Provider:
-    """The provider for one account's integration."""
+    """The provider for one account's integration (``http``: a shared kept-alive client)."""
     if kind == "sandbox":
         return SandboxProvider(
             webhook_base=f"{app.public_url}/webhooks/sandbox/{account_id}",
             signature_secret=secrets["signature_secret"],
             settings=app.sandbox,
+        )
+    if kind == "vonage":
+        return VonageProvider(
+            sender=settings["sender"],
+            base_url=settings["base_url"],
+            application_id=settings.get("application_id") or None,
+            private_key=secrets.get("private_key"),
+            api_key=secrets.get("api_key"),
+            api_secret=secrets.get("api_secret"),
+            legacy_template_names=bool(settings.get("legacy_template_names")),
+            http=http,
+        )
+    if kind == "meta":
+        return MetaProvider(
+            phone_number_id=settings["phone_number_id"],
+            access_token=secrets["access_token"],
+            base_url=settings["base_url"],
+            api_version=settings["api_version"],
+            http=http,
         )
     raise ValueError(f"unknown WhatsApp provider kind {kind!r}")
 
@@ -54,9 +76,10 @@ class ProviderPool:
             timeout=15, limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)
         )
         self._entries: dict[str, _Entry] = {}
+        self._retired: list[Provider] = []
 
     def get(self, account_id: str) -> Provider:
-        """Called from a worker thread or the event loop; reads the database only to refresh."""
+        """Reads the database (to refresh), so call it from a worker thread, not the event loop."""
         entry = self._entries.get(account_id)
         now = time.monotonic()
         if entry is not None and now - entry.checked < self.refresh:
@@ -71,14 +94,17 @@ class ProviderPool:
         provider = build_provider(
             kind, config, self.box.open(sealed), account_id=account_id, app=self.settings, http=self.http
         )
+        if entry is not None:
+            self._retired.append(entry.provider)  # closed at shutdown: its sandbox webhooks may be in flight
         self._entries[account_id] = _Entry(provider, version, now)
         return provider
 
     def providers(self) -> list[Provider]:
-        return [e.provider for e in self._entries.values()]
+        return [e.provider for e in self._entries.values()] + self._retired
 
     async def aclose(self) -> None:
-        for entry in self._entries.values():
-            await entry.provider.aclose()
+        for provider in self.providers():
+            await provider.aclose()
         self._entries.clear()
+        self._retired.clear()
         await self.http.aclose()

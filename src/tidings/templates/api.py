@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from tidings.deps import CurrentAccount, Db
 from tidings.templates import service
@@ -73,3 +73,12 @@ def delete_template(template_id: int, db: Db, account: CurrentAccount) -> None:
     """Delete a template; refused with `template_in_use` while a campaign uses it."""
     with db.session() as session:
         service.delete_template(session, account.id, template_id)
+
+
+@router.post("/sync", responses=_errors(401, 409))
+async def sync(request: Request, account: CurrentAccount) -> dict[str, int]:
+    """Fetch the templates from the provider (Meta: all pages) and create or update them here, with their
+    status and category. The sandbox approves pending templates; Vonage has no listing (409)."""
+    from tidings.templates.sync import sync_templates
+
+    return await sync_templates(request.app.state.db, request.app.state.box, account.id)

@@ -6,11 +6,12 @@ import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from tidings.db import Database
 from tidings.errors import ApiError
-from tidings.providers import vonage
+from tidings.providers import meta, vonage
 from tidings.providers.base import WebhookError, WebhookEvent
 from tidings.secrets import SecretBox
 from tidings.webhooks.service import handle_events, integration_for
@@ -65,5 +66,46 @@ async def vonage_webhook(
         kind,
         request.headers,
         body,
+    )
+    return {"status": "ok", **result}
+
+
+def _meta_handshake(db: Database, box: SecretBox, account_id: str, params: Any) -> str:
+    with db.session() as session:
+        settings = integration_for(session, box, account_id, "meta")["settings"]
+    try:
+        return meta.verify_handshake(params, settings.get("verify_token", ""))
+    except WebhookError as exc:
+        raise ApiError(exc.status, "bad_verify_token", exc.message) from exc
+
+
+def _meta_events(db: Database, box: SecretBox, account_id: str, headers: Any, body: bytes) -> dict[str, int]:
+    with db.session() as session:
+        secrets = integration_for(session, box, account_id, "meta")["secrets"]
+        try:
+            meta.verify_signature(headers, body, secrets.get("app_secret", ""))
+            events = meta.parse_webhook(_json(body))
+        except WebhookError as exc:
+            raise ApiError(
+                exc.status, "bad_signature" if exc.status == 401 else "invalid_payload", exc.message
+            ) from exc
+        return handle_events(session, account_id, "meta", events)
+
+
+@router.get("/meta/{account_id}", response_class=PlainTextResponse, summary="Meta webhook verification")
+async def meta_handshake(account_id: str, request: Request) -> str:
+    """Meta's GET handshake: answers ``hub.challenge`` when ``hub.verify_token`` is the account's."""
+    return await run_in_threadpool(
+        _meta_handshake, request.app.state.db, request.app.state.box, account_id, request.query_params
+    )
+
+
+@router.post("/meta/{account_id}", summary="Meta WhatsApp Cloud API webhooks")
+async def meta_webhook(account_id: str, request: Request) -> dict[str, Any]:
+    """Statuses, inbound messages and template status updates, verified with ``X-Hub-Signature-256``
+    (HMAC-SHA256 of the raw body with the app secret)."""
+    body = await request.body()
+    result = await run_in_threadpool(
+        _meta_events, request.app.state.db, request.app.state.box, account_id, request.headers, body
     )
     return {"status": "ok", **result}

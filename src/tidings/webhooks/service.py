@@ -7,14 +7,16 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account, Integration
 from tidings.conversations.service import record_inbound
 from tidings.delivery.service import apply_status
-from tidings.errors import ApiError
+from tidings.errors import ApiError, Invalid
 from tidings.providers.base import InboundReply, StatusUpdate, TemplateStatusUpdate, WebhookEvent
 from tidings.secrets import SecretBox
+from tidings.templates.models import Template
 from tidings.templates.service import set_status
 
 
@@ -32,6 +34,25 @@ def integration_for(session: Session, box: SecretBox, account_id: str, provider:
     return {"settings": dict(integration.settings), "secrets": box.open(integration.secrets)}
 
 
+def _template_status(session: Session, account_id: str, event: TemplateStatusUpdate) -> str:
+    """Meta names templates without our namespace: match ``<any namespace>:<name>`` in the account."""
+    names = session.scalars(
+        select(Template.name).where(
+            Template.account_id == account_id,
+            or_(Template.name == event.name, Template.name.like(f"%:{event.name}")),
+        )
+    ).all()
+    changed = 0
+    for name in set(names):
+        try:
+            changed += set_status(
+                session, account_id, name=name, language=event.language, status=event.status
+            )
+        except Invalid:
+            return "template_unknown_status"
+    return "template_updated" if changed else "template_unchanged"
+
+
 def handle_events(
     session: Session, account_id: str, provider: str, events: Iterable[WebhookEvent]
 ) -> dict[str, int]:
@@ -45,8 +66,5 @@ def handle_events(
                 "inbound_new" if record_inbound(session, account_id, provider, event) else "inbound_repeat"
             ] += 1
         elif isinstance(event, TemplateStatusUpdate):
-            changed = set_status(
-                session, account_id, name=event.name, language=event.language, status=event.status
-            )
-            outcome["template_updated" if changed else "template_unknown"] += 1
+            outcome[_template_status(session, account_id, event)] += 1
     return dict(outcome)
