@@ -12,7 +12,7 @@ from tidings.campaigns.models import Campaign
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
-from tidings.delivery.service import control_bucket, control_salts, plan_audience
+from tidings.delivery.planning import control_bucket, control_salts, plan_audience
 from tidings.profiles.models import Profile
 from tidings.segments.service import profile_condition
 from tidings.templates.service import create_template

@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign
 from tidings.db import Database, utcnow
+from tidings.delivery import planning
 from tidings.delivery import service as delivery
 from tidings.delivery.models import Message
 from tidings.errors import Conflict, Invalid, NotFound
 from tidings.personalization.service import check_sources
-from tidings.segments.service import profile_condition, validate_target
+from tidings.segments.service import profile_condition, resolve_target, validate_target
 from tidings.templates.service import get_template
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def create_campaign(
     problems = check_sources(variables)
     if problems:
         raise Invalid("; ".join(problems), code="invalid_liquid")
+    resolve_target(session, account_id, target)
     validate_target(target)
     if not 0 <= control_group_pct <= 99:
         raise Invalid("control_group_pct must be between 0 and 99")
@@ -112,7 +114,8 @@ def start_campaign(session: Session, campaign_id: int, now: datetime) -> int | N
     )
     if not claimed.rowcount:  # type: ignore[attr-defined]
         return None
-    size = delivery.plan_audience(session, campaign, profile_condition(campaign.target), now)
+    audience = profile_condition(resolve_target(session, campaign.account_id, campaign.target), now=now)
+    size = planning.plan_audience(session, campaign, audience, now)
     session.execute(update(Campaign).where(Campaign.id == campaign_id).values(audience_size=size))
     return size
 
