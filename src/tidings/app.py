@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tidings import __version__
@@ -93,5 +93,18 @@ def create_app(
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    from tidings.delivery.api import router as delivery_router
+    from tidings.metrics import WebhookMetrics, exposition, watch_ledger
+
+    app.include_router(delivery_router)
+    app.add_middleware(WebhookMetrics)
+    watch_ledger(db)
+
+    @app.get("/metrics", tags=["meta"], include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics of this process, and the ledger's queue depth."""
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     return app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,9 @@ console = Console()
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tidings.metrics import setup_logging
+
+    setup_logging(level, Settings.from_env().log_format)
 
 
 @app.command()
@@ -53,7 +54,13 @@ def serve(
 
 
 @app.command()
-def worker(log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info") -> None:
+def worker(
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (default TIDINGS_METRICS_PORT; 0: off)."),
+    ] = None,
+) -> None:
     """Run the scheduler and the dispatcher without the web server (any number of them)."""
     from tidings.worker import Worker
 
@@ -62,6 +69,14 @@ def worker(log_level: Annotated[str, typer.Option(help="debug, info, warning, er
     db = Database(settings.database_url)
     db.migrate()
     box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        from tidings.metrics import watch_ledger
+
+        watch_ledger(db)
+        start_http_server(port, addr="127.0.0.1")
 
     async def main() -> None:
         stop = asyncio.Event()

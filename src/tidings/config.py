@@ -19,6 +19,13 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"TIDINGS_{name} must be a number, got {raw!r}") from exc
 
 
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = _env(name, default).strip().lower()
+    if raw not in allowed:
+        raise ValueError(f"TIDINGS_{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class SandboxSettings:
     """How the built-in WhatsApp sandbox behaves (rates are probabilities from 0 to 1)."""
@@ -58,6 +65,17 @@ class Settings:
     retry_base: float = 2.0  # seconds before the first retry; doubles with each attempt (with jitter)
     retry_cap: float = 900.0
     template_sync_seconds: float = 3600.0
+    # --- the delivery engine at scale (README, "Settings" and "Deployment") ---
+    redis_url: str | None = None  # shares each sender's rate limit between processes
+    reconcile_seconds: float = 300.0  # how long a dispatched, unanswered send waits for its status webhook
+    unknown_outcome: str = "requeue"  # then: "requeue" (send again) or "fail" (outcome_unknown)
+    pair_interval: float = 6.0  # seconds between two messages to the same user from one sender (0: off)
+    rate_safety: float = 0.012  # seconds of timing jitter the rate limiter absorbs (spacing (1 + s) / rate)
+    pause_error_rate: float = 0.5  # a campaign pauses itself at this share of errors …
+    pause_min_attempts: int = 100  # … among at least this many attempts …
+    pause_window: float = 60.0  # … in this many seconds (per worker); pause_error_rate 0 turns it off
+    metrics_port: int = 0  # ``tidings worker`` serves /metrics on this port (0: not served)
+    log_format: str = "text"  # "text" or "json" (one JSON object a line)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @classmethod
@@ -76,5 +94,15 @@ class Settings:
             retry_base=_float("RETRY_BASE", cls.retry_base),
             retry_cap=_float("RETRY_CAP", cls.retry_cap),
             template_sync_seconds=_float("TEMPLATE_SYNC_SECONDS", cls.template_sync_seconds),
+            redis_url=_env("REDIS_URL", "") or None,
+            reconcile_seconds=_float("RECONCILE_SECONDS", cls.reconcile_seconds),
+            unknown_outcome=_choice("UNKNOWN_OUTCOME", cls.unknown_outcome, ("requeue", "fail")),
+            pair_interval=_float("PAIR_INTERVAL", cls.pair_interval),
+            rate_safety=_float("RATE_SAFETY", cls.rate_safety),
+            pause_error_rate=_float("PAUSE_ERROR_RATE", cls.pause_error_rate),
+            pause_min_attempts=int(_float("PAUSE_MIN_ATTEMPTS", cls.pause_min_attempts)),
+            pause_window=_float("PAUSE_WINDOW", cls.pause_window),
+            metrics_port=int(_float("METRICS_PORT", cls.metrics_port)),
+            log_format=_choice("LOG_FORMAT", cls.log_format, ("text", "json")),
             sandbox=SandboxSettings.from_env(),
         )

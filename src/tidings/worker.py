@@ -1,11 +1,13 @@
-"""The worker: scheduler ticks and the dispatcher, on one event loop. Runs inside ``tidings serve``
-(and the demo) or alone as ``tidings worker``; any number of them can run against one database."""
+"""The worker: scheduler ticks, reconciliation and the dispatcher, on one event loop. Runs inside
+``tidings serve`` (and the demo) or alone as ``tidings worker``; any number of them can run against one
+database (and one Redis, which shares each sender's rate limit)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from datetime import timedelta
 
@@ -14,8 +16,10 @@ from sqlalchemy import select
 from tidings.accounts.models import Integration
 from tidings.campaigns.service import scheduler_tick
 from tidings.config import Settings
-from tidings.db import Database
+from tidings.db import Database, utcnow
+from tidings.delivery import service
 from tidings.delivery.dispatcher import Dispatcher
+from tidings.metrics import RECONCILED
 from tidings.providers.pool import ProviderPool
 from tidings.providers.sandbox import SandboxProvider
 from tidings.secrets import SecretBox
@@ -23,6 +27,9 @@ from tidings.secrets import SecretBox
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
+# The scheduler tick's own fallback reconciliation waits this much longer than the worker's, so the
+# worker's (which knows TIDINGS_UNKNOWN_OUTCOME and TIDINGS_MAX_ATTEMPTS) always decides first.
+FALLBACK_SLACK = timedelta(seconds=60)
 
 
 class Worker:
@@ -32,7 +39,7 @@ class Worker:
         self.box = box
         self.pool = ProviderPool(db, settings, box)
         self.dispatcher = Dispatcher(db, settings, self.pool)
-        self.lease_grace = timedelta(seconds=settings.lease_seconds)
+        self.window = timedelta(seconds=settings.reconcile_seconds)
 
     @property
     def sandbox_pending(self) -> int:
@@ -53,22 +60,38 @@ class Worker:
             except Exception:
                 log.exception("worker: template sync failed for %s", account_id)
 
+    def tick(self) -> None:
+        """Recover lost claims, then start what is due and complete what is done."""
+        with self.db.session() as session:
+            counts = service.reconcile(
+                session,
+                utcnow(),
+                self.window,
+                unknown_outcome=self.settings.unknown_outcome,
+                max_attempts=self.settings.max_attempts,
+            )
+        for action, n in counts.items():
+            if n:
+                RECONCILED.labels(action).inc(n)
+                log.info("reconciled %s rows: %s", n, action, extra={"action": action, "rows": n})
+        scheduler_tick(self.db, self.window + FALLBACK_SLACK)
+
     async def run(self, stop: asyncio.Event) -> None:
-        last_tick = 0.0
+        # The event loop paces sends to the millisecond; database threads must give the GIL back fast.
+        sys.setswitchinterval(0.001)
+        dispatching = asyncio.create_task(self.dispatcher.run(stop), name="dispatcher")
         last_sync = time.monotonic()
         while not stop.is_set():
             try:
-                if time.monotonic() - last_tick >= TICK_SECONDS:
-                    await asyncio.to_thread(scheduler_tick, self.db, self.lease_grace)
-                    last_tick = time.monotonic()
-                handled = await self.dispatcher.run_once()
+                await asyncio.to_thread(self.tick)
                 if time.monotonic() - last_sync >= self.settings.template_sync_seconds:
                     last_sync = time.monotonic()
                     await self.sync_meta_templates()
             except Exception:
-                log.exception("worker: error in the loop; carrying on")
-                handled = 0
-            if handled == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.poll_interval)
+                log.exception("worker: error in the scheduler loop; carrying on")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=TICK_SECONDS)
+            if dispatching.done():
+                break
+        await asyncio.gather(dispatching, return_exceptions=True)
         await self.pool.aclose()

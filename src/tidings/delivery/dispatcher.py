@@ -1,43 +1,360 @@
-"""The dispatcher: claim a batch, render it, send it with many requests in flight, record the results.
+"""The dispatcher: a pipeline that keeps every sender busy at its allowed rate.
 
-Database work runs in a thread (SQLAlchemy is synchronous); provider calls run concurrently on the
-event loop over kept-alive connections. A ledger row is claimed once, so it is sent once.
+Four kinds of tasks share one event loop (database work runs in threads, one transaction per call):
+
+* the **claimer** keeps a stock of claimed and rendered rows in hand (``claim_batch``: one
+  ``UPDATE … RETURNING`` for a batch, ``SKIP LOCKED`` on PostgreSQL), so the next batch is ready while
+  the current one is in flight, and hands each row to its sender's lane;
+* one **lane** per sender (account) takes a chunk of its rows, marks them dispatched in one committed
+  UPDATE just before their provider calls (``mark_dispatched``: pair rate and messaging-limit tier are
+  decided there), then starts one send per row: each waits for its rate-limit slot (``ratelimit.Pacer``,
+  shared through Redis when configured) and calls the provider over the shared kept-alive client, with at
+  most ``dispatch_concurrency`` calls in flight;
+* the **recorder** writes the answers in set-based batches (``record_attempts``) every few milliseconds,
+  and pauses a campaign whose error rate passes the threshold;
+* the **heartbeat** keeps the leases of the rows in hand alive; a worker that could not renew them in
+  time stops sending them (another worker may take them over).
+
+A worker killed at any moment loses nothing: rows it claimed but never dispatched are requeued, rows it
+dispatched are reconciled from the provider's status webhooks (``service.reconcile``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
+from tidings.accounts.models import Integration
 from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.delivery import service
+from tidings.delivery.ratelimit import Limiter, Pacer, make_limiter
 from tidings.delivery.service import Attempt, Claimed
+from tidings.metrics import (
+    IN_FLIGHT,
+    IN_HAND,
+    PAIR_WAITS,
+    PAUSES,
+    RATE_LOST_SLOTS,
+    RATE_WAIT_SECONDS,
+    RETRIES,
+    SEND_SECONDS,
+    SENDS,
+    TIER_SKIPS,
+)
 from tidings.personalization.service import PersonalizationError, Renderer
 from tidings.providers.base import OutboundMessage, Provider, SendResult
 from tidings.providers.pool import ProviderPool
 
 log = logging.getLogger(__name__)
 
+RECORD_EVERY = 0.05  # seconds between result flushes (or sooner when many are waiting)
+RECORD_AT_ONCE = 500
+SENDER_REFRESH = 5.0  # seconds between re-reads of a sender's integration (rate, tier)
+ERROR_OUTCOMES = frozenset({"retry", "failed", "uncertain"})
+
+
+@dataclass(frozen=True)
+class Sender:
+    """What the dispatcher needs to know about an account's WhatsApp sender."""
+
+    key: str  # the rate-limit key: one per sender number
+    rate: float | None  # messages a second; None: unlimited
+    messaging_limit: int | None  # unique users per rolling 24 h; None: unlimited
+
+
+def sender_of(integration: Integration) -> Sender:
+    settings = dict(integration.settings or {})
+    number = settings.get("sender") or settings.get("phone_number_id") or integration.account_id
+    raw = settings.get("messaging_limit")
+    limit: int | None
+    try:
+        limit = int(raw) if raw not in (None, "", "unlimited") else None
+    except (TypeError, ValueError):
+        limit = None
+    return Sender(
+        key=f"{integration.kind}:{number}",
+        rate=float(integration.rate_limit) if integration.rate_limit else None,
+        messaging_limit=limit if limit and limit > 0 else None,
+    )
+
+
+@dataclass
+class Item:
+    """A claimed row in this worker's hands."""
+
+    claimed: Claimed
+    claimed_at: float  # time.monotonic() of the claim
+    message: OutboundMessage | None = None
+    params: list[str] = field(default_factory=list)
+    refusal: PersonalizationError | None = None
+
+
+@dataclass
+class Lane:
+    account_id: str
+    sender: Sender
+    provider: Provider
+    pacer: Pacer | None
+    chunk: int
+    capacity: int  # rows waiting in this lane before the claimer skips the account
+    queue: deque[Item] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    task: asyncio.Task[None] | None = None
+    checked: float = 0.0
+
+
+def render(claimed: Claimed) -> Item:
+    item = Item(claimed, time.monotonic())
+    if claimed.text is None:
+        try:
+            item.params = Renderer(claimed.variables).render(claimed.profile, claimed.event)
+        except PersonalizationError as refusal:
+            item.refusal = refusal
+            return item
+    item.message = OutboundMessage(
+        client_ref=str(claimed.id),
+        to=claimed.to,
+        template_name=claimed.template_name,
+        language=claimed.language,
+        params=item.params,
+        text=claimed.text,
+    )
+    return item
+
 
 class Dispatcher:
-    def __init__(self, db: Database, settings: Settings, pool: ProviderPool) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, pool: ProviderPool, limiter: Limiter | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
         self.pool = pool
-        self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
+        self.limiter = limiter or make_limiter(settings.redis_url)
+        self.worker_id = uuid.uuid4().hex[:12]
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        # A worker stops sending rows whose lease it may have lost: renewed this long ago at most.
+        self.fence = settings.lease_seconds - min(5.0, settings.lease_seconds / 4)
+        self._seq = itertools.count(1)
+        self._in_hand: dict[int, Item] = {}
+        self._tokens: dict[str, int] = {}
+        self._lanes: dict[str, Lane] = {}
+        self._results: list[Attempt] = []
+        self._results_ready = asyncio.Event()
+        self._room_freed = asyncio.Event()
+        self._calls = asyncio.Semaphore(settings.dispatch_concurrency)
+        self._sends: set[asyncio.Task[None]] = set()
+        self._renewed_at = time.monotonic()
+        self._errors: dict[int, deque[tuple[float, bool]]] = {}
+        self._stopping = False
+        self.sent = 0  # provider calls made by this dispatcher (for tests and benchmarks)
 
-    def _claim(self) -> list[Claimed]:
+    # --- bookkeeping ------------------------------------------------------------------------------------
+
+    @property
+    def in_hand(self) -> int:
+        return len(self._in_hand)
+
+    def _hold(self, items: Iterable[Item]) -> None:
+        for item in items:
+            self._in_hand[item.claimed.id] = item
+            self._tokens[item.claimed.token] = self._tokens.get(item.claimed.token, 0) + 1
+        IN_HAND.set(len(self._in_hand))
+
+    def _drop(self, ids: Iterable[int]) -> None:
+        for message_id in ids:
+            item = self._in_hand.pop(message_id, None)
+            if item is None:
+                continue
+            token = item.claimed.token
+            left = self._tokens.get(token, 0) - 1
+            if left > 0:
+                self._tokens[token] = left
+            else:
+                self._tokens.pop(token, None)
+        IN_HAND.set(len(self._in_hand))
+        self._room_freed.set()
+
+    def _fenced(self, item: Item) -> bool:
+        """True when this worker may have lost the row's lease: it must not call the provider."""
+        return time.monotonic() - max(item.claimed_at, self._renewed_at) > self.fence
+
+    # --- the claimer ------------------------------------------------------------------------------------
+
+    def _claim(self, limit: int, skip: list[str]) -> list[Item]:
+        token = f"{self.worker_id}-{next(self._seq)}"
         with self.db.session() as session:
-            return service.claim_batch(
+            claimed = service.claim_batch(
+                session, limit, self.lease, utcnow(), token=token, skip_accounts=skip
+            )
+        return [render(c) for c in claimed]
+
+    def _senders(self, accounts: list[str]) -> dict[str, tuple[Sender, Provider]]:
+        found = {}
+        for account_id in accounts:
+            provider = self.pool.get(account_id)
+            with self.db.session() as session:
+                integration = session.get(Integration, account_id)
+                assert integration is not None
+                found[account_id] = (sender_of(integration), provider)
+        return found
+
+    def _lane_shape(self, sender: Sender) -> tuple[int, int]:
+        batch = self.settings.dispatch_batch
+        if sender.rate is None:
+            return max(1, batch // 2), 2 * batch
+        chunk = max(1, min(batch // 2, math.ceil(sender.rate * 0.1)))
+        return chunk, max(2 * chunk, min(2 * batch, math.ceil(sender.rate * 2)))
+
+    async def _lanes_for(self, accounts: set[str]) -> None:
+        now = time.monotonic()
+        stale = [a for a in accounts if a not in self._lanes or now - self._lanes[a].checked > SENDER_REFRESH]
+        if not stale:
+            return
+        found = await asyncio.to_thread(self._senders, stale)
+        for account_id, (sender, provider) in found.items():
+            lane = self._lanes.get(account_id)
+            chunk, capacity = self._lane_shape(sender)
+            if lane is None:
+                lane = Lane(account_id, sender, provider, None, chunk, capacity)
+                lane.room = asyncio.Semaphore(max(2 * chunk, 2 * self.settings.dispatch_concurrency))
+                self._lanes[account_id] = lane
+                lane.task = asyncio.create_task(self._run_lane(lane), name=f"lane-{account_id}")
+            if lane.pacer is None or lane.sender != sender:
+                lane.pacer = (
+                    Pacer(self.limiter, sender.key, sender.rate, self.settings.rate_safety)
+                    if sender.rate
+                    else None
+                )
+            lane.sender, lane.provider, lane.chunk, lane.capacity = sender, provider, chunk, capacity
+            lane.checked = now
+
+    async def _run_claimer(self) -> None:
+        batch = self.settings.dispatch_batch
+        high_water = 2 * batch
+        while not self._stopping:
+            room = high_water - len(self._in_hand)
+            if room < max(1, batch // 2):
+                self._room_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room_freed.wait(), timeout=self.settings.poll_interval)
+                continue
+            skip = [a for a, lane in self._lanes.items() if len(lane.queue) >= lane.capacity]
+            try:
+                items = await asyncio.to_thread(self._claim, min(batch, room), skip)
+                if items:
+                    await self._lanes_for({i.claimed.account_id for i in items})
+            except Exception:
+                log.exception("dispatcher: claim failed; retrying")
+                await asyncio.sleep(self.settings.poll_interval)
+                continue
+            if not items:
+                await asyncio.sleep(self.settings.poll_interval)
+                continue
+            self._hold(items)
+            for item in items:
+                lane = self._lanes[item.claimed.account_id]
+                lane.queue.append(item)
+                lane.wake.set()
+
+    # --- the lanes --------------------------------------------------------------------------------------
+
+    def _mark(self, lane: Lane, chunk: list[Item]) -> service.Dispatch:
+        with self.db.session() as session:
+            return service.mark_dispatched(
                 session,
-                self.settings.dispatch_batch,
-                timedelta(seconds=self.settings.lease_seconds),
+                lane.account_id,
+                [(i.claimed.id, i.claimed.token, i.claimed.to) for i in chunk],
                 utcnow(),
+                lease=self.lease,
+                pair_interval=self.settings.pair_interval,
+                messaging_limit=lane.sender.messaging_limit,
             )
 
-    def _record(self, attempts: list[Attempt]) -> None:
+    async def _run_lane(self, lane: Lane) -> None:
+        while True:
+            if not lane.queue:
+                if self._stopping:
+                    return
+                lane.wake.clear()
+                await lane.wake.wait()
+                continue
+            chunk: list[Item] = []
+            while lane.queue and len(chunk) < lane.chunk:
+                item = lane.queue.popleft()
+                if self._fenced(item):  # lease may be lost: leave the row to the reconciler
+                    self._drop([item.claimed.id])
+                elif item.refusal is not None:  # personalization said no: recorded, never sent
+                    self._record(Attempt(item.claimed, lane.provider.kind, refusal=item.refusal))
+                else:
+                    chunk.append(item)
+            if not chunk:
+                continue
+            try:
+                decided = await asyncio.to_thread(self._mark, lane, chunk)
+            except Exception:
+                log.exception("dispatcher: could not mark a chunk dispatched; retrying")
+                lane.queue.extendleft(reversed(chunk))
+                await asyncio.sleep(self.settings.poll_interval)
+                continue
+            PAIR_WAITS.inc(len(decided.waiting))
+            TIER_SKIPS.inc(len(decided.skipped))
+            self._drop([*decided.waiting, *decided.skipped, *decided.lost, *decided.released])
+            go = set(decided.go)
+            for item in chunk:
+                if item.claimed.id not in go:
+                    continue
+                await lane.room.acquire()
+                task = asyncio.create_task(self._send(lane, item))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+
+    async def _send(self, lane: Lane, item: Item) -> None:
+        assert item.message is not None
+        provider = lane.provider
+        try:
+            async with self._calls:
+                if lane.pacer is not None:
+                    waited = await lane.pacer.turn()
+                    RATE_WAIT_SECONDS.observe(waited)
+                    RATE_LOST_SLOTS.inc(lane.pacer.lost)
+                    lane.pacer.lost = 0
+                if self._fenced(item):
+                    self._drop([item.claimed.id])  # dispatched but never called: the reconciler requeues it
+                    return
+                IN_FLIGHT.inc()
+                began = time.perf_counter()
+                try:
+                    result = await provider.send(item.message)
+                except Exception as exc:  # a provider bug must not lose the row: reconciled later
+                    log.exception("provider %s raised on message %s", provider.kind, item.claimed.id)
+                    result = SendResult.retry("exception", f"{type(exc).__name__}: {exc}")
+                finally:
+                    IN_FLIGHT.dec()
+                    SEND_SECONDS.labels(provider.kind).observe(time.perf_counter() - began)
+                self.sent += 1
+            self._record(Attempt(item.claimed, provider.kind, result=result, params=item.params or None))
+        finally:
+            lane.room.release()
+
+    # --- the recorder -----------------------------------------------------------------------------------
+
+    def _record(self, attempt: Attempt) -> None:
+        self._results.append(attempt)
+        if len(self._results) >= RECORD_AT_ONCE:
+            self._results_ready.set()
+
+    def _write(self, attempts: list[Attempt]) -> None:
         with self.db.session() as session:
             service.record_attempts(
                 session,
@@ -48,37 +365,119 @@ class Dispatcher:
                 retry_cap=self.settings.retry_cap,
             )
 
-    async def _send(self, claimed: Claimed, provider: Provider) -> Attempt:
-        params: list[str] = []
-        if claimed.text is None:
-            try:
-                params = Renderer(claimed.variables).render(claimed.profile)
-            except PersonalizationError as refusal:
-                return Attempt(claimed, provider.kind, refusal=refusal)
-        message = OutboundMessage(
-            client_ref=str(claimed.id),
-            to=claimed.to,
-            template_name=claimed.template_name,
-            language=claimed.language,
-            params=params,
-            text=claimed.text,
-        )
-        async with self._slots:
-            try:
-                result = await provider.send(message)
-            except Exception as exc:  # a provider bug must not lose the row: retry it later
-                log.exception("provider %s raised on message %s", provider.kind, claimed.id)
-                result = SendResult.retry("exception", f"{type(exc).__name__}: {exc}")
-        return Attempt(claimed, provider.kind, result=result, params=params or None)
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        attempts, self._results = self._results, []
+        try:
+            await asyncio.to_thread(self._write, attempts)
+        except Exception:
+            log.exception("dispatcher: could not record %s results; retrying", len(attempts))
+            self._results[:0] = attempts
+            await asyncio.sleep(self.settings.poll_interval)
+            return
+        self._drop(a.claimed.id for a in attempts)
+        await self._observe(attempts)
 
-    async def run_once(self) -> int:
-        """One batch; returns how many rows it handled (0 when there was nothing to do)."""
-        claimed = await asyncio.to_thread(self._claim)
-        if not claimed:
-            return 0
-        # Look providers up (which may read the database) in a thread, never on the event loop.
-        accounts = {c.account_id for c in claimed}
-        providers = await asyncio.to_thread(lambda: {a: self.pool.get(a) for a in accounts})
-        attempts = await asyncio.gather(*(self._send(c, providers[c.account_id]) for c in claimed))
-        await asyncio.to_thread(self._record, list(attempts))
-        return len(claimed)
+    async def _run_recorder(self) -> None:
+        while not (self._stopping and not self._sends and not self._results and not self._lanes_busy()):
+            self._results_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._results_ready.wait(), timeout=RECORD_EVERY)
+            await self._flush()
+
+    def _lanes_busy(self) -> bool:
+        return any(lane.task is not None and not lane.task.done() for lane in self._lanes.values())
+
+    async def _observe(self, attempts: list[Attempt]) -> None:
+        """Metrics, and the error-rate brake: a campaign with too many errors lately is paused."""
+        now = time.monotonic()
+        touched: set[int] = set()
+        for att in attempts:
+            kind = att.kind
+            SENDS.labels(att.provider, kind).inc()
+            if kind in ("retry", "uncertain") and att.result is not None:
+                RETRIES.labels(att.provider, att.result.error_code or "unknown").inc()
+            campaign_id = att.claimed.campaign_id
+            if campaign_id is None or kind == "skipped" or self.settings.pause_error_rate <= 0:
+                continue
+            self._errors.setdefault(campaign_id, deque()).append((now, kind in ERROR_OUTCOMES))
+            touched.add(campaign_id)
+        horizon = now - self.settings.pause_window
+        for campaign_id in touched:
+            window = self._errors[campaign_id]
+            while window and window[0][0] < horizon:
+                window.popleft()
+            errors = sum(1 for _, bad in window if bad)
+            if len(window) < self.settings.pause_min_attempts:
+                continue
+            if errors / len(window) < self.settings.pause_error_rate:
+                continue
+            share = round(100 * errors / len(window))
+            note = (
+                f"paused: {share} % of the last {len(window)} attempts failed or were refused within "
+                f"{self.settings.pause_window:g} s; resume: POST /api/v1/campaigns/{campaign_id}/resume"
+            )
+            window.clear()
+            if await asyncio.to_thread(self._pause, campaign_id, note):
+                PAUSES.inc()
+                log.warning("campaign %s %s", campaign_id, note, extra={"campaign_id": campaign_id})
+
+    def _pause(self, campaign_id: int, note: str) -> bool:
+        with self.db.session() as session:
+            return service.pause_campaign(session, campaign_id, note)
+
+    # --- the heartbeat ----------------------------------------------------------------------------------
+
+    def _renew(self, tokens: list[str]) -> None:
+        with self.db.session() as session:
+            service.renew_leases(session, tokens, utcnow(), self.lease)
+
+    async def _run_heartbeat(self) -> None:
+        every = max(0.05, self.settings.lease_seconds / 4)
+        while not self._stopping:
+            await asyncio.sleep(every)
+            tokens = list(self._tokens)
+            began = time.monotonic()
+            try:
+                await asyncio.to_thread(self._renew, tokens)
+            except Exception:
+                log.exception("dispatcher: could not renew leases")
+                continue
+            self._renewed_at = began
+
+    # --- running ----------------------------------------------------------------------------------------
+
+    def _release(self, items: list[Item]) -> None:
+        with self.db.session() as session:
+            service.release(session, [(i.claimed.id, i.claimed.token) for i in items], utcnow())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until ``stop`` is set; then give back what was not dispatched and record the rest."""
+        self._stopping = False
+        tasks = [
+            asyncio.create_task(self._run_claimer(), name="claimer"),
+            asyncio.create_task(self._run_heartbeat(), name="heartbeat"),
+        ]
+        recorder = asyncio.create_task(self._run_recorder(), name="recorder")
+        try:
+            await stop.wait()
+        finally:
+            self._stopping = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            waiting = [i for lane in self._lanes.values() for i in lane.queue]
+            for lane in self._lanes.values():
+                lane.queue.clear()
+                lane.wake.set()
+            if waiting:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._release, waiting)
+                self._drop(i.claimed.id for i in waiting)
+            pending = [lane.task for lane in self._lanes.values() if lane.task is not None]
+            pending.extend(self._sends)
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+            await asyncio.wait_for(recorder, timeout=30)
+            await self.limiter.aclose()

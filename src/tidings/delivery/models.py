@@ -24,6 +24,7 @@ class Message(Base):
         Index("ix_messages_campaign_state", "campaign_id", "state"),
         Index("ix_messages_provider_id", "provider_message_id"),
         Index("ix_messages_account_phone", "account_id", "to_phone"),
+        Index("ix_messages_account_dispatched", "account_id", "dispatched_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -44,6 +45,10 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Crash safety: who holds the claim, and when the provider call was about to be made (committed
+    # before it). A lost claim without dispatched_at is requeued; with it, reconciled (delivery.service).
+    claimed_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -6,9 +6,10 @@ Every hot path is set-based: planning is one ``INSERT … SELECT``, a claim is o
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,11 +21,12 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
 
-from tidings.campaigns.models import Campaign
+from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.db import cast_table, is_postgres
 from tidings.delivery.models import Message, PendingStatus
 from tidings.personalization.service import PersonalizationError
@@ -33,11 +35,13 @@ from tidings.providers.base import Outcome, SendResult, Status, StatusUpdate
 from tidings.templates.models import Template
 
 # Where each status may come from: states only move forward, ``failed`` is final.
+# ``queued`` is a source too: a row queued again after an unknown outcome (or a retry-later answer) whose
+# status then proves the provider took it is Sent, and is not sent again.
 _FORWARD: dict[Status, tuple[tuple[str, ...], str]] = {
-    Status.SENT: (("sending",), "sent"),
-    Status.DELIVERED: (("sending", "sent"), "delivered"),
-    Status.READ: (("sending", "sent", "delivered"), "read"),
-    Status.FAILED: (("sending", "sent"), "failed"),
+    Status.SENT: (("queued", "sending"), "sent"),
+    Status.DELIVERED: (("queued", "sending", "sent"), "delivered"),
+    Status.READ: (("queued", "sending", "sent", "delivered"), "read"),
+    Status.FAILED: (("queued", "sending", "sent"), "failed"),
 }
 SENT_STATES = ("sent", "delivered", "read")
 REPLY_ATTRIBUTION = timedelta(hours=72)  # a reply without context counts for the last message this long
@@ -45,6 +49,21 @@ TEST_REF_PREFIX = "test-"  # client_ref of ``tidings send-test`` messages: not i
 
 
 # --- dispatching --------------------------------------------------------------------------------------
+#
+# A row's way through a worker, each step one set-based statement (see docs/architecture.md):
+#   queued ──claim_batch──▶ sending (claimed_by = the claim's token, lease_until)
+#          ──mark_dispatched──▶ sending + dispatched_at, committed just before the provider calls
+#          ──record_attempts──▶ sent | queued (retry later) | failed | skipped
+# and when a worker dies: a claim never dispatched is requeued at once (no provider call happened);
+# a dispatched one waits ``reconcile`` for its status webhook (found by our ledger id, echoed by the
+# provider), then is requeued — or failed as ``outcome_unknown`` (``TIDINGS_UNKNOWN_OUTCOME=fail``).
+
+# Retry-later answers given after the request may have reached the provider (a read time-out, a
+# connection lost mid-way, a provider that raised): the outcome is unknown, so they are reconciled from
+# the status webhooks like a crash, never resent blindly.
+UNCERTAIN_CODES = frozenset({"timeout", "network_error", "connection_error", "exception"})
+LIVE_STATES = ("sending", *SENT_STATES)
+MESSAGING_WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -60,29 +79,46 @@ class Claimed:
     language: str
     variables: tuple[str, ...]
     profile: dict[str, Any]
+    event: dict[str, Any] | None = None  # the triggering event's properties (Event.* in Liquid)
+    campaign_id: int | None = None
+    token: str = ""  # the claim's token (``claimed_by``)
 
 
-def claim_batch(session: Session, limit: int, lease: timedelta, now: datetime) -> list[Claimed]:
+def claim_batch(
+    session: Session,
+    limit: int,
+    lease: timedelta,
+    now: datetime,
+    *,
+    token: str = "",
+    skip_accounts: Sequence[str] = (),
+) -> list[Claimed]:
     """Take up to ``limit`` due queued rows of running campaigns (or of no campaign) in one statement;
-    ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim side by side on PostgreSQL."""
+    ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim side by side on PostgreSQL. ``token``
+    marks the claim (only its holder may dispatch the rows); ``skip_accounts`` are senders whose
+    queue in this worker is full."""
     running = select(Campaign.id).where(Campaign.state == "running")
-    due = (
-        select(Message.id)
-        .where(
-            Message.state == "queued",
-            Message.next_attempt_at <= now,
-            or_(Message.campaign_id.is_(None), Message.campaign_id.in_(running)),
-        )
-        .order_by(Message.next_attempt_at, Message.id)
-        .limit(limit)
-    )
+    conditions = [
+        Message.state == "queued",
+        Message.next_attempt_at <= now,
+        or_(Message.campaign_id.is_(None), Message.campaign_id.in_(running)),
+    ]
+    if skip_accounts:
+        conditions.append(Message.account_id.not_in(list(skip_accounts)))
+    due = select(Message.id).where(*conditions).order_by(Message.next_attempt_at, Message.id).limit(limit)
     if is_postgres(session):
         due = due.with_for_update(skip_locked=True)
     claimed_ids = list(
         session.scalars(
             update(Message)
             .where(Message.id.in_(due.scalar_subquery()), Message.state == "queued")
-            .values(state="sending", lease_until=now + lease, attempts=Message.attempts + 1)
+            .values(
+                state="sending",
+                lease_until=now + lease,
+                attempts=Message.attempts + 1,
+                claimed_by=token or None,
+                dispatched_at=None,
+            )
             .returning(Message.id)
             .execution_options(synchronize_session=False)
         )
@@ -100,10 +136,14 @@ def claim_batch(session: Session, limit: int, lease: timedelta, now: datetime) -
             Template.language,
             Campaign.variables,
             Profile.properties,
+            CampaignVariant.variables,
+            Message.context,
+            Message.campaign_id,
         )
         .join(Profile, Profile.id == Message.profile_id)
         .outerjoin(Campaign, Campaign.id == Message.campaign_id)
-        .outerjoin(Template, Template.id == Campaign.template_id)
+        .outerjoin(CampaignVariant, CampaignVariant.id == Message.variant_id)
+        .outerjoin(Template, Template.id == func.coalesce(CampaignVariant.template_id, Campaign.template_id))
         .where(Message.id.in_(claimed_ids))
         .order_by(Message.id)
     )
@@ -116,11 +156,228 @@ def claim_batch(session: Session, limit: int, lease: timedelta, now: datetime) -
             text=r[4],
             template_name=r[5],
             language=r[6] or "en",
-            variables=tuple(r[7] or ()),
+            variables=tuple((r[9] if r[9] is not None else r[7]) or ()),
             profile=dict(r[8] or {}),
+            event=dict(r[10]) if r[10] is not None else None,
+            campaign_id=r[11],
+            token=token,
         )
         for r in rows
     ]
+
+
+def _lock_sender(session: Session, account_id: str) -> None:
+    """Serialize dispatch marks of one sender across processes (PostgreSQL: a transaction-scoped
+    advisory lock; SQLite: every write transaction is already exclusive)."""
+    if is_postgres(session):
+        key = int.from_bytes(hashlib.sha256(f"tidings:dispatch:{account_id}".encode()).digest()[:8], "big")
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key - (1 << 63)})
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What ``mark_dispatched`` decided for a chunk of one sender's claimed rows."""
+
+    go: list[int]  # marked dispatched: send them now
+    waiting: dict[int, datetime]  # the pair rate holds them back until then (requeued)
+    skipped: list[int]  # over the messaging-limit tier (skipped with the reason)
+    lost: list[int]  # no longer ours (the claim expired and was taken over): never send
+    released: list[int] = field(default_factory=list)  # their campaign is no longer running: queued again
+
+
+def mark_dispatched(
+    session: Session,
+    account_id: str,
+    rows: Sequence[tuple[int, str, str]],
+    now: datetime,
+    *,
+    lease: timedelta,
+    pair_interval: float = 0.0,
+    messaging_limit: int | None = None,
+) -> Dispatch:
+    """Mark ``rows`` (id, claim token, phone) of one sender as dispatched, in one committed UPDATE, just
+    before their provider calls; WhatsApp's rules are enforced here, before the provider refuses:
+
+    * the pair rate: a user messaged by this sender less than ``pair_interval`` seconds ago (or twice
+      in this chunk) waits: the row is requeued for when it may go, its attempt not counted;
+    * the messaging-limit tier: a template to a user not reached in the last 24 hours, once
+      ``messaging_limit`` unique users were, is skipped with the reason ``messaging_limit``.
+
+    Only rows still claimed by their token and not yet dispatched are marked, so a worker whose claim
+    was taken over never sends. Runs under a per-sender lock, so the checks hold across workers."""
+    if not rows:
+        return Dispatch([], {}, [], [], [])
+    _lock_sender(session, account_id)
+    ids = [r[0] for r in rows]
+    waiting: dict[int, datetime] = {}
+    skipped: list[int] = []
+    # A campaign paused or stopped since the claim: its rows go back to the queue, unsent.
+    halted = set(
+        session.scalars(
+            select(Message.id).where(
+                Message.id.in_(ids),
+                Message.campaign_id.in_(select(Campaign.id).where(Campaign.state != "running")),
+            )
+        )
+    )
+    released = [r[0] for r in rows if r[0] in halted]
+    if released:
+        release(session, [(r[0], r[1]) for r in rows if r[0] in halted], now)
+    candidates = [r for r in rows if r[0] not in halted]
+    if pair_interval > 0:
+        gap = timedelta(seconds=pair_interval)
+        phones = sorted({r[2] for r in rows if r[2]})
+        last: dict[str, datetime] = {}
+        if phones:
+            recent = session.execute(
+                select(Message.to_phone, func.max(Message.dispatched_at))
+                .where(
+                    Message.account_id == account_id,
+                    Message.to_phone.in_(phones),
+                    Message.dispatched_at > now - gap,
+                    Message.id.not_in(ids),
+                )
+                .group_by(Message.to_phone)
+            )
+            last = {phone: at for phone, at in recent if phone is not None and at is not None}
+        kept = []
+        for row in candidates:
+            phone = row[2]
+            if phone in last:
+                waiting[row[0]] = last[phone] + gap
+                continue
+            kept.append(row)
+            if phone:
+                last[phone] = now
+        candidates = kept
+    if messaging_limit is not None and candidates:
+        templates = set(
+            session.scalars(
+                select(Message.id).where(Message.id.in_([r[0] for r in candidates]), Message.text.is_(None))
+            )
+        )
+        reach = and_(
+            Message.account_id == account_id,
+            Message.dispatched_at >= now - MESSAGING_WINDOW,
+            Message.state.in_(LIVE_STATES),
+            Message.text.is_(None),
+        )
+        reached_count = int(
+            session.scalar(select(func.count(func.distinct(Message.to_phone))).where(reach)) or 0
+        )
+        phones = sorted({r[2] for r in candidates if r[0] in templates})
+        reached = (
+            set(
+                session.scalars(
+                    select(Message.to_phone).where(reach, Message.to_phone.in_(phones)).distinct()
+                )
+            )
+            if phones
+            else set()
+        )
+        room = messaging_limit - reached_count
+        kept = []
+        for row in candidates:
+            if row[0] in templates and row[2] not in reached:
+                if room <= 0:
+                    skipped.append(row[0])
+                    continue
+                room -= 1
+                reached.add(row[2])
+            kept.append(row)
+        candidates = kept
+    table = cast_table(Message.__table__)
+    go: list[int] = []
+    by_token: dict[str, list[int]] = {}
+    for row in candidates:
+        by_token.setdefault(row[1], []).append(row[0])
+    for token, token_ids in by_token.items():
+        go.extend(
+            session.scalars(
+                update(table)
+                .where(
+                    table.c.id.in_(token_ids),
+                    table.c.state == "sending",
+                    table.c.claimed_by == token,
+                    table.c.dispatched_at.is_(None),
+                )
+                .values(dispatched_at=now, lease_until=now + lease)
+                .returning(table.c.id)
+            )
+        )
+    owned = {r[0]: r[1] for r in rows}
+    if waiting:
+        session.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("_id"),
+                table.c.state == "sending",
+                table.c.claimed_by == bindparam("_token"),
+                table.c.dispatched_at.is_(None),
+            )
+            .values(
+                state="queued",
+                attempts=table.c.attempts - 1,
+                next_attempt_at=bindparam("_next", type_=table.c.next_attempt_at.type),
+                claimed_by=None,
+                lease_until=None,
+            ),
+            [{"_id": i, "_token": owned[i], "_next": at} for i, at in waiting.items()],
+        )
+    if skipped:
+        session.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("_id"),
+                table.c.state == "sending",
+                table.c.claimed_by == bindparam("_token"),
+                table.c.dispatched_at.is_(None),
+            )
+            .values(
+                state="skipped",
+                reason="messaging_limit",
+                error_detail=f"the sender's messaging limit of {messaging_limit} users a day is reached",
+                claimed_by=None,
+                lease_until=None,
+            ),
+            [{"_id": i, "_token": owned[i]} for i in skipped],
+        )
+    go_set = set(go)
+    lost = [r[0] for r in candidates if r[0] not in go_set]
+    return Dispatch([i for i in ids if i in go_set], waiting, skipped, lost, released)
+
+
+def release(session: Session, rows: Sequence[tuple[int, str]], now: datetime) -> int:
+    """Give back claimed rows that were never dispatched (a paused campaign, a worker shutting down):
+    queued again, their attempt not counted."""
+    if not rows:
+        return 0
+    table = cast_table(Message.__table__)
+    result = session.execute(
+        update(table)
+        .where(
+            table.c.id == bindparam("_id"),
+            table.c.state == "sending",
+            table.c.claimed_by == bindparam("_token"),
+            table.c.dispatched_at.is_(None),
+        )
+        .values(state="queued", attempts=table.c.attempts - 1, claimed_by=None, lease_until=None),
+        [{"_id": i, "_token": token} for i, token in rows],
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def renew_leases(session: Session, tokens: Sequence[str], now: datetime, lease: timedelta) -> int:
+    """The worker holding these claims is alive: push their leases forward (one UPDATE)."""
+    if not tokens:
+        return 0
+    result = session.execute(
+        update(Message)
+        .where(Message.claimed_by.in_(list(tokens)), Message.state == "sending")
+        .values(lease_until=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -133,11 +390,24 @@ class Attempt:
     refusal: PersonalizationError | None = None
     params: list[str] | None = None
 
+    @property
+    def kind(self) -> str:
+        """accepted, retry, failed, uncertain (reconciled later) or skipped (personalization)."""
+        if self.refusal is not None or self.result is None:
+            return "skipped"
+        if self.result.outcome is Outcome.RETRY and self.result.error_code in UNCERTAIN_CODES:
+            return "uncertain"
+        return self.result.outcome.value
 
-def _backoff(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
-    """Exponential backoff with jitter, never sooner than the provider's ``Retry-After``."""
+
+def backoff(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter over the upper half, capped, and never sooner than the
+    provider's ``Retry-After`` (which may exceed the cap: the provider knows best)."""
     delay = min(cap, base * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.0)
     return max(delay, retry_after or 0.0)
+
+
+_backoff = backoff  # the former name
 
 
 def record_attempts(
@@ -150,9 +420,11 @@ def record_attempts(
     retry_cap: float,
 ) -> None:
     """Write the outcomes of a batch: one executemany per kind of outcome, guarded by ``state = 'sending'``
-    (a webhook that got there first keeps its later state)."""
+    (a webhook that got there first keeps its later state). A retry-later answer is queued again after
+    its backoff until ``max_attempts``, then failed with the reason; an uncertain one (the request may
+    have reached the provider) stays ``sending`` for ``expire_leases`` to reconcile."""
     table = cast_table(Message.__table__)
-    sent, retry, failed, skipped = [], [], [], []
+    sent, retry, failed, skipped, uncertain = [], [], [], [], []
     for att in attempts:
         row: dict[str, Any] = {"_id": att.claimed.id, "_provider": att.provider}
         if att.refusal is not None:
@@ -165,8 +437,10 @@ def record_attempts(
             continue
         reason = f"{att.provider}:{result.error_code or 'error'}"[:64]
         detail = (result.error_detail or "")[:500]
-        if result.outcome is Outcome.RETRY and att.claimed.attempts < max_attempts:
-            delay = _backoff(att.claimed.attempts, result.retry_after, retry_base, retry_cap)
+        if att.kind == "uncertain":
+            uncertain.append({**row, "_detail": f"outcome unknown, reconciling: {detail}"[:500]})
+        elif result.outcome is Outcome.RETRY and att.claimed.attempts < max_attempts:
+            delay = backoff(att.claimed.attempts, result.retry_after, retry_base, retry_cap)
             retry.append({**row, "_next": now + timedelta(seconds=delay), "_detail": detail})
         else:
             if result.outcome is Outcome.RETRY:
@@ -184,6 +458,7 @@ def record_attempts(
                 params=bindparam("_params", type_=table.c.params.type),
                 sent_at=func.coalesce(table.c.sent_at, now),
                 lease_until=None,
+                claimed_by=None,
             ),
             sent,
         )
@@ -197,8 +472,22 @@ def record_attempts(
                 next_attempt_at=bindparam("_next", type_=table.c.next_attempt_at.type),
                 error_detail=bindparam("_detail"),
                 lease_until=None,
+                claimed_by=None,
+                dispatched_at=None,
             ),
             retry,
+        )
+    if uncertain:
+        session.execute(
+            update(table)
+            .where(guard)
+            .values(
+                provider=bindparam("_provider"),
+                error_detail=bindparam("_detail"),
+                lease_until=None,
+                claimed_by=None,
+            ),
+            uncertain,
         )
     if failed:
         session.execute(
@@ -211,6 +500,7 @@ def record_attempts(
                 error_detail=bindparam("_detail"),
                 failed_at=now,
                 lease_until=None,
+                claimed_by=None,
             ),
             failed,
         )
@@ -223,6 +513,7 @@ def record_attempts(
                 reason=bindparam("_reason"),
                 error_detail=bindparam("_detail"),
                 lease_until=None,
+                claimed_by=None,
             ),
             skipped,
         )
@@ -251,22 +542,144 @@ def _apply_pending(session: Session, sent: Iterable[tuple[str, str, SendResult]]
             session.delete(item)
 
 
-def expire_leases(session: Session, now: datetime, grace: timedelta) -> int:
-    """A row still ``sending`` long after its lease: the worker died around the provider call and no
-    webhook has told us the outcome. Never resend blindly: fail it as ``outcome_unknown``."""
-    result = session.execute(
-        update(Message)
-        .where(Message.state == "sending", Message.lease_until < now - grace)
+def reconcile(
+    session: Session,
+    now: datetime,
+    window: timedelta,
+    *,
+    unknown_outcome: str = "requeue",
+    max_attempts: int = 5,
+) -> dict[str, int]:
+    """Recover rows a worker lost (it died, or handed over an uncertain answer); safe in any number of
+    processes at once (guarded UPDATEs):
+
+    * claimed, lease expired, never dispatched: no provider call happened, so it is queued again at
+      once, the attempt not counted;
+    * dispatched, no answer recorded, no lease, and no status webhook within ``window`` of the dispatch:
+      a status would have moved it (providers echo our ledger id), so the provider most likely never
+      took it. ``unknown_outcome="requeue"`` queues it again (until ``max_attempts``, then
+      ``outcome_unknown``); ``"fail"`` fails it as ``outcome_unknown`` at once (DESIGN invariant 3's
+      strict reading: never resend without proof)."""
+    table = cast_table(Message.__table__)
+    never_sent = session.execute(
+        update(table)
+        .where(table.c.state == "sending", table.c.dispatched_at.is_(None), table.c.lease_until < now)
         .values(
-            state="failed",
-            reason="outcome_unknown",
-            error_detail="the worker stopped during the provider call and no status arrived",
-            failed_at=now,
+            state="queued",
+            attempts=table.c.attempts - 1,
+            claimed_by=None,
             lease_until=None,
+            next_attempt_at=now,
         )
+    )
+    stale = and_(
+        table.c.state == "sending",
+        table.c.dispatched_at < now - window,
+        or_(table.c.lease_until.is_(None), table.c.lease_until < now),
+    )
+    unknown = {
+        "state": "failed",
+        "reason": "outcome_unknown",
+        "error_detail": "the provider call's outcome is unknown and no status arrived",
+        "failed_at": now,
+        "claimed_by": None,
+        "lease_until": None,
+    }
+    failed = 0
+    requeued = 0
+    if unknown_outcome == "fail":
+        failed = int(session.execute(update(table).where(stale).values(**unknown)).rowcount or 0)  # type: ignore[attr-defined]
+    else:
+        failed = int(
+            session.execute(
+                update(table).where(stale, table.c.attempts >= max_attempts).values(**unknown)
+            ).rowcount  # type: ignore[attr-defined]
+            or 0
+        )
+        requeued = int(
+            session.execute(
+                update(table)
+                .where(stale)
+                .values(
+                    state="queued",
+                    dispatched_at=None,
+                    claimed_by=None,
+                    lease_until=None,
+                    next_attempt_at=now,
+                    error_detail="no answer and no status webhook: sent again",
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            or 0
+        )
+    return {
+        "requeued_undispatched": int(never_sent.rowcount or 0),  # type: ignore[attr-defined]
+        "requeued_unknown": requeued,
+        "failed_unknown": failed,
+    }
+
+
+def expire_leases(session: Session, now: datetime, grace: timedelta) -> int:
+    """Called by every scheduler tick: ``reconcile`` with a window of ``grace`` (the worker runs its own
+    ``reconcile`` with the configured settings first; this is the fallback)."""
+    return sum(reconcile(session, now, grace).values())
+
+
+def pause_campaign(session: Session, campaign_id: int, note: str) -> bool:
+    """Pause a running campaign (its queued rows are no longer claimed); one guarded UPDATE."""
+    result = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.state == "running")
+        .values(state="paused", note=note[:300])
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def resume_campaign(session: Session, account_id: str, campaign_id: int) -> bool:
+    """paused → running, atomically; False when the campaign is not paused (or not the account's)."""
+    result = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.account_id == account_id, Campaign.state == "paused")
+        .values(state="running", note=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def campaign_progress(
+    session: Session, campaign_id: int, now: datetime, window: float = 30.0
+) -> dict[str, Any]:
+    """Planned, sent, remaining, the current sending rate and the estimated time left."""
+    counts = dict(
+        session.execute(
+            select(Message.state, func.count())
+            .where(Message.campaign_id == campaign_id)
+            .group_by(Message.state)
+        ).all()
+    )
+    recent = int(
+        session.scalar(
+            select(func.count()).where(
+                Message.campaign_id == campaign_id,
+                Message.state.in_((*SENT_STATES, "failed")),
+                Message.dispatched_at >= now - timedelta(seconds=window),
+            )
+        )
+        or 0
+    )
+    sent = sum(counts.get(s, 0) for s in SENT_STATES)
+    remaining = counts.get("queued", 0) + counts.get("sending", 0)
+    rate = recent / window
+    return {
+        "planned": sum(counts.values()) - counts.get("control", 0),
+        "sent": sent,
+        "failed": counts.get("failed", 0),
+        "skipped": counts.get("skipped", 0),
+        "control": counts.get("control", 0),
+        "remaining": remaining,
+        "rate": round(rate, 2),
+        "eta_seconds": round(remaining / rate, 1) if rate > 0 else None,
+    }
 
 
 # --- webhooks -----------------------------------------------------------------------------------------

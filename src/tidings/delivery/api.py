@@ -1,0 +1,69 @@
+"""Delivery endpoints: a campaign's sending progress, and resuming a campaign that paused itself."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tidings.campaigns.models import Campaign
+from tidings.db import utcnow
+from tidings.delivery import service
+from tidings.deps import CurrentAccount, Db
+from tidings.errors import Conflict, NotFound
+
+router = APIRouter(prefix="/api/v1/campaigns", tags=["delivery"])
+
+
+class Progress(BaseModel):
+    campaign_id: int
+    state: str
+    note: str | None = Field(description="Why the campaign waits, paused or stopped.")
+    planned: int = Field(description="Ledger rows to send: the audience less the control group.")
+    sent: int = Field(description="Accepted by the provider (sent, delivered or read).")
+    failed: int
+    skipped: int
+    control: int
+    remaining: int = Field(description="Still queued or being sent.")
+    rate: float = Field(description="Messages handled a second over the last 30 seconds.")
+    eta_seconds: float | None = Field(description="Estimated time left at the current rate.")
+    as_of: datetime
+
+
+class Resumed(BaseModel):
+    campaign_id: int
+    state: str
+
+
+def _campaign(session: Session, account_id: str, campaign_id: int) -> tuple[str, str | None]:
+    row = session.execute(
+        select(Campaign.state, Campaign.note).where(
+            Campaign.id == campaign_id, Campaign.account_id == account_id
+        )
+    ).first()
+    if row is None:
+        raise NotFound("campaign")
+    return row[0], row[1]
+
+
+@router.get("/{campaign_id}/progress", response_model=Progress)
+def progress(campaign_id: int, account: CurrentAccount, db: Db) -> Progress:
+    """Planned, sent, remaining, the current rate and the estimated time left."""
+    now = utcnow()
+    with db.session() as session:
+        state, note = _campaign(session, account.id, campaign_id)
+        figures = service.campaign_progress(session, campaign_id, now)
+    return Progress(campaign_id=campaign_id, state=state, note=note, as_of=now, **figures)
+
+
+@router.post("/{campaign_id}/resume", response_model=Resumed)
+def resume(campaign_id: int, account: CurrentAccount, db: Db) -> Resumed:
+    """Resume a paused campaign (paused → running, atomically); 409 when it is not paused."""
+    with db.session() as session:
+        state, _ = _campaign(session, account.id, campaign_id)
+        if not service.resume_campaign(session, account.id, campaign_id):
+            raise Conflict(f"campaign is {state}; only a paused campaign can be resumed", code="not_paused")
+    return Resumed(campaign_id=campaign_id, state="running")
