@@ -54,6 +54,7 @@ class StandIn:
         self.accepted = 0
         self.statuses: deque[tuple[float, dict[str, Any]]] = deque()
         self.webhooks_posted = 0
+        self.posting = 0
 
     def answer(self, body: bytes, path: str) -> tuple[int, bytes, dict[str, str], float]:
         """(status, body, extra headers, delay) for one request."""
@@ -78,9 +79,8 @@ class StandIn:
         self.counter += 1
         self.accepted += 1
         wamid = f"wamid.S{self.counter:09d}{self.rng.randrange(1 << 30):09d}"
-        self._log(now, 200, ref, to, wamid)
-        if self.args.webhook:
-            self._queue_statuses(now, wamid, to, ref)
+        reported = self._queue_statuses(now, wamid, to, ref) if self.args.webhook else []
+        self._log(now, 200, ref, to, wamid, "+".join(reported) or "-")
         answer = {
             "messaging_product": "whatsapp",
             "contacts": [{"input": to, "wa_id": to}],
@@ -88,14 +88,16 @@ class StandIn:
         }
         return 200, json.dumps(answer).encode(), {}, delay
 
-    def _log(self, at: float, status: int, ref: str, to: str, wamid: str) -> None:
+    def _log(self, at: float, status: int, ref: str, to: str, wamid: str, reported: str = "-") -> None:
         if self.log is not None:
-            self.log.write(f"{at:.6f} {status} {ref or '-'} {to or '-'} {wamid}\n")
+            self.log.write(f"{at:.6f} {status} {ref or '-'} {to or '-'} {wamid} {reported}\n")
 
-    def _queue_statuses(self, now: float, wamid: str, to: str, ref: str) -> None:
+    def _queue_statuses(self, now: float, wamid: str, to: str, ref: str) -> list[str]:
+        reported = []
         for name in self.args.statuses.split(","):
             if name == "delivered" and self.rng.random() >= self.args.delivered:
                 continue
+            reported.append(name)
             item = {
                 "id": wamid,
                 "status": name,
@@ -104,50 +106,64 @@ class StandIn:
                 "biz_opaque_callback_data": ref,
             }
             self.statuses.append((now + self.rng.uniform(0.02, self.args.status_delay), item))
+        return reported
 
     async def post_webhooks(self) -> None:
         import httpx
 
-        secret = self.args.app_secret.encode()
         async with httpx.AsyncClient(timeout=30) as http:
-            while True:
-                await asyncio.sleep(0.05)
-                now = time.time()
-                ready = []
-                while self.statuses and self.statuses[0][0] <= now and len(ready) < self.args.per_post:
-                    ready.append(self.statuses.popleft()[1])
-                if not ready:
-                    continue
-                envelope = {
-                    "object": "whatsapp_business_account",
-                    "entry": [
-                        {
-                            "id": "WABA",
-                            "changes": [
-                                {
-                                    "field": "messages",
-                                    "value": {
-                                        "messaging_product": "whatsapp",
-                                        "metadata": {"display_phone_number": "1555", "phone_number_id": "1"},
-                                        "statuses": ready,
-                                    },
-                                }
-                            ],
-                        }
-                    ],
-                }
-                raw = json.dumps(envelope).encode()
-                signature = "sha256=" + hmac.new(secret, raw, hashlib.sha256).hexdigest()
-                headers = {"X-Hub-Signature-256": signature, "Content-Type": "application/json"}
-                for attempt in range(1000):  # like Meta: retried until our server takes it
-                    try:
-                        response = await http.post(self.args.webhook, content=raw, headers=headers)
-                        if response.status_code < 300:
-                            self.webhooks_posted += len(ready)
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+            await asyncio.gather(*(self._poster(http) for _ in range(self.args.posters)))
+
+    async def _poster(self, http: Any) -> None:
+        import httpx
+
+        secret = self.args.app_secret.encode()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.time()
+            ready = []
+            while self.statuses and self.statuses[0][0] <= now and len(ready) < self.args.per_post:
+                ready.append(self.statuses.popleft()[1])
+            if not ready:
+                continue
+            self.posting += len(ready)
+            envelope = {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {
+                        "id": "WABA",
+                        "changes": [
+                            {
+                                "field": "messages",
+                                "value": {
+                                    "messaging_product": "whatsapp",
+                                    "metadata": {"display_phone_number": "1555", "phone_number_id": "1"},
+                                    "statuses": ready,
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+            raw = json.dumps(envelope).encode()
+            signature = "sha256=" + hmac.new(secret, raw, hashlib.sha256).hexdigest()
+            headers = {"X-Hub-Signature-256": signature, "Content-Type": "application/json"}
+            for attempt in range(1000):  # like Meta: retried until our server takes it
+                try:
+                    response = await http.post(self.args.webhook, content=raw, headers=headers)
+                    if response.status_code < 300:
+                        self.webhooks_posted += len(ready)
+                        break
+                    if response.status_code < 500 and response.status_code != 429:
+                        print(
+                            f"webhook refused: {response.status_code} {response.text[:200]}",
+                            file=sys.stderr,
+                        )
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+            self.posting -= len(ready)
 
     def flush(self) -> None:
         if self.log is not None:
@@ -184,7 +200,12 @@ class Protocol(asyncio.Protocol):
             parts = lines[0].split(" ")
             path = parts[1] if len(parts) > 1 else "/"
             if parts[0] == "GET" and path == "/stats":
-                stats = {"requests": self.standin.requests, "accepted": self.standin.accepted}
+                stats = {
+                    "requests": self.standin.requests,
+                    "accepted": self.standin.accepted,
+                    "statuses_pending": len(self.standin.statuses) + self.standin.posting,
+                    "statuses_posted": self.standin.webhooks_posted,
+                }
                 self._write(200, json.dumps(stats).encode(), {})
                 continue
             status, payload, headers, delay = self.standin.answer(body, path)
@@ -219,6 +240,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--delivered", type=float, default=0.5, help="share of messages reported delivered")
     parser.add_argument("--status-delay", type=float, default=0.5, help="seconds before a status is posted")
     parser.add_argument("--per-post", type=int, default=50, help="statuses in one webhook POST at most")
+    parser.add_argument("--posters", type=int, default=4, help="webhook POSTs in flight at most")
     parser.add_argument("--seed", type=int, default=None)
     return parser.parse_args(argv)
 
@@ -246,7 +268,9 @@ async def main(argv: list[str] | None = None) -> None:
     flushing.cancel()
     if poster is not None:
         deadline = time.time() + 10
-        while standin.statuses and time.time() < deadline:  # post what is left before leaving
+        while (
+            standin.statuses or standin.posting
+        ) and time.time() < deadline:  # post what is left before leaving
             await asyncio.sleep(0.1)
         poster.cancel()
         with contextlib.suppress(asyncio.CancelledError):

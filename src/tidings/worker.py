@@ -19,6 +19,7 @@ from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.delivery import service
 from tidings.delivery.dispatcher import Dispatcher
+from tidings.delivery.http import provider_client
 from tidings.metrics import RECONCILED
 from tidings.providers.pool import ProviderPool
 from tidings.providers.sandbox import SandboxProvider
@@ -38,6 +39,7 @@ class Worker:
         self.settings = settings
         self.box = box
         self.pool = ProviderPool(db, settings, box)
+        self.pool.http = provider_client()  # before any provider is built: they all share it
         self.dispatcher = Dispatcher(db, settings, self.pool)
         self.window = timedelta(seconds=settings.reconcile_seconds)
 

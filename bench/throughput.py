@@ -1,0 +1,189 @@
+"""End-to-end sending throughput, next to its ceiling, in one run.
+
+* ceiling: the HTTP client the workers use (one shared ``httpx.AsyncClient``, the Meta provider's
+  requests, the same concurrency) sending N messages to the fast stand-in, with no database at all;
+* end to end: a one-time campaign of N recipients planned into the ledger, sent by ``tidings worker``
+  processes with no rate limit, measured as rows recorded in the ledger per second.
+
+    .venv/bin/python -m bench.throughput --messages 20000                      # SQLite, 1 worker
+    .venv/bin/python -m bench.throughput --database-url postgresql+psycopg://postgres@127.0.0.1/tidings_f \\
+        --workers 1 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select, text
+
+from bench.cluster import start_standin, start_worker, stop, tidings_env
+from tidings.accounts import integrations
+from tidings.accounts.models import Integration
+from tidings.accounts.service import create_account
+from tidings.campaigns.service import create_campaign, start_campaign
+from tidings.config import Settings
+from tidings.db import Base, Database, utcnow
+from tidings.delivery.http import provider_client
+from tidings.delivery.models import Message
+from tidings.profiles.models import Profile
+from tidings.profiles.service import profile_seed
+from tidings.providers.base import OutboundMessage
+from tidings.providers.meta import MetaProvider
+from tidings.secrets import SecretBox
+from tidings.templates.service import create_template
+
+
+async def ceiling(url: str, n: int, concurrency: int) -> float:
+    """Messages a second through the workers' HTTP client alone."""
+    http = provider_client()
+    provider = MetaProvider(phone_number_id="1555000", access_token="t", base_url=url, http=http)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        message = OutboundMessage(
+            client_ref=str(i), to=f"+9198{10_000_000 + i}", template_name="shop:launch", params=[f"N{i}"]
+        )
+        async with slots:
+            result = await provider.send(message)
+        assert result.outcome.value == "accepted", result
+
+    await asyncio.gather(*(one(i) for i in range(min(500, n))))  # warm the connections
+    began = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = time.perf_counter() - began
+    await http.aclose()
+    return n / elapsed
+
+
+def reset(db: Database) -> None:
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    db.migrate()
+    with db.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+def plan(db: Database, box: SecretBox, standin_url: str, n: int, rate: float | None) -> tuple[str, int]:
+    """An account on the stand-in, N opted-in profiles, and a one-time campaign planned (all queued)."""
+    with db.session() as session:
+        account_id = create_account(session, box, "bench").account_id
+        integrations.configure(
+            session,
+            box,
+            account_id,
+            kind="meta",
+            settings={"phone_number_id": "1555000", "waba_id": "42", "base_url": standin_url},
+            secrets={"access_token": "t", "app_secret": "s"},
+        )
+        integration = session.get(Integration, account_id)
+        assert integration is not None
+        integration.rate_limit = rate
+    now = utcnow()
+    rows = [
+        {
+            "account_id": account_id,
+            "identity": f"u{i}",
+            "phone": f"+9198{10_000_000 + i}",
+            "whatsapp_opt_in": True,
+            "properties": {"Name": f"N{i}"},
+            "seed": profile_seed(account_id, f"u{i}"),
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in range(n)
+    ]
+    with db.session() as session:
+        for start in range(0, n, 5000):
+            session.execute(Profile.__table__.insert(), rows[start : start + 5000])
+        template = create_template(
+            session, account_id, name="shop:launch", body="Hi {{1}}", category="UTILITY"
+        )
+        campaign = create_campaign(
+            session,
+            account_id,
+            name="bench",
+            template_id=template.id,
+            variables=['{{ Profile.Name | default: "friend" }}'],
+            target={"all": True},
+            system_control_group=False,
+            send_at=now,
+        )
+        campaign_id = campaign.id
+    return account_id, campaign_id
+
+
+def open_rows(db: Database, campaign_id: int) -> int:
+    with db.session() as session:
+        return int(
+            session.scalar(
+                select(func.count()).where(
+                    Message.campaign_id == campaign_id, Message.state.in_(("queued", "sending"))
+                )
+            )
+            or 0
+        )
+
+
+def end_to_end(
+    database_url: str, workdir: Path, standin_url: str, n: int, workers: int, rate: float | None = None
+) -> tuple[float, float]:
+    """(messages a second recorded in the ledger, seconds) for N messages sent by ``workers`` processes."""
+    settings = Settings.from_env()
+    key = Fernet.generate_key().decode()
+    box = SecretBox.from_settings(key, workdir)
+    db = Database(database_url)
+    reset(db)
+    _account_id, campaign_id = plan(db, box, standin_url, n, rate)
+    env = tidings_env(
+        database_url, workdir, key, redis_url=settings.redis_url, extra={"TIDINGS_POLL_INTERVAL": "0.05"}
+    )
+    fleet = [start_worker(env, workdir / f"worker{i}.log") for i in range(workers)]
+    try:
+        time.sleep(3)  # let them start (and find nothing to do yet)
+        with db.session() as session:
+            start_campaign(session, campaign_id, utcnow())  # n rows queued at once
+        began = time.perf_counter()
+        while open_rows(db, campaign_id):
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - began
+    finally:
+        for process in fleet:
+            stop(process)
+        db.dispose()
+    return n / elapsed, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary folder")
+    parser.add_argument("--workers", type=int, action="append", help="worker processes (repeatable)")
+    parser.add_argument("--concurrency", type=int, default=Settings.from_env().dispatch_concurrency)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
+    database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
+    standin = start_standin(workdir / "standin.log")
+    try:
+        top = asyncio.run(ceiling(standin.url, args.messages, args.concurrency))
+        print(f"ceiling (HTTP client alone, concurrency {args.concurrency}): {top:,.0f} msg/s")
+        for workers in args.workers or [1]:
+            rate, elapsed = end_to_end(database_url, workdir, standin.url, args.messages, workers)
+            backend = database_url.split(":", 1)[0].split("+", 1)[0]
+            print(
+                f"end to end ({backend}, {workers} worker{'s' if workers > 1 else ''}): {rate:,.0f} msg/s "
+                f"({args.messages:,} in {elapsed:.1f} s) = {rate / top:.2f} of the ceiling"
+            )
+    finally:
+        standin.stop()
+
+
+if __name__ == "__main__":
+    main()
