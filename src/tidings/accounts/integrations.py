@@ -33,6 +33,7 @@ KINDS: dict[str, Kind] = {
             "base_url": "https://api.nexmo.com",
             "application_id": "",
             "legacy_template_names": False,
+            "messaging_limit": "unlimited",
         },
         secrets=("private_key", "api_key", "api_secret", "signature_secret"),
         rate_limit=30.0,
@@ -44,6 +45,7 @@ KINDS: dict[str, Kind] = {
             "base_url": "https://graph.facebook.com",
             "api_version": "v23.0",
             "verify_token": "",
+            "messaging_limit": "unlimited",
         },
         secrets=("access_token", "app_secret"),
         rate_limit=80.0,
@@ -53,6 +55,13 @@ KINDS: dict[str, Kind] = {
 
 def _check(kind: str, settings: dict[str, Any], sealed: dict[str, str]) -> None:
     """Refuse settings a provider cannot work with, naming what is missing."""
+    limit = settings.get("messaging_limit", "unlimited")
+    if limit != "unlimited" and not (str(limit).isdigit() and int(limit) > 0):
+        raise Invalid(
+            "settings.messaging_limit is the WhatsApp messaging-limit tier: unique users a day (250, 2000, "
+            "10000, 100000) or \"unlimited\"",
+            code="invalid_integration",
+        )
     if kind == "vonage":
         jwt_auth = bool(settings.get("application_id")) and bool(sealed.get("private_key"))
         basic = bool(sealed.get("api_key")) and bool(sealed.get("api_secret"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -114,11 +115,16 @@ class Lane:
     checked: float = 0.0
 
 
+@functools.lru_cache(maxsize=256)
+def _renderer(variables: tuple[str, ...]) -> Renderer:
+    return Renderer(variables)
+
+
 def render(claimed: Claimed) -> Item:
     item = Item(claimed, time.monotonic())
     if claimed.text is None:
         try:
-            item.params = Renderer(claimed.variables).render(claimed.profile, claimed.event)
+            item.params = _renderer(claimed.variables).render(claimed.profile, claimed.event)
         except PersonalizationError as refusal:
             item.refusal = refusal
             return item
@@ -212,7 +218,7 @@ class Dispatcher:
     def _lane_shape(self, sender: Sender) -> tuple[int, int]:
         batch = self.settings.dispatch_batch
         if sender.rate is None:
-            return max(1, batch // 2), 2 * batch
+            return batch, 2 * batch
         chunk = max(1, min(batch // 2, math.ceil(sender.rate * 0.1)))
         return chunk, max(2 * chunk, min(2 * batch, math.ceil(sender.rate * 2)))
 

@@ -211,19 +211,7 @@ def mark_dispatched(
     ids = [r[0] for r in rows]
     waiting: dict[int, datetime] = {}
     skipped: list[int] = []
-    # A campaign paused or stopped since the claim: its rows go back to the queue, unsent.
-    halted = set(
-        session.scalars(
-            select(Message.id).where(
-                Message.id.in_(ids),
-                Message.campaign_id.in_(select(Campaign.id).where(Campaign.state != "running")),
-            )
-        )
-    )
-    released = [r[0] for r in rows if r[0] in halted]
-    if released:
-        release(session, [(r[0], r[1]) for r in rows if r[0] in halted], now)
-    candidates = [r for r in rows if r[0] not in halted]
+    candidates = list(rows)
     if pair_interval > 0:
         gap = timedelta(seconds=pair_interval)
         phones = sorted({r[2] for r in rows if r[2]})
@@ -287,6 +275,7 @@ def mark_dispatched(
             kept.append(row)
         candidates = kept
     table = cast_table(Message.__table__)
+    running = select(Campaign.id).where(Campaign.state == "running")
     go: list[int] = []
     by_token: dict[str, list[int]] = {}
     for row in candidates:
@@ -300,12 +289,28 @@ def mark_dispatched(
                     table.c.state == "sending",
                     table.c.claimed_by == token,
                     table.c.dispatched_at.is_(None),
+                    or_(table.c.campaign_id.is_(None), table.c.campaign_id.in_(running)),
                 )
                 .values(dispatched_at=now, lease_until=now + lease)
                 .returning(table.c.id)
             )
         )
     owned = {r[0]: r[1] for r in rows}
+    released: list[int] = []
+    if len(go) < len(candidates):
+        # A campaign paused or stopped since the claim: its rows go back to the queue, unsent.
+        marked = set(go)
+        halted = set(
+            session.scalars(
+                select(table.c.id).where(
+                    table.c.id.in_([r[0] for r in candidates if r[0] not in marked]),
+                    table.c.campaign_id.in_(select(Campaign.id).where(Campaign.state != "running")),
+                )
+            )
+        )
+        released = [r[0] for r in candidates if r[0] in halted]
+        release(session, [(i, owned[i]) for i in released], now)
+        candidates = [r for r in candidates if r[0] not in halted]
     if waiting:
         session.execute(
             update(table)
@@ -710,12 +715,15 @@ def status_from_json(data: dict[str, Any]) -> StatusUpdate:
 def _match(account_id: str, update_: StatusUpdate) -> ColumnElement[bool] | None:
     if update_.client_ref and update_.client_ref.startswith(TEST_REF_PREFIX):
         return None
-    keys = []
+    # Our ledger id, when the provider echoes it, finds the row by primary key (the hot path: one index
+    # lookup, where ``id = … OR provider_message_id = …`` may scan the ledger); the provider's id otherwise.
     if update_.client_ref and update_.client_ref.isdigit():
-        keys.append(Message.id == int(update_.client_ref))
+        return and_(Message.account_id == account_id, Message.id == int(update_.client_ref))
     if update_.provider_message_id:
-        keys.append(Message.provider_message_id == update_.provider_message_id)
-    return and_(Message.account_id == account_id, or_(*keys)) if keys else None
+        return and_(
+            Message.account_id == account_id, Message.provider_message_id == update_.provider_message_id
+        )
+    return None
 
 
 def apply_status(
