@@ -105,10 +105,10 @@ def start_server(env: Mapping[str, str], port: int, log: Path) -> subprocess.Pop
         time.sleep(0.1)
 
 
-def start_worker(env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: Mapping[str, str], log: Path, level: str = "warning") -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - kept open for the life of the process
     return subprocess.Popen(
-        [*TIDINGS, "worker", "--log-level", "warning"],
+        [*TIDINGS, "worker", "--log-level", level],
         cwd=ROOT,
         env=dict(env),
         stdout=out,

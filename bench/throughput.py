@@ -145,7 +145,7 @@ def end_to_end(
     env = tidings_env(
         database_url, workdir, key, redis_url=settings.redis_url, extra={"TIDINGS_POLL_INTERVAL": "0.05"}
     )
-    fleet = [start_worker(env, workdir / f"worker{i}.log") for i in range(workers)]
+    fleet = [start_worker(env, workdir / f"worker{i}.log", "info") for i in range(workers)]
     try:
         time.sleep(3)  # let them start (and find nothing to do yet)
         with db.session() as session:

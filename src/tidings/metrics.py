@@ -50,6 +50,11 @@ RECONCILED = Counter(
     ["action"],
 )
 PAUSES = Counter("tidings_campaign_pauses_total", "Campaigns paused for their error rate.")
+LOOP_LAG = Histogram(
+    "tidings_event_loop_lag_seconds",
+    "How late a worker's event loop woke up (sends are paced on it).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
 IN_HAND = Gauge("tidings_worker_in_hand", "Claimed rows this worker holds (not yet recorded).")
 IN_FLIGHT = Gauge("tidings_worker_in_flight", "Provider calls in flight in this worker.")
 WEBHOOKS = Counter(

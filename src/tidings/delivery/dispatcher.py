@@ -62,6 +62,7 @@ RECORD_EVERY = 0.05  # seconds between result flushes (or sooner when many are w
 RECORD_AT_ONCE = 500
 SENDER_REFRESH = 5.0  # seconds between re-reads of a sender's integration (rate, tier)
 ERROR_OUTCOMES = frozenset({"retry", "failed", "uncertain"})
+lost_slots: dict[str, int] = {}  # per account, for the log line at shutdown
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,9 @@ class Dispatcher:
         batch = self.settings.dispatch_batch
         if sender.rate is None:
             return batch, 2 * batch
+        # About two seconds of sending in stock, so that a slow claim never leaves the sender idle.
         chunk = max(1, min(batch // 2, math.ceil(sender.rate * 0.1)))
-        return chunk, max(2 * chunk, min(2 * batch, math.ceil(sender.rate * 2)))
+        return chunk, max(2 * chunk, math.ceil(sender.rate * 2))
 
     async def _lanes_for(self, accounts: set[str]) -> None:
         now = time.monotonic()
@@ -233,7 +235,10 @@ class Dispatcher:
             chunk, capacity = self._lane_shape(sender)
             if lane is None:
                 lane = Lane(account_id, sender, provider, None, chunk, capacity)
-                lane.room = asyncio.Semaphore(max(2 * chunk, 2 * self.settings.dispatch_concurrency))
+                # Rows marked dispatched ahead of their slots: half a second of sending, so that a slow
+                # mark (a busy database) never leaves the sender without work.
+                ahead = math.ceil(sender.rate * 0.5) if sender.rate else 0
+                lane.room = asyncio.Semaphore(max(2 * chunk, 2 * self.settings.dispatch_concurrency, ahead))
                 self._lanes[account_id] = lane
                 lane.task = asyncio.create_task(self._run_lane(lane), name=f"lane-{account_id}")
             if lane.pacer is None or lane.sender != sender:
@@ -247,8 +252,9 @@ class Dispatcher:
 
     async def _run_claimer(self) -> None:
         batch = self.settings.dispatch_batch
-        high_water = 2 * batch
+        base = 2 * batch
         while not self._stopping:
+            high_water = max(base, min(20 * batch, sum(lane.capacity for lane in self._lanes.values())))
             room = high_water - len(self._in_hand)
             if room < max(1, batch // 2):
                 self._room_freed.clear()
@@ -334,6 +340,7 @@ class Dispatcher:
                     waited = await lane.pacer.turn()
                     RATE_WAIT_SECONDS.observe(waited)
                     RATE_LOST_SLOTS.inc(lane.pacer.lost)
+                    lost_slots[lane.account_id] = lost_slots.get(lane.account_id, 0) + lane.pacer.lost
                     lane.pacer.lost = 0
                 if self._fenced(item):
                     self._drop([item.claimed.id])  # dispatched but never called: the reconciler requeues it
@@ -486,4 +493,13 @@ class Dispatcher:
             if pending:
                 await asyncio.wait(pending, timeout=30)
             await asyncio.wait_for(recorder, timeout=30)
+            for lane in self._lanes.values():
+                if lane.pacer is not None:
+                    log.info(
+                        "sender %s: %s sends paced at %g/s, %s slots given up (woke too late)",
+                        lane.sender.key,
+                        lane.pacer.used,
+                        lane.pacer.rate,
+                        lost_slots.get(lane.account_id, 0) + lane.pacer.lost,
+                    )
             await self.limiter.aclose()
