@@ -43,6 +43,7 @@ def create_app(
         if worker_task is not None:
             stop.set()
             await worker_task
+        await app.state.webhooks.aclose()
 
     app = FastAPI(
         title="Tidings",
@@ -58,6 +59,9 @@ def create_app(
     app.state.db = db
     app.state.box = box
     app.state.worker = None
+    from tidings.webhooks.batch import WebhookBatcher
+
+    app.state.webhooks = WebhookBatcher(db, box)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

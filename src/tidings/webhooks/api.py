@@ -1,4 +1,6 @@
-"""Webhook endpoints. Each verifies the provider's signature before anything is read or written."""
+"""Webhook endpoints. Each verifies the provider's signature before anything is read or written, then
+hands the events to the process's ``WebhookBatcher``, which applies many requests' events in one
+transaction and answers each request once its events are committed."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from tidings.errors import ApiError
 from tidings.providers import meta, vonage
 from tidings.providers.base import WebhookError, WebhookEvent
 from tidings.secrets import SecretBox
-from tidings.webhooks.service import handle_events, integration_for
+from tidings.webhooks.batch import WebhookBatcher
+from tidings.webhooks.service import integration_for
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
@@ -29,22 +32,8 @@ def _json(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _vonage_format(
-    db: Database, box: SecretBox, provider: str, account_id: str, kind: str, headers: Any, body: bytes
-) -> dict[str, int]:
-    with db.session() as session:
-        secrets = integration_for(session, box, account_id, provider)["secrets"]
-        try:
-            vonage.verify_webhook(headers, body, secrets.get("signature_secret", ""))
-            payload = _json(body)
-            event: WebhookEvent = (
-                vonage.parse_status(payload) if kind == "status" else vonage.parse_inbound(payload)
-            )
-        except WebhookError as exc:
-            raise ApiError(
-                exc.status, "bad_signature" if exc.status == 401 else "invalid_payload", exc.message
-            ) from exc
-        return handle_events(session, account_id, provider, [event])
+def _bad(exc: WebhookError) -> ApiError:
+    return ApiError(exc.status, "bad_signature" if exc.status == 401 else "invalid_payload", exc.message)
 
 
 @router.post("/{provider}/{account_id}/{kind}", summary="Vonage (and sandbox) status and inbound webhooks")
@@ -57,16 +46,17 @@ async def vonage_webhook(
     """Vonage Messages API webhooks, signed with an HS256 JWT (the account's signature secret) whose
     ``payload_hash`` is the body's SHA-256. The sandbox calls the same endpoint in the same format."""
     body = await request.body()
-    result = await run_in_threadpool(
-        _vonage_format,
-        request.app.state.db,
-        request.app.state.box,
-        provider,
-        account_id,
-        kind,
-        request.headers,
-        body,
-    )
+    batcher: WebhookBatcher = request.app.state.webhooks
+    secrets = (await batcher.integration(account_id, provider))["secrets"]
+    try:
+        vonage.verify_webhook(request.headers, body, secrets.get("signature_secret", ""))
+        payload = _json(body)
+        event: WebhookEvent = (
+            vonage.parse_status(payload) if kind == "status" else vonage.parse_inbound(payload)
+        )
+    except WebhookError as exc:
+        raise _bad(exc) from exc
+    result = await batcher.apply(account_id, provider, [event])
     return {"status": "ok", **result}
 
 
@@ -77,19 +67,6 @@ def _meta_handshake(db: Database, box: SecretBox, account_id: str, params: Any) 
         return meta.verify_handshake(params, settings.get("verify_token", ""))
     except WebhookError as exc:
         raise ApiError(exc.status, "bad_verify_token", exc.message) from exc
-
-
-def _meta_events(db: Database, box: SecretBox, account_id: str, headers: Any, body: bytes) -> dict[str, int]:
-    with db.session() as session:
-        secrets = integration_for(session, box, account_id, "meta")["secrets"]
-        try:
-            meta.verify_signature(headers, body, secrets.get("app_secret", ""))
-            events = meta.parse_webhook(_json(body))
-        except WebhookError as exc:
-            raise ApiError(
-                exc.status, "bad_signature" if exc.status == 401 else "invalid_payload", exc.message
-            ) from exc
-        return handle_events(session, account_id, "meta", events)
 
 
 @router.get("/meta/{account_id}", response_class=PlainTextResponse, summary="Meta webhook verification")
@@ -105,7 +82,12 @@ async def meta_webhook(account_id: str, request: Request) -> dict[str, Any]:
     """Statuses, inbound messages and template status updates, verified with ``X-Hub-Signature-256``
     (HMAC-SHA256 of the raw body with the app secret)."""
     body = await request.body()
-    result = await run_in_threadpool(
-        _meta_events, request.app.state.db, request.app.state.box, account_id, request.headers, body
-    )
+    batcher: WebhookBatcher = request.app.state.webhooks
+    secrets = (await batcher.integration(account_id, "meta"))["secrets"]
+    try:
+        meta.verify_signature(request.headers, body, secrets.get("app_secret", ""))
+        events = meta.parse_webhook(_json(body))
+    except WebhookError as exc:
+        raise _bad(exc) from exc
+    result = await batcher.apply(account_id, "meta", events)
     return {"status": "ok", **result}
