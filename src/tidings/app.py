@@ -85,12 +85,14 @@ def create_app(
     from tidings.accounts.api import router as integrations_router
     from tidings.campaigns.api import router as campaigns_router
     from tidings.profiles.api import router as ingest_router
+    from tidings.segments.api import router as segments_router
     from tidings.templates.api import router as templates_router
     from tidings.webhooks.api import router as webhooks_router
 
     app.include_router(ingest_router)
     app.include_router(templates_router)
     app.include_router(campaigns_router)
+    app.include_router(segments_router)
     app.include_router(integrations_router)
     app.include_router(webhooks_router)
 

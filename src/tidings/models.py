@@ -6,6 +6,7 @@ from tidings.conversations.models import InboundMessage
 from tidings.db import Base
 from tidings.delivery.models import Message, PendingStatus
 from tidings.profiles.models import Event, Profile
+from tidings.segments.models import Segment
 from tidings.templates.models import Template
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "Message",
     "PendingStatus",
     "Profile",
+    "Segment",
     "Template",
 ]

@@ -1,81 +1,332 @@
-"""Targets: which profiles a campaign is for, compiled to one SQL condition (no per-profile loop).
+"""Segments: who a campaign is for, as one SQL condition on ``profiles`` (no per-profile loop), and the
+saved, named segments that definitions refer to with ``{"segment_id": N}``.
 
-A target is ``{"all": true}`` or ``{"conditions": [{"property", "op", "value"}, …]}`` (all must hold).
-Operators: equals, not_equals, in, contains, exists, not_exists, gt, gte, lt, lte.
+What campaigns call:
+
+- :func:`validate_target` — check a target; ``Invalid`` (422) names the faulty part;
+- :func:`resolve_target` — the target with its saved segments inlined (422 ``segment_not_found`` /
+  ``segment_cycle``);
+- :func:`profile_condition` — the SQL condition for a resolved target, relative to ``now``;
+- :func:`estimate` — how many of the account's profiles a target selects.
+
+The definition language is in ``docs/segments.md``; parsing and SQL are in :mod:`tidings.segments.compiler`.
+A saved segment is inlined each time a target is resolved, so a campaign sees the segment as it is when the
+campaign starts. A segment that a campaign still to run, or another segment, refers to cannot be deleted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, or_, true
+from sqlalchemy import ColumnElement, func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from tidings.errors import Invalid
+from tidings.db import is_postgres, utcnow
+from tidings.errors import Conflict, Invalid, NotFound
 from tidings.profiles.models import Profile
+from tidings.segments.compiler import (
+    MAX_ID,
+    PROPERTY_OPS,
+    compile_tree,
+    parse,
+)
+from tidings.segments.models import Segment
 
-OPS = {"equals", "not_equals", "in", "contains", "exists", "not_exists", "gt", "gte", "lt", "lte"}
+__all__ = [
+    "OPS",
+    "create_segment",
+    "delete_segment",
+    "estimate",
+    "get_segment",
+    "list_segments",
+    "profile_condition",
+    "resolve_target",
+    "update_segment",
+    "validate_target",
+]
+
+OPS = set(PROPERTY_OPS)
+MAX_NAME_CHARS = 200
+MAX_CHAIN = 4  # segments referring to segments referring to … (see compiler.MAX_RESOLVED_DEPTH)
+_OPEN_CAMPAIGN_STATES = ("draft", "scheduled", "running")
+
+
+# --------------------------------------------------------------------------------------------- targets
 
 
 def validate_target(target: dict[str, Any]) -> None:
-    """Raise ``Invalid`` pointing at the faulty part."""
-    if not target or target.get("all") is True:
-        if set(target) - {"all"}:
-            raise Invalid('target: use either {"all": true} or {"conditions": [...]}')
-        return
-    conditions = target.get("conditions")
-    if not isinstance(conditions, list) or not conditions or set(target) != {"conditions"}:
-        raise Invalid('target must be {"all": true} or {"conditions": [{"property", "op", "value"}, ...]}')
-    for i, cond in enumerate(conditions):
-        where = f"target.conditions[{i}]"
-        if not isinstance(cond, dict):
-            raise Invalid(f"{where} must be an object")
-        prop, op = cond.get("property"), cond.get("op")
-        if not isinstance(prop, str) or not prop:
-            raise Invalid(f"{where}.property must be a non-empty string")
-        if op not in OPS:
-            raise Invalid(f"{where}.op must be one of {', '.join(sorted(OPS))}")
-        value = cond.get("value")
-        if op in {"exists", "not_exists"}:
+    """Raise ``Invalid`` (422, code ``invalid_segment``) pointing at the faulty part, e.g.
+    ``target.and[1].did.count.at_least must be a positive integer``. ``{}`` and ``{"all": true}`` mean
+    everyone. Saved segments are not looked up here (see :func:`resolve_target`)."""
+    parse(target, "target", allow_empty=True)
+
+
+def resolve_target(
+    session: Session, account_id: str, target: dict[str, Any], *, lock: bool = False
+) -> dict[str, Any]:
+    """The target, validated, with every ``{"segment_id": N}`` replaced by that saved segment's definition
+    (recursively). Unknown ids (or another account's) give 422 ``segment_not_found``, a segment that
+    refers back to itself 422 ``segment_cycle``.
+
+    ``lock``: share-lock the segments read (PostgreSQL) until the transaction ends, so that a concurrent
+    delete waits and then sees what this transaction wrote. Off by default: live triggers resolve targets
+    in the ingest transaction, where a row lock per event would cost more than the rare race it closes."""
+    return _resolve(session, account_id, target, "target", allow_empty=True, lock=lock)
+
+
+def profile_condition(target: dict[str, Any], *, now: datetime | None = None) -> ColumnElement[bool]:
+    """The SQL condition on ``profiles`` (correlated subqueries on ``events``) for a resolved target.
+
+    ``now`` (aware) anchors relative windows ("in the last 30 days"); it is required when the target has
+    one (``ValueError`` otherwise): the clock is never read here. The condition does not restrict the
+    account: callers add ``Profile.account_id == …``."""
+    return compile_tree(parse(target, "target", resolved=True, allow_empty=True), now)
+
+
+def estimate(
+    session: Session, account_id: str, target: dict[str, Any], now: datetime, *, root: str = "target"
+) -> int:
+    """How many of the account's profiles the target selects (opted in or not), in one query. ``root``
+    names the definition in error messages."""
+    resolved = _resolve(session, account_id, target, root, allow_empty=True)
+    condition = compile_tree(parse(resolved, root, resolved=True, allow_empty=True), now)
+    if is_postgres(session):
+        # Correlated subqueries over many profiles are costed high enough to trigger JIT compilation,
+        # which takes longer (~0.3 s) than the count itself; this transaction only counts.
+        session.execute(text("SET LOCAL jit = off"))
+    query = select(func.count()).select_from(Profile).where(Profile.account_id == account_id, condition)
+    return int(session.scalar(query) or 0)
+
+
+def _resolve(
+    session: Session,
+    account_id: str,
+    definition: Any,
+    root: str,
+    *,
+    allow_empty: bool = False,
+    overrides: dict[int, Any] | None = None,
+    chain: tuple[int, ...] = (),
+    lock: bool = False,
+) -> dict[str, Any]:
+    """Validate, then inline saved segments. ``overrides``: new definitions of segments being changed (in
+    place of the stored ones); ``chain``: the saved segment this definition belongs to, if any (so that a
+    segment cannot come to refer to itself)."""
+    parse(definition, root, allow_empty=allow_empty)
+    loaded: dict[int, Any] = dict(overrides or {})
+
+    def load(segment_id: int, path: str) -> Any:
+        if segment_id not in loaded:
+            query = select(Segment.definition).where(
+                Segment.id == segment_id, Segment.account_id == account_id
+            )
+            if lock:
+                query = query.with_for_update(read=True)
+            found = session.execute(query).scalar_one_or_none()
+            if found is None:
+                raise Invalid(
+                    f"{path}.segment_id: segment {segment_id} does not exist in this account",
+                    code="segment_not_found",
+                )
+            loaded[segment_id] = found
+        return loaded[segment_id]
+
+    def inline(value: Any, path: str, chain: tuple[int, ...]) -> Any:
+        if not isinstance(value, dict):
+            return value
+        if "segment_id" in value:
+            segment_id = value["segment_id"]
+            if segment_id in chain:
+                cycle = " → ".join(str(i) for i in (*chain[chain.index(segment_id) :], segment_id))
+                raise Invalid(
+                    f"{path}.segment_id: segment {segment_id} refers back to itself ({cycle})",
+                    code="segment_cycle",
+                )
+            if len(chain) >= MAX_CHAIN:
+                raise Invalid(
+                    f"{path}.segment_id: more than {MAX_CHAIN} saved segments refer to each other in a row",
+                    code="invalid_segment",
+                )
+            return inline(load(segment_id, path), f"{path}.segment_id({segment_id})", (*chain, segment_id))
+        if "and" in value or "or" in value:
+            kind = "and" if "and" in value else "or"
+            return {kind: [inline(item, f"{path}.{kind}[{i}]", chain) for i, item in enumerate(value[kind])]}
+        if "not" in value:
+            return {"not": inline(value["not"], f"{path}.not", chain)}
+        return value  # property tests and past behaviour hold no references
+
+    resolved: dict[str, Any] = inline(definition, root, chain)
+    parse(resolved, root, resolved=True, allow_empty=allow_empty)  # the limits of the inlined whole
+    return resolved
+
+
+def _referenced_ids(value: Any) -> set[int]:
+    """Every ``segment_id`` in a stored definition or target (a plain walk: robust to any stored shape)."""
+    found: set[int] = set()
+    if isinstance(value, dict):
+        segment_id = value.get("segment_id")
+        if isinstance(segment_id, int) and not isinstance(segment_id, bool):
+            found.add(segment_id)
+        for item in value.values():
+            found |= _referenced_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _referenced_ids(item)
+    return found
+
+
+# --------------------------------------------------------------------------------------------- saved segments
+
+
+def _name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > MAX_NAME_CHARS:
+        raise Invalid(f"name must be 1 to {MAX_NAME_CHARS} characters", code="invalid_name")
+    if "\x00" in name:
+        raise Invalid("name must not contain the NUL character", code="invalid_name")
+    return name.strip()
+
+
+def _exists(name: str) -> Conflict:
+    return Conflict(f"a segment named {name!r} exists already", code="segment_exists")
+
+
+def _taken(session: Session, account_id: str, name: str, other_than: int | None = None) -> bool:
+    query = select(Segment.id).where(Segment.account_id == account_id, Segment.name == name)
+    if other_than is not None:
+        query = query.where(Segment.id != other_than)
+    return session.scalar(query) is not None
+
+
+def _write(session: Session, change: Callable[[], None]) -> None:
+    """Flush the change in a savepoint, so that a lost race on the name leaves the transaction usable."""
+    with session.begin_nested():
+        change()
+        session.flush()
+
+
+def _lock_account_segments(session: Session, account_id: str) -> None:
+    """Changes and deletions of an account's segments go one at a time (PostgreSQL row locks, in id order),
+    so that two concurrent changes cannot build a cycle that neither sees."""
+    session.execute(
+        select(Segment.id).where(Segment.account_id == account_id).order_by(Segment.id).with_for_update()
+    ).all()
+
+
+def create_segment(session: Session, account_id: str, *, name: str, definition: Any) -> Segment:
+    """Save a named definition (validated, and its references to other saved segments checked)."""
+    name = _name(name)
+    # (0: the new segment, which counts in a chain of segments referring to each other)
+    _resolve(session, account_id, definition, "definition", chain=(0,), lock=True)
+    if _taken(session, account_id, name):
+        raise _exists(name)
+    now = utcnow()
+    segment = Segment(account_id=account_id, name=name, definition=definition, created_at=now, updated_at=now)
+    try:
+        _write(session, lambda: session.add(segment))
+    except IntegrityError as exc:  # the same name, saved by another transaction since the check
+        raise _exists(name) from exc
+    return segment
+
+
+def list_segments(session: Session, account_id: str) -> list[Segment]:
+    """The account's segments by name."""
+    return list(
+        session.scalars(
+            select(Segment).where(Segment.account_id == account_id).order_by(Segment.name, Segment.id)
+        )
+    )
+
+
+def get_segment(session: Session, account_id: str, segment_id: int) -> Segment:
+    """The account's segment; ``NotFound`` for another account's too."""
+    segment = session.get(Segment, segment_id) if 1 <= segment_id <= MAX_ID else None
+    if segment is None or segment.account_id != account_id:
+        raise NotFound("segment")
+    return segment
+
+
+def update_segment(
+    session: Session, account_id: str, segment_id: int, *, name: Any = None, definition: Any = None
+) -> Segment:
+    """Rename and/or redefine a segment. Campaigns that refer to it see the new definition when they
+    start; a definition that would make segments refer to each other in a cycle is refused."""
+    _lock_account_segments(session, account_id)
+    segment = get_segment(session, account_id, segment_id)
+    new_name = _name(name) if name is not None else segment.name
+    if definition is not None:
+        changed = {segment.id: definition}
+        _resolve(
+            session, account_id, definition, "definition", overrides=changed, chain=(segment.id,), lock=True
+        )
+        _check_dependents(session, account_id, segment, changed)
+    if new_name != segment.name and _taken(session, account_id, new_name, other_than=segment.id):
+        raise _exists(new_name)
+
+    def change() -> None:
+        segment.name = new_name
+        if definition is not None:
+            segment.definition = definition
+        segment.updated_at = utcnow()
+
+    try:
+        _write(session, change)
+    except IntegrityError as exc:
+        raise _exists(new_name) from exc
+    return segment
+
+
+def _check_dependents(session: Session, account_id: str, segment: Segment, changed: dict[int, Any]) -> None:
+    """The saved segments, and the campaigns still to run, that refer to ``segment`` must stay valid with
+    its new definition (limits of the inlined whole), so that a campaign accepted at creation never fails
+    to resolve when it starts."""
+    from tidings.campaigns.service import list_campaigns  # campaigns call this module: import when used
+
+    for other in list_segments(session, account_id):
+        if other.id == segment.id or not _referenced_ids(other.definition):
             continue
-        if op == "in" and not (isinstance(value, list) and value):
-            raise Invalid(f"{where}.value must be a non-empty list for 'in'")
-        if op in {"gt", "gte", "lt", "lte"} and not isinstance(value, int | float | str):
-            raise Invalid(f"{where}.value must be a number or a date string for '{op}'")
-        if op in {"equals", "not_equals", "contains"} and not isinstance(value, str | int | float | bool):
-            raise Invalid(f"{where}.value must be a string, number or boolean for '{op}'")
+        try:
+            _resolve(
+                session, account_id, other.definition, "definition", overrides=changed, chain=(other.id,)
+            )
+        except Invalid as exc:
+            raise Invalid(
+                f"segment {other.name!r} refers to this segment and would become invalid: {exc.message}",
+                code=exc.code,
+            ) from exc
+    for campaign in list_campaigns(session, account_id):
+        if campaign.state not in _OPEN_CAMPAIGN_STATES or not _referenced_ids(campaign.target):
+            continue
+        try:
+            _resolve(session, account_id, campaign.target, "target", allow_empty=True, overrides=changed)
+        except Invalid as exc:
+            raise Invalid(
+                f"campaign {campaign.name!r} targets this segment and would become invalid: {exc.message}",
+                code=exc.code,
+            ) from exc
 
 
-def _equals(prop: str, value: Any) -> ColumnElement[bool]:
-    element = Profile.properties[prop]
-    if isinstance(value, bool):
-        return element.as_boolean() == value
-    if isinstance(value, int | float):
-        return element.as_float() == float(value)
-    return element.as_string() == value
+def delete_segment(session: Session, account_id: str, segment_id: int) -> None:
+    """Delete a segment; refused (409 ``segment_in_use``) while another segment, or a campaign that is a
+    draft, scheduled or running, refers to it."""
+    from tidings.campaigns.service import list_campaigns  # campaigns call this module: import when used
 
-
-def _condition(cond: dict[str, Any]) -> ColumnElement[bool]:
-    prop, op, value = cond["property"], cond["op"], cond.get("value")
-    element = Profile.properties[prop]
-    if op == "exists":
-        return element.as_string().is_not(None)
-    if op == "not_exists":
-        return element.as_string().is_(None)
-    if op == "equals":
-        return _equals(prop, value)
-    if op == "not_equals":
-        return or_(element.as_string().is_(None), ~_equals(prop, value))
-    if op == "in":
-        return or_(*(_equals(prop, v) for v in value)) if value else false()
-    if op == "contains":
-        return element.as_string().contains(str(value), autoescape=True)
-    column = element.as_float() if isinstance(value, int | float) else element.as_string()
-    compare = {"gt": column > value, "gte": column >= value, "lt": column < value, "lte": column <= value}
-    return compare[op]
-
-
-def profile_condition(target: dict[str, Any]) -> ColumnElement[bool]:
-    """The SQL condition on ``profiles`` for a validated target."""
-    if not target or target.get("all") is True:
-        return true()
-    return and_(*(_condition(c) for c in target["conditions"]))
+    _lock_account_segments(session, account_id)
+    segment = get_segment(session, account_id, segment_id)
+    for other in list_segments(session, account_id):
+        if other.id != segment.id and segment.id in _referenced_ids(other.definition):
+            raise Conflict(
+                f"segment {segment.name!r} is used by segment {other.name!r} and cannot be deleted",
+                code="segment_in_use",
+            )
+    for campaign in list_campaigns(session, account_id):
+        if campaign.state in _OPEN_CAMPAIGN_STATES and segment.id in _referenced_ids(campaign.target):
+            raise Conflict(
+                f"segment {segment.name!r} is used by campaign {campaign.name!r} ({campaign.state}) and "
+                "cannot be deleted",
+                code="segment_in_use",
+            )
+    session.delete(segment)
+    session.flush()
