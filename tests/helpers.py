@@ -20,7 +20,12 @@ def insert_profiles(db: Database, account_id: str, rows: list[dict[str, Any]]) -
             "identity": r["identity"],
             "phone": r.get("phone"),
             "whatsapp_opt_in": r.get("opt_in", True),
-            "properties": r.get("properties", {}),
+            # Kept consistent with the columns, as an upload would leave them.
+            "properties": {
+                **({"Phone": r["phone"]} if r.get("phone") else {}),
+                "MSG-whatsapp": r.get("opt_in", True),
+                **r.get("properties", {}),
+            },
             "seed": profile_seed(account_id, r["identity"]),
             "created_at": now,
             "updated_at": now,

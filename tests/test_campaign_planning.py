@@ -10,6 +10,7 @@ from tests.helpers import insert_profiles, phone
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.models import Campaign
 from tidings.campaigns.service import create_campaign, start_campaign
+from tidings.campaigns.triggers import engagement_context
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
 from tidings.delivery.planning import control_bucket, control_salts, plan_audience
@@ -100,7 +101,15 @@ def test_control_group_is_stable_and_close_to_the_percentage(db: Database, accou
         session.execute(delete(Message).where(Message.campaign_id == campaign_id))
         campaign = session.get(Campaign, campaign_id)
         assert campaign is not None
-        plan_audience(session, campaign, profile_condition(campaign.target), utcnow())
+        context = engagement_context(session, account.account_id)
+        plan_audience(
+            session,
+            campaign,
+            profile_condition(campaign.target),
+            utcnow(),
+            rules=context.rules,
+            account_tz=context.tz,
+        )
     assert {k for k, (s, _) in _states(db, campaign_id).items() if s == "control"} == first
 
     # … and exactly those that the hash gives in plain Python (the SQL arithmetic is the same on both).

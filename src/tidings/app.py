@@ -82,6 +82,7 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
 
+    from tidings.accounts.api import account_router
     from tidings.accounts.api import router as integrations_router
     from tidings.campaigns.api import router as campaigns_router
     from tidings.profiles.api import router as ingest_router
@@ -94,6 +95,7 @@ def create_app(
     app.include_router(campaigns_router)
     app.include_router(segments_router)
     app.include_router(integrations_router)
+    app.include_router(account_router)
     app.include_router(webhooks_router)
 
     @app.get("/healthz", tags=["meta"])

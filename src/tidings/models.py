@@ -1,7 +1,7 @@
 """Every table, imported in one place so that Alembic sees the whole schema."""
 
 from tidings.accounts.models import Account, Integration
-from tidings.campaigns.models import Campaign
+from tidings.campaigns.models import Campaign, CampaignTrigger, CampaignVariant
 from tidings.conversations.models import InboundMessage
 from tidings.db import Base
 from tidings.delivery.models import Message, PendingStatus
@@ -13,6 +13,8 @@ __all__ = [
     "Account",
     "Base",
     "Campaign",
+    "CampaignTrigger",
+    "CampaignVariant",
     "Event",
     "InboundMessage",
     "Integration",

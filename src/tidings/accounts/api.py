@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from tidings.accounts import integrations
+from tidings.accounts.models import Account
 from tidings.accounts.service import get_integration
+from tidings.campaigns.rules import parse_rules
+from tidings.campaigns.schemas import AccountOut, AccountUpdate
 from tidings.deps import CurrentAccount, Db, get_box, get_settings
+from tidings.errors import Invalid
 
 router = APIRouter(prefix="/api/v1/integrations/whatsapp", tags=["integrations"])
 
@@ -99,3 +104,38 @@ async def send_test(body: TestSend, request: Request, account: CurrentAccount) -
         params=body.params,
     )
     return TestSendOut(**result)
+
+
+account_router = APIRouter(prefix="/api/v1/account", tags=["account"])
+
+
+def _account_out(account: Account) -> AccountOut:
+    return AccountOut(
+        id=account.id, name=account.name, timezone=account.timezone, settings=account.settings or {}
+    )
+
+
+@account_router.get("", response_model=AccountOut)
+def read_account(account: CurrentAccount) -> AccountOut:
+    """The account: name, time zone, and its engagement rules (system control group, frequency cap, DND)."""
+    return _account_out(account)
+
+
+@account_router.patch("", response_model=AccountOut)
+def update_account(body: AccountUpdate, account: CurrentAccount, db: Db) -> AccountOut:
+    with db.session() as session:
+        row = session.get(Account, account.id)
+        assert row is not None
+        if body.name is not None:
+            row.name = body.name
+        if body.timezone is not None:
+            try:
+                ZoneInfo(body.timezone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise Invalid(f"timezone {body.timezone!r} is not an IANA time zone") from exc
+            row.timezone = body.timezone
+        if body.settings is not None:
+            parse_rules(body.settings)
+            row.settings = body.settings
+        session.flush()
+        return _account_out(row)

@@ -19,6 +19,9 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(200))
     passcode_hash: Mapped[str] = mapped_column(String(64))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # Engagement rules: system_control_group_pct, frequency_cap {max, hours}, dnd {start, end, timezone,
+    # action}; see tidings.campaigns.rules.
+    settings: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidings.db import Base, UTCDateTime, utcnow
-from tidings.types import Json
+from tidings.types import BigId, Json
 
 
 class Campaign(Base):
@@ -31,6 +31,54 @@ class Campaign(Base):
     scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     audience_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     note: Mapped[str | None] = mapped_column(String(300), nullable=True)  # why it waits or stopped
+    # single_action / inaction / on_date: what makes a user qualify (see tidings.campaigns.triggers).
+    trigger: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # {"rule": "every_time"} | {"rule": "once"} | {"rule": "min_gap", "hours": N}
+    frequency: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    # Multivariate: {"by": "percentage"} or {"by": "property", "property": "Language"}; None: single message.
+    split: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    system_control_group: Mapped[bool] = mapped_column(Boolean, default=True)
+    respect_rules: Mapped[bool] = mapped_column(Boolean, default=True)  # account frequency cap and DND
+    conversion_event: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    conversion_window_hours: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    checked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # on_date sweep
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class CampaignVariant(Base):
+    """One message of a multivariate campaign: its template and values, and who gets it."""
+
+    __tablename__ = "campaign_variants"
+    __table_args__ = (UniqueConstraint("campaign_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(Integer, ForeignKey("campaigns.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(16))  # "A", "B", …
+    template_id: Mapped[int] = mapped_column(Integer, ForeignKey("templates.id"))
+    variables: Mapped[list[str]] = mapped_column(Json, default=list)
+    weight: Mapped[int | None] = mapped_column(Integer, nullable=True)  # percent, for a percentage split
+    match_value: Mapped[str | None] = mapped_column(String(255), nullable=True)  # None: the default variant
+
+
+class CampaignTrigger(Base):
+    """An inaction-within-time candidate: event A happened; at ``due_at`` the user is messaged only if
+    event B has not followed."""
+
+    __tablename__ = "campaign_triggers"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "profile_id", "occurrence"),
+        Index("ix_campaign_triggers_due", "state", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(32), ForeignKey("accounts.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int] = mapped_column(Integer, ForeignKey("campaigns.id", ondelete="CASCADE"))
+    profile_id: Mapped[int] = mapped_column(BigId, ForeignKey("profiles.id", ondelete="CASCADE"))
+    occurrence: Mapped[str] = mapped_column(String(64))
+    event_ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    context: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)  # the event's properties
+    state: Mapped[str] = mapped_column(String(12), default="waiting")  # waiting | planned | dropped

@@ -24,6 +24,7 @@ class Message(Base):
         Index("ix_messages_campaign_state", "campaign_id", "state"),
         Index("ix_messages_provider_id", "provider_message_id"),
         Index("ix_messages_account_phone", "account_id", "to_phone"),
+        Index("ix_messages_profile_created", "profile_id", "created_at"),
         Index("ix_messages_account_dispatched", "account_id", "dispatched_at"),
     )
 
@@ -34,6 +35,10 @@ class Message(Base):
     )
     profile_id: Mapped[int] = mapped_column(BigId, ForeignKey("profiles.id", ondelete="CASCADE"))
     occurrence: Mapped[str] = mapped_column(String(64), default="")
+    variant_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("campaign_variants.id", ondelete="SET NULL"), nullable=True
+    )
+    context: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)  # Event.* of a trigger
     state: Mapped[str] = mapped_column(String(16))
     to_phone: Mapped[str | None] = mapped_column(String(20), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(64), nullable=True)  # why skipped / failed

@@ -9,12 +9,45 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-from liquid import BoundTemplate, Environment, StrictDefaultUndefined
+from liquid import BoundTemplate, Environment, StrictDefaultUndefined, ast
 from liquid.exceptions import LiquidError, UndefinedError
+from liquid.tag import Tag
+from liquid.token import TOKEN_TAG
+
+if TYPE_CHECKING:
+    from liquid.context import RenderContext
+    from liquid.stream import TokenStream
+
+
+class Aborted(LiquidError):
+    """``{% abort %}`` ran: this recipient is skipped (CleverTap's ``LiquidLogicAborted``)."""
+
+
+class _AbortNode(ast.Node):
+    def __str__(self) -> str:
+        return "{% abort %}"
+
+    def render_to_output(self, context: RenderContext, buffer: TextIO) -> int:
+        raise Aborted("{% abort %}", token=self.token)
+
+
+class AbortTag(Tag):
+    """``{% abort %}``: skip this recipient.
+
+    For example ``{% if Profile.Tier == "free" %}{% abort %}{% endif %}``."""
+
+    name = "abort"
+    block = False
+
+    def parse(self, stream: TokenStream) -> ast.Node:
+        stream.expect(TOKEN_TAG, value="abort")
+        return _AbortNode(stream.current)
+
 
 ENV = Environment(undefined=StrictDefaultUndefined)
+ENV.add_tag(AbortTag)
 
 MAX_PARAM_LENGTH = 1024  # WhatsApp refuses a body over 1,024 characters; one value cannot be longer
 _OUTPUT = re.compile(r"\{\{-?(.*?)-?\}\}", re.S)
@@ -79,6 +112,8 @@ class Renderer:
         for index, source in enumerate(self.sources, start=1):
             try:
                 raw = compile_source(source).render(**context)
+            except Aborted as exc:
+                raise PersonalizationError("liquid_aborted", f"{{{{{index}}}}}: {{% abort %}} ran") from exc
             except UndefinedError as exc:
                 detail = str(exc).splitlines()[0]
                 raise PersonalizationError(

@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from tidings.accounts.service import authenticate
+from tidings.campaigns.triggers import on_events
+from tidings.db import utcnow
 from tidings.deps import CurrentAccount, Db, credentials
 from tidings.profiles import service
 from tidings.profiles.schemas import (
@@ -134,7 +136,10 @@ def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)])
             records = parse_upload(body)
         except BadUpload as exc:
             return _fail(400, str(exc))
-        result = service.ingest(session, account.id, records)
+        now = utcnow()
+        result = service.ingest(session, account.id, records, now=now)
+        # Live campaigns are planned in the same transaction as the events: none lost, none doubled.
+        on_events(session, account.id, [event.id for event in result.events], now)
     return CleverTapJSONResponse(
         {"status": "success", "processed": result.processed, "unprocessed": result.unprocessed}
     )

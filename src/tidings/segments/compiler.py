@@ -835,3 +835,14 @@ def compile_tree(node: Node, now: datetime | None) -> ColumnElement[bool]:
     if now is None and needs_now(node):
         raise ValueError("this definition has a window relative to now: pass now=")
     return _compile(node, _PROFILES.c.properties, now)
+
+
+def properties_condition(
+    definition: Any, column: ColumnElement[Any], now: datetime | None, *, root: str = "where"
+) -> ColumnElement[bool]:
+    """Property tests (and AND / OR / NOT of them) over any JSON column, e.g. ``events.properties`` for the
+    conditions of a live campaign's trigger; ``Invalid`` names the faulty part."""
+    node = parse(definition, root)
+    if _has_events(node) or references(node):
+        raise Invalid(f"{root}: only property conditions are allowed here", code=CODE)
+    return _compile(node, column, now)

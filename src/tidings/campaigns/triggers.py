@@ -1,0 +1,334 @@
+"""What makes a user qualify for a live campaign, and when.
+
+- ``single_action``: ``{"event": "Charged", "where": <conditions on the event's properties>}``. Planned in
+  the same transaction as the ingested event, so no trigger is lost or doubled. Events older than two
+  hours, or more than two minutes ahead, do not trigger (CleverTap's rule).
+- ``inaction``: ``{"event": "Added To Cart", "where": …, "absent_event": "Charged", "absent_where": …,
+  "within_minutes": 30}``: event A happened and B did not follow within the time; sent at A + T.
+- ``on_date``: ``{"property": "Flight Date", "event": null, "offset_minutes": -1440, "at_time": "09:00",
+  "timezone": "account" | "user"}``: relative to a date property of the profile (or of event ``event``),
+  N minutes before (negative) or after, optionally at a time of day; once per user and date.
+
+``where`` and ``absent_where`` use the segment language's property tests (docs/segments.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, String, and_, exists, literal, select, update
+from sqlalchemy.orm import Session
+
+from tidings.accounts.models import Account
+from tidings.campaigns.models import Campaign, CampaignTrigger, CampaignVariant
+from tidings.campaigns.rules import Rules, parse_rules, zone
+from tidings.db import insert_ignoring_conflicts
+from tidings.delivery.planning import plan_audience
+from tidings.errors import Invalid
+from tidings.profiles.models import Event, Profile
+from tidings.segments.compiler import iso, properties_condition
+from tidings.segments.service import profile_condition, resolve_target
+from tidings.types import Json
+
+LIVE_KINDS = ("single_action", "inaction", "on_date")
+MAX_EVENT_AGE = timedelta(hours=2)
+MAX_EVENT_LEAD = timedelta(minutes=2)
+MAX_WAIT = timedelta(days=30)
+
+
+def _event_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        raise Invalid(f"{where} must be an event name")
+    return value
+
+
+def _where(trigger: dict[str, Any], key: str, path: str) -> None:
+    if trigger.get(key) is not None:
+        properties_condition(
+            trigger[key], Event.__table__.c.properties, datetime.now(UTC), root=f"{path}.{key}"
+        )
+
+
+def validate_trigger(kind: str, trigger: dict[str, Any] | None) -> dict[str, Any]:
+    """The trigger of a live campaign, checked; ``Invalid`` names the faulty part."""
+    if not isinstance(trigger, dict):
+        raise Invalid(f"a {kind} campaign needs a trigger object")
+    path = "trigger"
+    if kind == "single_action":
+        allowed = {"event", "where"}
+        _event_name(trigger.get("event"), f"{path}.event")
+        _where(trigger, "where", path)
+    elif kind == "inaction":
+        allowed = {"event", "where", "absent_event", "absent_where", "within_minutes"}
+        _event_name(trigger.get("event"), f"{path}.event")
+        _event_name(trigger.get("absent_event"), f"{path}.absent_event")
+        _where(trigger, "where", path)
+        _where(trigger, "absent_where", path)
+        minutes = trigger.get("within_minutes")
+        if (
+            not isinstance(minutes, int)
+            or isinstance(minutes, bool)
+            or not 1 <= minutes <= MAX_WAIT.total_seconds() / 60
+        ):
+            raise Invalid(
+                f"{path}.within_minutes must be a whole number of minutes from 1 to 43200 (30 days)"
+            )
+    elif kind == "on_date":
+        allowed = {"property", "event", "offset_minutes", "at_time", "timezone"}
+        if not isinstance(trigger.get("property"), str) or not trigger["property"]:
+            raise Invalid(f"{path}.property must name a date property")
+        if trigger.get("event") is not None:
+            _event_name(trigger["event"], f"{path}.event")
+        offset = trigger.get("offset_minutes", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or abs(offset) > 366 * 1440:
+            raise Invalid(f"{path}.offset_minutes must be a whole number of minutes within a year")
+        if trigger.get("at_time") is not None:
+            try:
+                time.fromisoformat(str(trigger["at_time"]))
+            except ValueError as exc:
+                raise Invalid(f"{path}.at_time must be a time of day like 09:00") from exc
+        if trigger.get("timezone", "account") not in ("account", "user"):
+            raise Invalid(f'{path}.timezone must be "account" or "user"')
+    else:
+        raise Invalid(f"kind {kind!r} has no trigger")
+    unknown = sorted(set(trigger) - allowed)
+    if unknown:
+        raise Invalid(f"{path}: unknown key(s) {', '.join(unknown)}")
+    return trigger
+
+
+def _audience(session: Session, campaign: Campaign, now: datetime) -> ColumnElement[bool]:
+    return profile_condition(resolve_target(session, campaign.account_id, campaign.target), now=now)
+
+
+def _variants(session: Session, campaign: Campaign) -> list[CampaignVariant]:
+    return list(
+        session.scalars(
+            select(CampaignVariant)
+            .where(CampaignVariant.campaign_id == campaign.id)
+            .order_by(CampaignVariant.key)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Context:
+    """What planning needs besides the campaign: the account's rules and time zone."""
+
+    rules: Rules
+    tz: ZoneInfo
+
+
+def engagement_context(session: Session, account_id: str) -> Context:
+    account = session.get(Account, account_id)
+    assert account is not None
+    return Context(rules=parse_rules(account.settings or {}), tz=zone(account.timezone))
+
+
+# --- live: at ingest -----------------------------------------------------------------------------------
+
+
+def on_events(
+    session: Session,
+    account_id: str,
+    event_ids: Sequence[int],
+    now: datetime,
+) -> int:
+    """Called in the ingest transaction with the ids of the events just stored: plans single-action
+    messages and records inaction candidates. Returns how many ledger rows and candidates were written."""
+    if not event_ids:
+        return 0
+    campaigns = session.scalars(
+        select(Campaign).where(
+            Campaign.account_id == account_id,
+            Campaign.state == "running",
+            Campaign.kind.in_(("single_action", "inaction")),
+        )
+    ).all()
+    written = 0
+    context = engagement_context(session, account_id) if campaigns else None
+    for campaign in campaigns:
+        assert context is not None
+        if campaign.ends_at is not None and campaign.ends_at <= now:
+            continue
+        trigger = campaign.trigger or {}
+        conditions = [
+            Event.id.in_(event_ids),
+            Event.name == trigger.get("event"),
+            Event.ts >= now - MAX_EVENT_AGE,
+            Event.ts <= now + MAX_EVENT_LEAD,
+        ]
+        if trigger.get("where") is not None:
+            conditions.append(properties_condition(trigger["where"], Event.__table__.c.properties, now))
+        matching = session.execute(
+            select(Event.id, Event.profile_id, Event.ts, Event.properties)
+            .where(*conditions)
+            .order_by(Event.id)
+        ).all()
+        if not matching:
+            continue
+        if campaign.kind == "single_action":
+            audience = _audience(session, campaign, now)
+            variants = _variants(session, campaign)
+            for event_id, profile_id, _ts, properties in matching:
+                written += plan_audience(
+                    session,
+                    campaign,
+                    and_(audience, Profile.id == profile_id),
+                    now,
+                    rules=context.rules,
+                    account_tz=context.tz,
+                    variants=variants,
+                    occurrence=literal(f"e{event_id}", String),
+                    context=literal(dict(properties or {}), Json),
+                )
+        else:
+            wait = timedelta(minutes=trigger["within_minutes"])
+            rows = [
+                {
+                    "account_id": account_id,
+                    "campaign_id": campaign.id,
+                    "profile_id": profile_id,
+                    "occurrence": f"e{event_id}",
+                    "event_ts": ts,
+                    "due_at": ts + wait,
+                    "context": dict(properties or {}),
+                    "state": "waiting",
+                }
+                for event_id, profile_id, ts, properties in matching
+            ]
+            session.execute(insert_ignoring_conflicts(session, CampaignTrigger), rows)
+            written += len(rows)  # candidates seen (a repeat of the same event is ignored by the key)
+    return written
+
+
+# --- live: on the scheduler's tick ---------------------------------------------------------------------
+
+
+def plan_due_inaction(session: Session, campaign: Campaign, now: datetime, context: Context) -> int:
+    """Candidates whose time has come: messaged only if B did not follow A within the time."""
+    trigger = campaign.trigger or {}
+    due = and_(
+        CampaignTrigger.campaign_id == campaign.id,
+        CampaignTrigger.state == "waiting",
+        CampaignTrigger.due_at <= now,
+    )
+    followed_by = [
+        Event.profile_id == CampaignTrigger.profile_id,
+        Event.name == trigger.get("absent_event"),
+        Event.ts > CampaignTrigger.event_ts,
+        Event.ts <= CampaignTrigger.due_at,
+    ]
+    if trigger.get("absent_where") is not None:
+        followed_by.append(properties_condition(trigger["absent_where"], Event.__table__.c.properties, now))
+    did_b = exists().where(*followed_by)
+    written = plan_audience(
+        session,
+        campaign,
+        and_(_audience(session, campaign, now), ~did_b),
+        now,
+        rules=context.rules,
+        account_tz=context.tz,
+        variants=_variants(session, campaign),
+        join=(CampaignTrigger.__table__, and_(CampaignTrigger.profile_id == Profile.id, due)),
+        occurrence=CampaignTrigger.occurrence,
+        context=CampaignTrigger.context,
+    )
+    session.execute(
+        update(CampaignTrigger).where(due).values(state="done").execution_options(synchronize_session=False)
+    )
+    return written
+
+
+def _due(value: str, trigger: dict[str, Any], tz: ZoneInfo) -> datetime | None:
+    """When a date value's message is due (UTC)."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    due = moment + timedelta(minutes=trigger.get("offset_minutes", 0))
+    if trigger.get("at_time"):
+        at = time.fromisoformat(str(trigger["at_time"]))
+        due = datetime.combine(due.astimezone(tz).date(), at, tzinfo=tz)
+    return due.astimezone(UTC)
+
+
+def plan_on_date(session: Session, campaign: Campaign, now: datetime, context: Context) -> int:
+    """Users whose date (+ offset, at the time of day) fell in (last sweep, now]: planned once per user and
+    date (the date is the occurrence). Candidates are narrowed in SQL to dates within a day of the window,
+    then the exact time is computed per user (time zones), and the chosen are planned set-based."""
+    trigger = campaign.trigger or {}
+    since = campaign.checked_until or campaign.started_at or now
+    if since >= now:
+        return 0
+    offset = timedelta(minutes=trigger.get("offset_minutes", 0))
+    low, high = iso(since - offset - timedelta(days=1)), iso(now - offset + timedelta(days=1))
+    prop = trigger["property"]
+    by_user_zone = trigger.get("timezone", "account") == "user"
+    if trigger.get("event"):
+        value = Event.properties[prop].as_string()
+        rows = session.execute(
+            select(Event.id, value, Profile.properties["Tz"].as_string())
+            .join(Profile, Profile.id == Event.profile_id)
+            .where(
+                Event.account_id == campaign.account_id,
+                Event.name == trigger["event"],
+                value >= low,
+                value <= high,
+            )
+        ).all()
+    else:
+        value = Profile.properties[prop].as_string()
+        rows = session.execute(
+            select(Profile.id, value, Profile.properties["Tz"].as_string()).where(
+                Profile.account_id == campaign.account_id, value >= low, value <= high
+            )
+        ).all()
+    chosen = [
+        row_id
+        for row_id, date_value, tz_name in rows
+        if (due := _due(date_value, trigger, zone(tz_name, context.tz.key) if by_user_zone else context.tz))
+        and since < due <= now
+    ]
+    written = 0
+    audience = _audience(session, campaign, now)
+    variants = _variants(session, campaign)
+    for start in range(0, len(chosen), 1000):
+        ids = chosen[start : start + 1000]
+        if trigger.get("event"):
+            written += plan_audience(
+                session,
+                campaign,
+                audience,
+                now,
+                rules=context.rules,
+                account_tz=context.tz,
+                variants=variants,
+                join=(Event.__table__, and_(Event.profile_id == Profile.id, Event.id.in_(ids))),
+                occurrence=Event.properties[prop].as_string(),
+                context=Event.properties,
+            )
+        else:
+            written += plan_audience(
+                session,
+                campaign,
+                and_(audience, Profile.id.in_(ids)),
+                now,
+                rules=context.rules,
+                account_tz=context.tz,
+                variants=variants,
+                occurrence=value,
+            )
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id)
+        .values(checked_until=now)
+        .execution_options(synchronize_session=False)
+    )
+    return written
