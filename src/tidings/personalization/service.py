@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TextIO
 
-from liquid import BoundTemplate, Environment, StrictDefaultUndefined, ast
+from liquid import BoundTemplate, Environment, FalsyStrictUndefined, ast
 from liquid.exceptions import LiquidError, UndefinedError
 from liquid.tag import Tag
 from liquid.token import TOKEN_TAG
@@ -46,7 +46,14 @@ class AbortTag(Tag):
         return _AbortNode(stream.current)
 
 
-ENV = Environment(undefined=StrictDefaultUndefined)
+class _Missing(FalsyStrictUndefined):
+    """A missing property: printing it is an error (the recipient is skipped), but the ``default`` filter
+    replaces it, and in a condition it is simply false (``{% if Profile.Vip %}``)."""
+
+    force_liquid_default = True
+
+
+ENV = Environment(undefined=_Missing)
 ENV.add_tag(AbortTag)
 
 MAX_PARAM_LENGTH = 1024  # WhatsApp refuses a body over 1,024 characters; one value cannot be longer
