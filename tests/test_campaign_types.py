@@ -392,3 +392,43 @@ def test_conversion_and_lift(db: Database, account: NewAccount) -> None:
     assert conversion["control_converted"] == len(control) // 4
     expected_lift = (conversion["messaged_rate"] - conversion["control_rate"]) / conversion["control_rate"]
     assert conversion["lift"] == pytest.approx(expected_lift) and conversion["lift"] > 0.9
+
+
+def test_a_live_trigger_is_sent_with_the_events_values(
+    live: tuple[str, Any], db: Database, account: NewAccount
+) -> None:
+    """End to end on the real server: the upload plans the message, the worker sends it through the
+    sandbox with the event's values rendered."""
+    import time
+
+    import httpx
+
+    url, _app = live
+    _people(db, account, 2)
+    now = datetime.now(UTC)
+    template_id = _template(db, account, "shop:thanks", "Thanks for buying {{1}} ({{2}})")
+    campaign_id = _campaign(
+        db,
+        account,
+        kind="single_action",
+        trigger={"event": "Charged"},
+        template_id=template_id,
+        variables=["{{ Event.Item }}", "{{ Profile.Name }}"],
+        send_at=now,
+    )
+    with httpx.Client(base_url=url, timeout=30) as http:
+        answer = http.post(
+            "/1/upload",
+            headers=clevertap(account),
+            json={"d": [_event("u1", "Charged", now, Item="running shoes")]},
+        )
+        assert answer.json()["processed"] == 1
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while datetime.now(UTC) < deadline:
+        with db.session() as session:
+            message = session.scalars(select(Message).where(Message.campaign_id == campaign_id)).one()
+        if message.state not in ("queued", "sending"):
+            break
+        time.sleep(0.05)
+    assert message.state in ("sent", "delivered", "read", "failed")
+    assert message.params == ["running shoes", "N1"]

@@ -90,6 +90,10 @@ class Worker:
                 log.info("reconciled %s rows: %s", n, action, extra={"action": action, "rows": n})
         scheduler_tick(self.db, self.window + FALLBACK_SLACK)
 
+    def nudge(self) -> None:
+        """Rows were just queued in this process (a live trigger): the dispatcher claims them at once."""
+        self.dispatcher.nudge()
+
     async def run(self, stop: asyncio.Event) -> None:
         # The event loop paces sends to the millisecond: database threads must give the GIL back fast, and
         # the garbage collector must not stop the world for tens of milliseconds while rows flow through:

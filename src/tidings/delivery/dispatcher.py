@@ -159,6 +159,8 @@ class Dispatcher:
         self._results: list[Attempt] = []
         self._results_ready = asyncio.Event()
         self._room_freed = asyncio.Event()
+        self._work_arrived = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._calls = asyncio.Semaphore(settings.dispatch_concurrency)
         self._sends: set[asyncio.Task[None]] = set()
         self._renewed_at = time.monotonic()
@@ -271,7 +273,9 @@ class Dispatcher:
                 await asyncio.sleep(self.settings.poll_interval)
                 continue
             if not items:
-                await asyncio.sleep(self.settings.poll_interval)
+                self._work_arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work_arrived.wait(), timeout=self.settings.poll_interval)
                 continue
             self._hold(items)
             for item in items:
@@ -465,8 +469,15 @@ class Dispatcher:
         with self.db.session() as session:
             service.release(session, [(i.claimed.id, i.claimed.token) for i in items], utcnow())
 
+    def nudge(self) -> None:
+        """New rows are queued (a live trigger in this process): claim now instead of at the next poll.
+        Safe to call from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._work_arrived.set)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set; then give back what was not dispatched and record the rest."""
+        self._loop = asyncio.get_running_loop()
         self._stopping = False
         tasks = [
             asyncio.create_task(self._run_claimer(), name="claimer"),

@@ -139,7 +139,10 @@ def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)])
         now = utcnow()
         result = service.ingest(session, account.id, records, now=now)
         # Live campaigns are planned in the same transaction as the events: none lost, none doubled.
-        on_events(session, account.id, [event.id for event in result.events], now)
+        planned = on_events(session, account.id, [event.id for event in result.events], now)
+    worker = request.app.state.worker
+    if planned and worker is not None:  # committed: let this process's dispatcher take them now
+        worker.nudge()
     return CleverTapJSONResponse(
         {"status": "success", "processed": result.processed, "unprocessed": result.unprocessed}
     )
