@@ -432,3 +432,32 @@ def test_a_live_trigger_is_sent_with_the_events_values(
         time.sleep(0.05)
     assert message.state in ("sent", "delivered", "read", "failed")
     assert message.params == ["running shoes", "N1"]
+
+
+def test_overlapping_scheduler_ticks_start_a_campaign_once(db: Database, account: NewAccount) -> None:
+    """Four ticks at once (as four processes would): the campaign starts once and nobody is planned twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tidings.campaigns.service import scheduler_tick
+
+    n = 500
+    _people(db, account, n)
+    with db.session() as session:
+        campaign_id = create_campaign(
+            session,
+            account.account_id,
+            name="c",
+            template_id=_template(db, account),
+            variables=["x"],
+            send_at=T0,
+        ).id
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda _: scheduler_tick(db, timedelta(minutes=5), now=T0 + timedelta(seconds=1)), range(4)
+            )
+        )
+    with db.session() as session:
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None and campaign.state == "running" and campaign.audience_size == n
+    assert len(_rows(db, campaign_id)) == n
