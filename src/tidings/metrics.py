@@ -102,17 +102,16 @@ class LedgerCollector(Collector):
         yield gauge
 
 
-_collectors: dict[str, LedgerCollector] = {}
+_collector: LedgerCollector | None = None
 
 
 def watch_ledger(db: Database) -> None:
-    """Report this database's queue depth on /metrics (once per process and database URL)."""
-    if db.url in _collectors:
-        _collectors[db.url].db = db
-        return
-    collector = LedgerCollector(db)
-    REGISTRY.register(collector)
-    _collectors[db.url] = collector
+    """Report this database's queue depth on /metrics (a process has one database; the last one wins)."""
+    global _collector
+    if _collector is None:
+        _collector = LedgerCollector(db)
+        REGISTRY.register(_collector)
+    _collector.db = db
 
 
 def exposition() -> tuple[bytes, str]:
@@ -184,3 +183,6 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: thousands of lines a second from a busy worker.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
