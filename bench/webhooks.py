@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import tempfile
 import time
@@ -34,14 +36,20 @@ from tidings.secrets import SecretBox
 STATUSES = ("submitted", "delivered", "read")
 
 
-def sent_messages(db: Database, box: SecretBox, n: int) -> tuple[str, str, list[tuple[int, str]]]:
-    """N messages recorded as sent on a sandbox account: (account id, signature secret, [(id, uuid)])."""
+SECRET = "bench-signature-secret-0123456789abcdef"
+
+
+def sent_messages(db: Database, box: SecretBox, n: int, meta: bool) -> tuple[str, list[tuple[int, str]]]:
+    """N messages recorded as sent on a sandbox (or Meta) account: (account id, [(id, message id)])."""
     account_id, campaign_id = plan(db, box, "http://127.0.0.1:9", n, None)
     with db.session() as session:
         integration = session.get(Integration, account_id)
         assert integration is not None
-        integration.kind, integration.settings = "sandbox", {}
-        integration.secrets = box.seal({"signature_secret": "bench-signature-secret-0123456789abcdef"})
+        if meta:
+            integration.secrets = box.seal({"access_token": "t", "app_secret": SECRET})
+        else:
+            integration.kind, integration.settings = "sandbox", {}
+            integration.secrets = box.seal({"signature_secret": SECRET})
         start_campaign(session, campaign_id, utcnow())
     sent: list[tuple[int, str]] = []
     while True:
@@ -58,7 +66,46 @@ def sent_messages(db: Database, box: SecretBox, n: int) -> tuple[str, str, list[
                 retry_cap=1,
             )
         sent.extend((c.id, f"uuid-{c.id}") for c in claimed)
-    return account_id, "bench-signature-secret-0123456789abcdef", sent
+    return account_id, sent
+
+
+async def post_meta(url: str, sent: list[tuple[int, str]], concurrency: int, per_post: int) -> float:
+    """Meta's shape: several statuses in one signed POST."""
+    http = provider_client(timeout=60)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(items: list[tuple[int, str]], status: str) -> None:
+        statuses = [
+            {
+                "id": wamid,
+                "status": status,
+                "timestamp": str(int(time.time())),
+                "recipient_id": "919810000000",
+                "biz_opaque_callback_data": str(message_id),
+            }
+            for message_id, wamid in items
+        ]
+        change = {"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": statuses}}
+        body = json.dumps(
+            {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [change]}]}
+        )
+        raw = body.encode()
+        signature = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
+        async with slots:
+            answer = await http.post(
+                url,
+                content=raw,
+                headers={"X-Hub-Signature-256": signature, "Content-Type": "application/json"},
+            )
+        assert answer.status_code == 200, answer.text
+
+    chunks = [sent[i : i + per_post] for i in range(0, len(sent), per_post)]
+    began = time.perf_counter()
+    for status in ("sent", "delivered", "read"):
+        await asyncio.gather(*(one(chunk, status) for chunk in chunks))
+    elapsed = time.perf_counter() - began
+    await http.aclose()
+    return 3 * len(sent) / elapsed
 
 
 async def post_all(url: str, secret: str, sent: list[tuple[int, str]], concurrency: int) -> float:
@@ -96,6 +143,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary folder")
+    parser.add_argument("--meta", type=int, default=0, help="post Meta's shape, this many statuses a POST")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tidings-webhooks-"))
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
@@ -103,12 +151,16 @@ def main() -> None:
     box = SecretBox.from_settings(key, workdir)
     db = Database(database_url)
     reset(db)
-    account_id, secret, sent = sent_messages(db, box, args.messages)
+    account_id, sent = sent_messages(db, box, args.messages, bool(args.meta))
     port = free_port()
     server = start_server(tidings_env(database_url, workdir, key), port, workdir / "server.log")
     try:
-        url = f"http://127.0.0.1:{port}/webhooks/sandbox/{account_id}/status"
-        rate = asyncio.run(post_all(url, secret, sent, args.concurrency))
+        if args.meta:
+            url = f"http://127.0.0.1:{port}/webhooks/meta/{account_id}"
+            rate = asyncio.run(post_meta(url, sent, args.concurrency, args.meta))
+        else:
+            url = f"http://127.0.0.1:{port}/webhooks/sandbox/{account_id}/status"
+            rate = asyncio.run(post_all(url, SECRET, sent, args.concurrency))
     finally:
         stop(server)
     with db.session() as session:
@@ -116,7 +168,11 @@ def main() -> None:
     db.dispose()
     assert read == len(sent), f"{read} of {len(sent)} messages are read"
     backend = database_url.split(":", 1)[0].split("+", 1)[0]
-    print(f"status webhooks ({backend}, one web process): {rate:,.0f} a second ({3 * len(sent):,} applied)")
+    shape = f"Meta, {args.meta} statuses a POST" if args.meta else "Vonage, one status a POST"
+    print(
+        f"status webhooks ({backend}, one web process, {shape}): {rate:,.0f} a second "
+        f"({3 * len(sent):,} applied)"
+    )
 
 
 if __name__ == "__main__":
