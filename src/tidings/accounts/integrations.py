@@ -59,7 +59,7 @@ def _check(kind: str, settings: dict[str, Any], sealed: dict[str, str]) -> None:
     if limit != "unlimited" and not (str(limit).isdigit() and int(limit) > 0):
         raise Invalid(
             "settings.messaging_limit is the WhatsApp messaging-limit tier: unique users a day (250, 2000, "
-            "10000, 100000) or \"unlimited\"",
+            '10000, 100000) or "unlimited"',
             code="invalid_integration",
         )
     if kind == "vonage":
