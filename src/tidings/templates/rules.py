@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 NAME_FORM = "<template_namespace>:<template_name>"
 NAME_EXAMPLE = "tickets:booking_confirmation"
@@ -16,8 +17,8 @@ LANGUAGE_MAX = 16  # templates.language is VARCHAR(16)
 BODY_MAX = 1024  # Meta: a template body has at most 1,024 characters
 PROVIDER_ID_MAX = 64  # templates.provider_template_id is VARCHAR(64)
 
-CATEGORIES = ("MARKETING", "UTILITY", "AUTHENTICATION")
-STATUSES = (
+Category = Literal["MARKETING", "UTILITY", "AUTHENTICATION"]
+Status = Literal[
     "APPROVED",
     "PENDING",
     "REJECTED",
@@ -29,7 +30,9 @@ STATUSES = (
     "DELETED",
     "LIMIT_EXCEEDED",
     "FLAGGED",
-)
+]
+CATEGORIES: tuple[str, ...] = get_args(Category)
+STATUSES: tuple[str, ...] = get_args(Status)
 
 # ``{{`` … ``}}``, shortest match; what is inside decides whether it is a variable.
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)

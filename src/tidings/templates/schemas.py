@@ -7,24 +7,11 @@ checked by the service, so that every caller gets the same answers with the same
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Category = Literal["MARKETING", "UTILITY", "AUTHENTICATION"]
-Status = Literal[
-    "APPROVED",
-    "PENDING",
-    "REJECTED",
-    "PAUSED",
-    "DISABLED",
-    "ARCHIVED",
-    "IN_APPEAL",
-    "PENDING_DELETION",
-    "DELETED",
-    "LIMIT_EXCEEDED",
-    "FLAGGED",
-]
+from tidings.templates.rules import Category, Status
 
 _NAME = (
     "`<template_namespace>:<template_name>`: both parts non-empty, no whitespace, exactly one colon "
