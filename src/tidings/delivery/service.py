@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    String,
     and_,
     bindparam,
     case,
@@ -726,6 +727,38 @@ def _match(account_id: str, update_: StatusUpdate) -> ColumnElement[bool] | None
     return None
 
 
+def _status_update(status: Status, by_id: bool) -> Any:
+    """The forward-only UPDATE for one status, built once: the webhook hot path only binds values."""
+    table = cast_table(Message.__table__)
+    sources, target = _FORWARD[status]
+    ts = bindparam("_ts", type_=table.c.sent_at.type)
+    key = table.c.id if by_id else table.c.provider_message_id
+    values: dict[str, Any] = {
+        "state": target,
+        "provider_message_id": func.coalesce(table.c.provider_message_id, bindparam("_pid", type_=String())),
+        "sent_at": func.coalesce(table.c.sent_at, ts),
+        "lease_until": None,
+    }
+    if status in (Status.DELIVERED, Status.READ):
+        values["delivered_at"] = func.coalesce(table.c.delivered_at, ts)
+    if status is Status.READ:
+        values["read_at"] = func.coalesce(table.c.read_at, ts)
+    if status is Status.FAILED:
+        values |= {"reason": bindparam("_reason"), "error_detail": bindparam("_detail"), "failed_at": ts}
+    return (
+        update(table)
+        .where(
+            table.c.account_id == bindparam("_account"), key == bindparam("_key"), table.c.state.in_(sources)
+        )
+        .values(**values)
+    )
+
+
+_STATUS_UPDATES = {
+    (status, by_id): _status_update(status, by_id) for status in Status for by_id in (True, False)
+}
+
+
 def apply_status(
     session: Session, account_id: str, provider: str, update_: StatusUpdate, *, keep_unmatched: bool = True
 ) -> str:
@@ -734,30 +767,17 @@ def apply_status(
     match = _match(account_id, update_)
     if match is None:
         return "ignored"
-    sources, target = _FORWARD[update_.status]
-    ts = update_.timestamp
-    values: dict[str, Any] = {
-        "state": target,
-        "provider_message_id": func.coalesce(Message.provider_message_id, update_.provider_message_id),
-        "sent_at": func.coalesce(Message.sent_at, ts),
-        "lease_until": None,
+    by_id = bool(update_.client_ref and update_.client_ref.isdigit())
+    params: dict[str, Any] = {
+        "_account": account_id,
+        "_key": int(update_.client_ref) if by_id and update_.client_ref else update_.provider_message_id,
+        "_pid": update_.provider_message_id,
+        "_ts": update_.timestamp,
     }
-    if update_.status in (Status.DELIVERED, Status.READ):
-        values["delivered_at"] = func.coalesce(Message.delivered_at, ts)
-    if update_.status is Status.READ:
-        values["read_at"] = func.coalesce(Message.read_at, ts)
     if update_.status is Status.FAILED:
-        values |= {
-            "reason": f"{provider}:{update_.error_code or 'failed'}"[:64],
-            "error_detail": (update_.error_detail or "")[:500],
-            "failed_at": ts,
-        }
-    result = session.execute(
-        update(Message)
-        .where(match, Message.state.in_(sources))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+        params["_reason"] = f"{provider}:{update_.error_code or 'failed'}"[:64]
+        params["_detail"] = (update_.error_detail or "")[:500]
+    result = session.execute(_STATUS_UPDATES[update_.status, by_id], params)
     if result.rowcount:  # type: ignore[attr-defined]
         return "applied"
     if session.scalar(select(Message.id).where(match).limit(1)) is not None:
