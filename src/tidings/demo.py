@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import replace
@@ -70,6 +71,9 @@ def _stats_table(stats: dict[str, Any]) -> Table:
 
 
 def run_demo(settings: Settings, *, profiles: int, console: Console) -> bool:
+    # The demo's output is the story and the table; the worker's operational warnings (event-loop lag on a
+    # busy 2-core machine) are for `tidings serve` and `tidings worker` logs.
+    logging.getLogger("tidings.worker").setLevel(logging.ERROR)
     rng = random.Random(settings.sandbox.seed or "demo")
     db = Database(settings.database_url)
     db.migrate()
