@@ -312,15 +312,17 @@ def mark_dispatched(
         released = [r[0] for r in candidates if r[0] in halted]
         release(session, [(i, owned[i]) for i in released], now)
         candidates = [r for r in candidates if r[0] not in halted]
+    # Still this worker's claim, and never handed to the provider.
+    undispatched = and_(
+        table.c.id == bindparam("_id"),
+        table.c.state == "sending",
+        table.c.claimed_by == bindparam("_token"),
+        table.c.dispatched_at.is_(None),
+    )
     if waiting:
         session.execute(
             update(table)
-            .where(
-                table.c.id == bindparam("_id"),
-                table.c.state == "sending",
-                table.c.claimed_by == bindparam("_token"),
-                table.c.dispatched_at.is_(None),
-            )
+            .where(undispatched)
             .values(
                 state="queued",
                 attempts=table.c.attempts - 1,
@@ -333,12 +335,7 @@ def mark_dispatched(
     if skipped:
         session.execute(
             update(table)
-            .where(
-                table.c.id == bindparam("_id"),
-                table.c.state == "sending",
-                table.c.claimed_by == bindparam("_token"),
-                table.c.dispatched_at.is_(None),
-            )
+            .where(undispatched)
             .values(
                 state="skipped",
                 reason="messaging_limit",
