@@ -18,7 +18,7 @@ from tidings.accounts.service import NewAccount
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message, PendingStatus
-from tidings.delivery.service import Attempt, claim_batch, record_attempts
+from tidings.delivery.service import Attempt, Claimed, claim_batch, record_attempts
 from tidings.profiles.models import Profile
 from tidings.providers.base import SendResult
 from tidings.providers.vonage import sign_webhook
@@ -45,19 +45,23 @@ def expected_state(events: list[str]) -> str:
     return state
 
 
-def _sent_messages(db: Database, account: NewAccount, n: int) -> tuple[int, list[tuple[int, str]]]:
-    """A running campaign with ``n`` messages recorded as sent; returns (campaign id, [(id, uuid)])."""
+def _claimed(db: Database, account: NewAccount, n: int) -> tuple[int, list[Claimed]]:
+    """A running campaign with ``n`` messages claimed for sending; returns (campaign id, the claims)."""
     insert_profiles(db, account.account_id, [{"identity": f"u{i}", "phone": phone(i)} for i in range(n)])
     with db.session() as session:
         template = create_template(session, account.account_id, name="a:b", body="Hi", category="UTILITY")
-        campaign = create_campaign(
+        campaign_id = create_campaign(
             session, account.account_id, name="c", template_id=template.id, variables=[], target={"all": True}
-        )
-        campaign_id = campaign.id
+        ).id
     with db.session() as session:
         start_campaign(session, campaign_id, utcnow())
     with db.session() as session:
-        claimed = claim_batch(session, n, timedelta(seconds=60), utcnow())
+        return campaign_id, claim_batch(session, n, timedelta(seconds=60), utcnow())
+
+
+def _sent_messages(db: Database, account: NewAccount, n: int) -> tuple[int, list[tuple[int, str]]]:
+    """A running campaign with ``n`` messages recorded as sent; returns (campaign id, [(id, uuid)])."""
+    campaign_id, claimed = _claimed(db, account, n)
     ids = [(c.id, f"uuid-{c.id}") for c in claimed]
     with db.session() as session:
         record_attempts(
@@ -173,16 +177,7 @@ def test_webhook_for_another_provider_or_account_is_refused(
 def test_a_status_before_the_send_is_recorded_is_kept_and_applied_later(
     client: TestClient, db: Database, box: SecretBox, account: NewAccount
 ) -> None:
-    insert_profiles(db, account.account_id, [{"identity": "u", "phone": phone(1)}])
-    with db.session() as session:
-        template = create_template(session, account.account_id, name="a:b", body="Hi", category="UTILITY")
-        campaign_id = create_campaign(
-            session, account.account_id, name="c", template_id=template.id, variables=[], target={}
-        ).id
-    with db.session() as session:
-        start_campaign(session, campaign_id, utcnow())
-    with db.session() as session:
-        [claimed] = claim_batch(session, 10, timedelta(seconds=60), utcnow())
+    [claimed] = _claimed(db, account, 1)[1]
     secret = _secret(db, box, account)
     # No client_ref and an id we have not recorded yet: kept for later.
     assert _post(client, account, secret, "status", _status("early-uuid", "delivered")) == 200
@@ -205,16 +200,7 @@ def test_a_status_before_the_send_is_recorded_is_kept_and_applied_later(
 def test_status_with_client_ref_moves_a_row_still_being_sent(
     client: TestClient, db: Database, box: SecretBox, account: NewAccount
 ) -> None:
-    insert_profiles(db, account.account_id, [{"identity": "u", "phone": phone(1)}])
-    with db.session() as session:
-        template = create_template(session, account.account_id, name="a:b", body="Hi", category="UTILITY")
-        campaign_id = create_campaign(
-            session, account.account_id, name="c", template_id=template.id, variables=[], target={}
-        ).id
-    with db.session() as session:
-        start_campaign(session, campaign_id, utcnow())
-    with db.session() as session:
-        [claimed] = claim_batch(session, 10, timedelta(seconds=60), utcnow())
+    [claimed] = _claimed(db, account, 1)[1]
     secret = _secret(db, box, account)
     assert _post(client, account, secret, "status", _status("u-1", "read", client_ref=str(claimed.id))) == 200
     with db.session() as session:

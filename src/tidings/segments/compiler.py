@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     Boolean,
@@ -72,7 +72,7 @@ MAX_INT = 2**63 - 1
 
 CODE = "invalid_segment"
 
-PROPERTY_OPS = (
+PropertyOp = Literal[
     "equals",
     "not_equals",
     "in",
@@ -87,7 +87,8 @@ PROPERTY_OPS = (
     "after",
     "within_last_days",
     "within_next_days",
-)
+]
+PROPERTY_OPS: tuple[str, ...] = get_args(PropertyOp)
 NODE_KEYS = ("and", "or", "not", "property", "did", "did_not", "segment_id", "all", "conditions")
 UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
 

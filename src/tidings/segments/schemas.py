@@ -13,27 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SerializeAsAny, SkipValidation
 
+from tidings.segments.compiler import PropertyOp
 from tidings.templates.schemas import ErrorBody  # the one error shape of the API
 
 __all__ = ["ErrorBody", "EstimateOut", "EstimateRequest", "SegmentCreate", "SegmentOut", "SegmentUpdate"]
 
 Scalar = str | float | int | bool
-PropertyOp = Literal[
-    "equals",
-    "not_equals",
-    "in",
-    "contains",
-    "exists",
-    "not_exists",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "before",
-    "after",
-    "within_last_days",
-    "within_next_days",
-]
 
 _OPS = """How the property's value is tested (a missing property fails every test but `not_equals` and
 `not_exists`; types are not converted: `"30"` is a string, `30` a number, `true` a boolean):
