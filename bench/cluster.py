@@ -85,10 +85,11 @@ def start_standin(log: Path, *args: str) -> StandIn:
     return StandIn(process, f"http://127.0.0.1:{line.split()[1]}", log)
 
 
-def start_server(env: Mapping[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(env: Mapping[str, str], port: int, log: Path, processes: int = 1) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - kept open for the life of the process
+    command = [*TIDINGS, "serve", "--no-worker", "--port", str(port), "--processes", str(processes)]
     process = subprocess.Popen(
-        [*TIDINGS, "serve", "--no-worker", "--port", str(port), "--log-level", "warning"],
+        [*command, "--log-level", "warning"],
         cwd=ROOT,
         env=dict(env),
         stdout=out,

@@ -3,12 +3,14 @@ signatures, replies, and statuses that arrive before the send is recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import random
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -253,3 +255,43 @@ def test_replies_mark_the_answered_message_and_stop_opts_out(
         assert session.get(Message, m2).replied_at is None  # type: ignore[union-attr]
         opted = dict(session.execute(select(Profile.phone, Profile.whatsapp_opt_in)).all())
     assert opted[phones[m1]] is False and opted[phones[m0]] is True
+
+
+def test_concurrent_webhooks_are_applied_together(
+    live: tuple[str, Any], db: Database, box: SecretBox, account: NewAccount
+) -> None:
+    """Many statuses in flight at once reach the real server: they are committed in shared batches (one
+    lookup and one UPDATE per status kind), and every message ends where its statuses lead."""
+    url, _app = live
+    _campaign_id, sent = _sent_messages(db, account, 120)
+    secret = _secret(db, box, account)
+    reads = {message_id for message_id, _ in sent[::2]}
+
+    async def post_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+
+            async def one(message_id: int, uuid: str, status: str) -> int:
+                body = json.dumps(_status(uuid, status, str(message_id))).encode()
+                headers = {"Authorization": sign_webhook(body, secret, "sandbox")}
+                path = f"/webhooks/sandbox/{account.account_id}/status"
+                return (await http.post(path, content=body, headers=headers)).status_code
+
+            jobs = [one(i, u, "delivered") for i, u in sent] + [
+                one(i, u, "read") for i, u in sent if i in reads
+            ]
+            jobs += [one(i, u, "delivered") for i, u in sent[:10]]  # repeats
+            random.Random(7).shuffle(jobs)
+            return list(await asyncio.gather(*jobs))
+
+    assert set(asyncio.run(post_all())) == {200}
+    with db.session() as session:
+        states = dict(session.execute(select(Message.id, Message.state)).all())
+    assert states == {i: "read" if i in reads else "delivered" for i, _ in sent}
+
+
+def test_the_webhook_lane_refuses_what_it_cannot_take(client: TestClient, account: NewAccount) -> None:
+    too_big = client.post(f"/webhooks/meta/{account.account_id}", content=b"x" * (5 * 1024 * 1024))
+    assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large"
+    # Not a webhook path: FastAPI answers, as for any unknown route.
+    assert client.post(f"/webhooks/sandbox/{account.account_id}/bogus", content=b"{}").status_code == 422
+    assert client.post("/webhooks/nope", content=b"{}").status_code == 404

@@ -103,10 +103,11 @@ def create_app(
         return {"status": "ok", "version": __version__}
 
     from tidings.delivery.api import router as delivery_router
-    from tidings.metrics import WebhookMetrics, exposition, watch_ledger
+    from tidings.metrics import exposition, watch_ledger
+    from tidings.webhooks.lane import WebhookLane
 
     app.include_router(delivery_router)
-    app.add_middleware(WebhookMetrics)
+    app.add_middleware(WebhookLane, batcher=app.state.webhooks)
     watch_ledger(db)
 
     @app.get("/metrics", tags=["meta"], include_in_schema=False)
@@ -116,3 +117,14 @@ def create_app(
         return Response(body, media_type=content_type)
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one of ``tidings serve --processes N``'s processes (the database is already migrated)."""
+    import os
+
+    from tidings.metrics import setup_logging
+
+    settings = Settings.from_env()
+    setup_logging(os.environ.get("TIDINGS_SERVE_LOG_LEVEL", "info"), settings.log_format)
+    return create_app(settings, run_worker=os.environ.get("TIDINGS_SERVE_WORKER") == "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +41,10 @@ def serve(
         bool, typer.Option("--no-worker", help="Serve HTTP only; run workers apart.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    processes: Annotated[
+        int,
+        typer.Option(min=1, help="Web processes sharing the port (each with a worker unless --no-worker)."),
+    ] = 1,
 ) -> None:
     """Migrate the database, then serve the API and webhooks (and run the worker unless --no-worker)."""
     import uvicorn
@@ -50,7 +55,17 @@ def serve(
     settings = Settings.from_env()
     db = Database(settings.database_url)
     db.migrate()
-    uvicorn.run(create_app(settings, db, run_worker=not no_worker), host=host, port=port, log_level=log_level)
+    if processes == 1:
+        app_ = create_app(settings, db, run_worker=not no_worker)
+        uvicorn.run(app_, host=host, port=port, log_level=log_level)
+        return
+    db.dispose()
+    # Each process builds its own app (uvicorn starts them fresh and hands them the listening socket).
+    os.environ["TIDINGS_SERVE_WORKER"] = "0" if no_worker else "1"
+    os.environ["TIDINGS_SERVE_LOG_LEVEL"] = log_level
+    uvicorn.run(
+        "tidings.app:app_from_env", factory=True, workers=processes, host=host, port=port, log_level=log_level
+    )
 
 
 @app.command()

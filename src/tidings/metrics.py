@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,39 +115,6 @@ def watch_ledger(db: Database) -> None:
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class WebhookMetrics:
-    """ASGI middleware: counts and times requests under ``/webhooks/<provider>/``."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/webhooks/"):
-            await self.app(scope, receive, send)
-            return
-        provider = path.split("/", 3)[2] or "unknown"
-        status = 500
-        began = time.perf_counter()
-
-        async def send_wrapper(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            WEBHOOKS.labels(provider, str(status)).inc()
-            WEBHOOK_SECONDS.labels(provider).observe(time.perf_counter() - began)
 
 
 # --- structured logs ------------------------------------------------------------------------------------

@@ -14,12 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
+    Row,
     String,
     and_,
     bindparam,
     case,
     func,
+    insert,
+    literal_column,
     or_,
     select,
     text,
@@ -28,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
-from tidings.db import cast_table, is_postgres
+from tidings.db import cast_table, is_postgres, utcnow
 from tidings.delivery.models import Message, PendingStatus
 from tidings.personalization.service import PersonalizationError
 from tidings.profiles.models import Profile
@@ -536,12 +538,13 @@ def _apply_pending(session: Session, sent: Iterable[tuple[str, str, SendResult]]
             select(PendingStatus).where(PendingStatus.provider_message_id.in_(ids)).order_by(PendingStatus.id)
         )
     )
-    for item in pending:
-        update_ = status_from_json(item.status)
-        if (
-            apply_status(session, item.account_id, item.provider, update_, keep_unmatched=False)
-            != "unmatched"
-        ):
+    outcomes = apply_statuses(
+        session,
+        [(item.account_id, item.provider, status_from_json(item.status)) for item in pending],
+        keep_unmatched=False,
+    )
+    for item, outcome in zip(pending, outcomes, strict=True):
+        if outcome != "unmatched":
             session.delete(item)
 
 
@@ -710,26 +713,12 @@ def status_from_json(data: dict[str, Any]) -> StatusUpdate:
     )
 
 
-def _match(account_id: str, update_: StatusUpdate) -> ColumnElement[bool] | None:
-    if update_.client_ref and update_.client_ref.startswith(TEST_REF_PREFIX):
-        return None
-    # Our ledger id, when the provider echoes it, finds the row by primary key (the hot path: one index
-    # lookup, where ``id = … OR provider_message_id = …`` may scan the ledger); the provider's id otherwise.
-    if update_.client_ref and update_.client_ref.isdigit():
-        return and_(Message.account_id == account_id, Message.id == int(update_.client_ref))
-    if update_.provider_message_id:
-        return and_(
-            Message.account_id == account_id, Message.provider_message_id == update_.provider_message_id
-        )
-    return None
-
-
-def _status_update(status: Status, by_id: bool) -> Any:
-    """The forward-only UPDATE for one status, built once: the webhook hot path only binds values."""
+def _status_update(status: Status) -> Any:
+    """The forward-only UPDATE of one row (by id) for one status, built once: the webhook hot path only
+    binds values, many rows in one executemany."""
     table = cast_table(Message.__table__)
     sources, target = _FORWARD[status]
     ts = bindparam("_ts", type_=table.c.sent_at.type)
-    key = table.c.id if by_id else table.c.provider_message_id
     values: dict[str, Any] = {
         "state": target,
         "provider_message_id": func.coalesce(table.c.provider_message_id, bindparam("_pid", type_=String())),
@@ -744,52 +733,113 @@ def _status_update(status: Status, by_id: bool) -> Any:
         values |= {"reason": bindparam("_reason"), "error_detail": bindparam("_detail"), "failed_at": ts}
     return (
         update(table)
-        .where(
-            table.c.account_id == bindparam("_account"), key == bindparam("_key"), table.c.state.in_(sources)
-        )
+        # The states as literals: an expanding IN parameter cannot go into an executemany.
+        .where(table.c.id == bindparam("_id"), table.c.state.in_([literal_column(f"'{s}'") for s in sources]))
         .values(**values)
+        .execution_options(synchronize_session=False)
     )
 
 
-_STATUS_UPDATES = {
-    (status, by_id): _status_update(status, by_id) for status in Status for by_id in (True, False)
-}
+_STATUS_UPDATES = {status: _status_update(status) for status in Status}
+_STATUS_ORDER = {status: rank for rank, status in enumerate(Status)}
+
+
+def _ledger_id(update_: StatusUpdate) -> int | None:
+    """Our ledger id, when the provider echoes it (``client_ref``, ``biz_opaque_callback_data``)."""
+    ref = update_.client_ref
+    return int(ref) if ref and ref.isdigit() else None
+
+
+def _find_rows(
+    session: Session, items: Sequence[tuple[str, str, StatusUpdate]]
+) -> tuple[list[int | None], dict[int, str]]:
+    """The ledger row each status is about (None when there is none yet) and those rows' states, in two
+    indexed lookups at most: by primary key when the provider echoes our id, else by its message id."""
+    ids = {i for _, _, u in items if (i := _ledger_id(u)) is not None}
+    pids = {u.provider_message_id for _, _, u in items if _ledger_id(u) is None and u.provider_message_id}
+    columns = (Message.id, Message.account_id, Message.state, Message.provider_message_id)
+    found: list[Row[int, str, str, str | None]] = []
+    if ids:
+        found += session.execute(select(*columns).where(Message.id.in_(ids))).all()
+    if pids:
+        found += session.execute(select(*columns).where(Message.provider_message_id.in_(pids))).all()
+    states = {row.id: row.state for row in found}
+    by_id = {(row.account_id, row.id): row.id for row in found}
+    by_pid = {(row.account_id, row.provider_message_id): row.id for row in found}
+    rows = [
+        by_id.get((account_id, ledger_id))
+        if (ledger_id := _ledger_id(u)) is not None
+        else by_pid.get((account_id, u.provider_message_id))
+        for account_id, _, u in items
+    ]
+    return rows, states
+
+
+def apply_statuses(
+    session: Session, items: Sequence[tuple[str, str, StatusUpdate]], *, keep_unmatched: bool = True
+) -> list[str]:
+    """Move messages forward, set-based: one lookup of the rows, then one executemany ``UPDATE`` per
+    status. ``items`` are ``(account id, provider, status)``; returns, for each, ``applied``, ``ignored``
+    (a repeat, an older state than the message has, or a test send) or ``unmatched`` (no such message yet:
+    kept in ``pending_statuses`` to apply once the send is recorded).
+
+    Statuses are applied in the order sent, delivered, read, failed, whatever order they came in (the end
+    state is the same: states only move forward). Which ones apply is decided from the rows' states as
+    read here; each UPDATE still checks the state itself, so a row changed meanwhile by another
+    transaction is never moved backwards (the answer's counts may then be off by that row)."""
+    outcomes = ["ignored"] * len(items)
+    wanted = [
+        i
+        for i, (_, _, u) in enumerate(items)
+        if not (u.client_ref or "").startswith(TEST_REF_PREFIX)
+        and (_ledger_id(u) is not None or u.provider_message_id)
+    ]
+    rows, states = _find_rows(session, [items[i] for i in wanted])
+    batches: dict[Status, list[dict[str, Any]]] = {}
+    unmatched: list[dict[str, Any]] = []
+    for i, row_id in sorted(
+        zip(wanted, rows, strict=True), key=lambda x: _STATUS_ORDER[items[x[0]][2].status]
+    ):
+        account_id, provider, update_ = items[i]
+        if row_id is None:
+            outcomes[i] = "unmatched"
+            unmatched.append(
+                {
+                    "account_id": account_id,
+                    "provider": provider,
+                    "provider_message_id": update_.provider_message_id,
+                    "client_ref": update_.client_ref,
+                    "status": status_to_json(update_),
+                    "received_at": utcnow(),
+                }
+            )
+            continue
+        sources, target = _FORWARD[update_.status]
+        if states[row_id] not in sources:
+            continue
+        states[row_id] = target
+        outcomes[i] = "applied"
+        params: dict[str, Any] = {
+            "_id": row_id,
+            "_pid": update_.provider_message_id,
+            "_ts": update_.timestamp,
+        }
+        if update_.status is Status.FAILED:
+            params["_reason"] = f"{provider}:{update_.error_code or 'failed'}"[:64]
+            params["_detail"] = (update_.error_detail or "")[:500]
+        batches.setdefault(update_.status, []).append(params)
+    for status in sorted(batches, key=_STATUS_ORDER.__getitem__):
+        session.execute(_STATUS_UPDATES[status], batches[status])
+    if unmatched and keep_unmatched:
+        session.execute(insert(PendingStatus), unmatched)
+    return outcomes
 
 
 def apply_status(
     session: Session, account_id: str, provider: str, update_: StatusUpdate, *, keep_unmatched: bool = True
 ) -> str:
-    """Move one message forward. Returns ``applied``, ``ignored`` (a repeat, or an older state than the
-    message has) or ``unmatched`` (no such message yet: kept in ``pending_statuses`` to apply later)."""
-    match = _match(account_id, update_)
-    if match is None:
-        return "ignored"
-    by_id = bool(update_.client_ref and update_.client_ref.isdigit())
-    params: dict[str, Any] = {
-        "_account": account_id,
-        "_key": int(update_.client_ref) if by_id and update_.client_ref else update_.provider_message_id,
-        "_pid": update_.provider_message_id,
-        "_ts": update_.timestamp,
-    }
-    if update_.status is Status.FAILED:
-        params["_reason"] = f"{provider}:{update_.error_code or 'failed'}"[:64]
-        params["_detail"] = (update_.error_detail or "")[:500]
-    result = session.execute(_STATUS_UPDATES[update_.status, by_id], params)
-    if result.rowcount:  # type: ignore[attr-defined]
-        return "applied"
-    if session.scalar(select(Message.id).where(match).limit(1)) is not None:
-        return "ignored"
-    if keep_unmatched:
-        session.add(
-            PendingStatus(
-                account_id=account_id,
-                provider=provider,
-                provider_message_id=update_.provider_message_id,
-                client_ref=update_.client_ref,
-                status=status_to_json(update_),
-            )
-        )
-    return "unmatched"
+    """``apply_statuses`` for one status."""
+    return apply_statuses(session, [(account_id, provider, update_)], keep_unmatched=keep_unmatched)[0]
 
 
 def find_answered(

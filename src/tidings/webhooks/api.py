@@ -1,10 +1,16 @@
 """Webhook endpoints. Each verifies the provider's signature before anything is read or written, then
 hands the events to the process's ``WebhookBatcher``, which applies many requests' events in one
-transaction and answers each request once its events are committed."""
+transaction and answers each request once its events are committed.
+
+``receive`` is the whole of a webhook POST. ``WebhookLane`` (webhooks/lane.py) calls it for every POST
+under ``/webhooks/`` ahead of FastAPI's routing; the routes below document the same endpoints in the
+OpenAPI document and call the same function when the app is served without the lane.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -32,8 +38,31 @@ def _json(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _bad(exc: WebhookError) -> ApiError:
-    return ApiError(exc.status, "bad_signature" if exc.status == 401 else "invalid_payload", exc.message)
+async def receive(
+    batcher: WebhookBatcher,
+    provider: str,
+    account_id: str,
+    kind: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> dict[str, Any]:
+    """Verify, parse and apply one webhook POST (``kind`` is ``status`` or ``inbound`` for Vonage and the
+    sandbox, ``None`` for Meta); the answer's body, or ``ApiError``. ``headers`` have lower-case names."""
+    secrets = (await batcher.integration(account_id, provider))["secrets"]
+    events: list[WebhookEvent]
+    try:
+        if provider == "meta":
+            meta.verify_signature(headers, body, secrets.get("app_secret", ""))
+            events = meta.parse_webhook(_json(body))
+        else:
+            vonage.verify_webhook(headers, body, secrets.get("signature_secret", ""))
+            payload = _json(body)
+            events = [vonage.parse_status(payload) if kind == "status" else vonage.parse_inbound(payload)]
+    except WebhookError as exc:
+        code = "bad_signature" if exc.status == 401 else "invalid_payload"
+        raise ApiError(exc.status, code, exc.message) from exc
+    result = await batcher.apply(account_id, provider, events)
+    return {"status": "ok", **result}
 
 
 @router.post("/{provider}/{account_id}/{kind}", summary="Vonage (and sandbox) status and inbound webhooks")
@@ -46,18 +75,7 @@ async def vonage_webhook(
     """Vonage Messages API webhooks, signed with an HS256 JWT (the account's signature secret) whose
     ``payload_hash`` is the body's SHA-256. The sandbox calls the same endpoint in the same format."""
     body = await request.body()
-    batcher: WebhookBatcher = request.app.state.webhooks
-    secrets = (await batcher.integration(account_id, provider))["secrets"]
-    try:
-        vonage.verify_webhook(request.headers, body, secrets.get("signature_secret", ""))
-        payload = _json(body)
-        event: WebhookEvent = (
-            vonage.parse_status(payload) if kind == "status" else vonage.parse_inbound(payload)
-        )
-    except WebhookError as exc:
-        raise _bad(exc) from exc
-    result = await batcher.apply(account_id, provider, [event])
-    return {"status": "ok", **result}
+    return await receive(request.app.state.webhooks, provider, account_id, kind, request.headers, body)
 
 
 def _meta_handshake(db: Database, box: SecretBox, account_id: str, params: Any) -> str:
@@ -82,12 +100,4 @@ async def meta_webhook(account_id: str, request: Request) -> dict[str, Any]:
     """Statuses, inbound messages and template status updates, verified with ``X-Hub-Signature-256``
     (HMAC-SHA256 of the raw body with the app secret)."""
     body = await request.body()
-    batcher: WebhookBatcher = request.app.state.webhooks
-    secrets = (await batcher.integration(account_id, "meta"))["secrets"]
-    try:
-        meta.verify_signature(request.headers, body, secrets.get("app_secret", ""))
-        events = meta.parse_webhook(_json(body))
-    except WebhookError as exc:
-        raise _bad(exc) from exc
-    result = await batcher.apply(account_id, "meta", events)
-    return {"status": "ok", **result}
+    return await receive(request.app.state.webhooks, "meta", account_id, None, request.headers, body)

@@ -21,7 +21,7 @@ from typing import Any
 from tidings.db import Database
 from tidings.providers.base import WebhookEvent
 from tidings.secrets import SecretBox
-from tidings.webhooks.service import handle_events, integration_for
+from tidings.webhooks.service import handle_requests, integration_for
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class WebhookBatcher:
     def _write(self, batch: list[_Item]) -> list[dict[str, int] | BaseException]:
         try:
             with self.db.session() as session:
-                return [handle_events(session, a, p, events) for a, p, events, _ in batch]
+                return list(handle_requests(session, [(a, p, events) for a, p, events, _ in batch]))
         except Exception:
             if len(batch) == 1:
                 raise
@@ -79,7 +79,7 @@ class WebhookBatcher:
         for account_id, provider, events, _ in batch:
             try:
                 with self.db.session() as session:
-                    results.append(handle_events(session, account_id, provider, events))
+                    results += handle_requests(session, [(account_id, provider, events)])
             except Exception as exc:
                 results.append(exc)
         return results

@@ -4,7 +4,7 @@ template update does is decided here, once."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account, Integration
 from tidings.conversations.service import record_inbound
-from tidings.delivery.service import apply_status
+from tidings.delivery.service import apply_statuses
 from tidings.errors import ApiError, Invalid
 from tidings.providers.base import InboundReply, StatusUpdate, TemplateStatusUpdate, WebhookEvent
 from tidings.secrets import SecretBox
@@ -53,18 +53,27 @@ def _template_status(session: Session, account_id: str, event: TemplateStatusUpd
     return "template_updated" if changed else "template_unchanged"
 
 
-def handle_events(
-    session: Session, account_id: str, provider: str, events: Iterable[WebhookEvent]
-) -> dict[str, int]:
-    """Apply parsed webhook events to the ledger, the conversations and the templates."""
-    outcome: Counter[str] = Counter()
-    for event in events:
-        if isinstance(event, StatusUpdate):
-            outcome[f"status_{apply_status(session, account_id, provider, event)}"] += 1
-        elif isinstance(event, InboundReply):
-            outcome[
-                "inbound_new" if record_inbound(session, account_id, provider, event) else "inbound_repeat"
-            ] += 1
-        elif isinstance(event, TemplateStatusUpdate):
-            outcome[_template_status(session, account_id, event)] += 1
-    return dict(outcome)
+def handle_requests(
+    session: Session, requests: Sequence[tuple[str, str, Sequence[WebhookEvent]]]
+) -> list[dict[str, int]]:
+    """Apply the parsed events of many webhook requests (``(account id, provider, events)`` each) to the
+    ledger, the conversations and the templates; what happened to each request's events. The statuses
+    of all of them are applied together, set-based (``apply_statuses``)."""
+    outcomes: list[Counter[str]] = [Counter() for _ in requests]
+    statuses: list[tuple[str, str, StatusUpdate]] = []
+    owners: list[int] = []
+    for n, (account_id, provider, events) in enumerate(requests):
+        for event in events:
+            if isinstance(event, StatusUpdate):
+                statuses.append((account_id, provider, event))
+                owners.append(n)
+    for n, outcome in zip(owners, apply_statuses(session, statuses), strict=True):
+        outcomes[n][f"status_{outcome}"] += 1
+    for n, (account_id, provider, events) in enumerate(requests):
+        for event in events:
+            if isinstance(event, InboundReply):
+                new = record_inbound(session, account_id, provider, event)
+                outcomes[n]["inbound_new" if new else "inbound_repeat"] += 1
+            elif isinstance(event, TemplateStatusUpdate):
+                outcomes[n][_template_status(session, account_id, event)] += 1
+    return [dict(outcome) for outcome in outcomes]
