@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from bench.cluster import start_standin
 from tests.conftest import basic
@@ -351,3 +351,29 @@ def test_the_messaging_limit_setting(raw: object, expected: int | None) -> None:
     )
     sender = sender_of(integration)
     assert sender.messaging_limit == expected and sender.key == "meta:1" and sender.rate == 80
+
+
+def test_lease_renewal_moves_its_own_claims_and_never_waits_for_a_busy_row(
+    db: Database, account: NewAccount
+) -> None:
+    _campaign(db, account, [phone(i) for i in range(3)])
+    mine, theirs = _claim(db, 2, token="w-a"), _claim(db, 1, token="w-b")
+    assert (len(mine), len(theirs)) == (2, 1)  # a claim takes no more rows than asked for
+    before = _row(db, theirs[0].id).lease_until
+    with db.session() as session:
+        assert service.renew_leases(session, ["w-a"], utcnow(), timedelta(minutes=10)) == 2
+    assert all(_row(db, c.id).lease_until > utcnow() + timedelta(minutes=9) for c in mine)  # type: ignore[operator]
+    assert _row(db, theirs[0].id).lease_until == before
+    if db.engine.dialect.name != "postgresql":
+        return  # SQLite has one writer at a time: no other transaction can hold a row
+    # Another transaction of the same worker is writing one of the rows (recording its result): the
+    # renewal skips it rather than wait (waiting, in another order than that writer, deadlocked).
+    writer = db.sessions()
+    try:
+        writer.execute(update(Message).where(Message.id == mine[0].id).values(error_detail="recording"))
+        with db.session() as session:
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert service.renew_leases(session, ["w-a"], utcnow(), LEASE) == 1
+    finally:
+        writer.rollback()
+        writer.close()

@@ -97,7 +97,7 @@ class Pacer:
         self.rate = rate
         self.interval = (1.0 + safety) / rate
         self.tolerance = max(0.001, safety / 2)  # how late a send may leave after its slot
-        self.chunk = max(1, min(64, int(rate * 0.02)))  # at most ~20 ms of slots per reservation
+        self.chunk = max(1, min(64, int(rate * 0.005)))  # at most ~5 ms of slots per reservation
         self.lost = 0  # slots given up because the send woke up too late
         self.used = 0
         # A new pacer opens its connections as it goes (TCP and TLS handshakes delay the first sends

@@ -109,23 +109,26 @@ def claim_batch(
     if skip_accounts:
         conditions.append(Message.account_id.not_in(list(skip_accounts)))
     due = select(Message.id).where(*conditions).order_by(Message.next_attempt_at, Message.id).limit(limit)
-    if is_postgres(session):
-        due = due.with_for_update(skip_locked=True)
-    claimed_ids = list(
-        session.scalars(
-            update(Message)
-            .where(Message.id.in_(due.scalar_subquery()), Message.state == "queued")
-            .values(
-                state="sending",
-                lease_until=now + lease,
-                attempts=Message.attempts + 1,
-                claimed_by=token or None,
-                dispatched_at=None,
-            )
-            .returning(Message.id)
-            .execution_options(synchronize_session=False)
+    claim = (
+        update(Message)
+        .values(
+            state="sending",
+            lease_until=now + lease,
+            attempts=Message.attempts + 1,
+            claimed_by=token or None,
+            dispatched_at=None,
         )
+        .returning(Message.id)
+        .execution_options(synchronize_session=False)
     )
+    if is_postgres(session):
+        # A ``LIMIT … FOR UPDATE SKIP LOCKED`` sub-select inside ``IN (…)`` may be run more than once by
+        # PostgreSQL, claiming more rows than asked for; a materialized CTE runs once.
+        picked = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+        claim = claim.where(Message.id == picked.c.id, Message.state == "queued")
+    else:
+        claim = claim.where(Message.id.in_(due.scalar_subquery()), Message.state == "queued")
+    claimed_ids = list(session.scalars(claim))
     if not claimed_ids:
         return []
     rows = session.execute(
@@ -376,9 +379,15 @@ def renew_leases(session: Session, tokens: Sequence[str], now: datetime, lease: 
     """The worker holding these claims is alive: push their leases forward (one UPDATE)."""
     if not tokens:
         return 0
+    held = select(Message.id).where(Message.claimed_by.in_(list(tokens)), Message.state == "sending")
+    if is_postgres(session):
+        # Never wait for a row that this worker's other transactions are writing (recording a result,
+        # marking a dispatch): taking the same rows in another order deadlocked them, and PostgreSQL
+        # took a second to notice. A row skipped now is renewed next time (leases outlive many renewals).
+        held = held.with_for_update(skip_locked=True)
     result = session.execute(
         update(Message)
-        .where(Message.claimed_by.in_(list(tokens)), Message.state == "sending")
+        .where(Message.id.in_(held.scalar_subquery()), Message.state == "sending")
         .values(lease_until=now + lease)
         .execution_options(synchronize_session=False)
     )
