@@ -118,7 +118,7 @@ def planning(url: str, n: int, box: SecretBox) -> None:
 
 
 def trigger_latency(count: int, workdir: Path) -> None:
-    from tidings.app import create_app
+    from tidings.app import asgi_app, create_app
     from tidings.server import bind, serving
 
     standin = start_standin(workdir / "standin.log")
@@ -173,7 +173,7 @@ def trigger_latency(count: int, workdir: Path) -> None:
         ]
         answered: dict[str, float] = {}
         app = create_app(settings, db, run_worker=True)
-        with serving(app, sock), httpx.Client(base_url=base, timeout=30) as http:
+        with serving(asgi_app(app), sock), httpx.Client(base_url=base, timeout=30) as http:
             http.post("/1/upload", json={"d": profiles}, headers=headers).raise_for_status()
             for i in range(count):
                 event = {

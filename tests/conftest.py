@@ -89,7 +89,9 @@ def app(settings: Settings, db: Database) -> FastAPI:
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as c:
+    from tidings.app import asgi_app
+
+    with TestClient(asgi_app(app)) as c:
         yield c
 
 
@@ -124,11 +126,11 @@ def with_public_url(settings: Settings, url: str) -> Settings:
 @pytest.fixture
 def live(settings: Settings, db: Database) -> Iterator[tuple[str, FastAPI]]:
     """The real server on a loopback port, with its worker running (the sandbox calls its webhooks)."""
-    from tidings.app import create_app
+    from tidings.app import asgi_app, create_app
     from tidings.server import bind, serving
 
     sock = bind()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     app = create_app(with_public_url(settings, url), db, run_worker=True)
-    with serving(app, sock):
+    with serving(asgi_app(app), sock):
         yield url, app

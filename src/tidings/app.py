@@ -17,6 +17,7 @@ from tidings.config import Settings
 from tidings.db import Database
 from tidings.errors import ApiError
 from tidings.secrets import SecretBox
+from tidings.webhooks.lane import WebhookLane
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,8 @@ def create_app(
 
     from tidings.delivery.api import router as delivery_router
     from tidings.metrics import exposition, watch_ledger
-    from tidings.webhooks.lane import WebhookLane
 
     app.include_router(delivery_router)
-    app.add_middleware(WebhookLane, batcher=app.state.webhooks)
     watch_ledger(db)
 
     @app.get("/metrics", tags=["meta"], include_in_schema=False)
@@ -119,7 +118,13 @@ def create_app(
     return app
 
 
-def app_from_env() -> FastAPI:
+def asgi_app(app: FastAPI) -> WebhookLane:
+    """What a server runs: ``app`` behind the webhook lane, which answers webhook POSTs before FastAPI's
+    middleware, routing and dependencies (webhooks/lane.py); everything else goes on to ``app``."""
+    return WebhookLane(app, app.state.webhooks)
+
+
+def app_from_env() -> WebhookLane:
     """The app of one of ``tidings serve --processes N``'s processes (the database is already migrated)."""
     import os
 
@@ -127,4 +132,4 @@ def app_from_env() -> FastAPI:
 
     settings = Settings.from_env()
     setup_logging(os.environ.get("TIDINGS_SERVE_LOG_LEVEL", "info"), settings.log_format)
-    return create_app(settings, run_worker=os.environ.get("TIDINGS_SERVE_WORKER") == "1")
+    return asgi_app(create_app(settings, run_worker=os.environ.get("TIDINGS_SERVE_WORKER") == "1"))

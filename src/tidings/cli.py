@@ -49,14 +49,14 @@ def serve(
     """Migrate the database, then serve the API and webhooks (and run the worker unless --no-worker)."""
     import uvicorn
 
-    from tidings.app import create_app
+    from tidings.app import asgi_app, create_app
 
     _setup_logging(log_level)
     settings = Settings.from_env()
     db = Database(settings.database_url)
     db.migrate()
     if processes == 1:
-        app_ = create_app(settings, db, run_worker=not no_worker)
+        app_ = asgi_app(create_app(settings, db, run_worker=not no_worker))
         uvicorn.run(app_, host=host, port=port, log_level=log_level)
         return
     db.dispose()

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tidings.accounts.service import create_account
-from tidings.app import create_app
+from tidings.app import asgi_app, create_app
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.secrets import SecretBox
@@ -84,7 +84,7 @@ def run_demo(settings: Settings, *, profiles: int, console: Console) -> bool:
     box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
     console.print(f"[bold]Tidings demo[/] — data in {settings.data_dir}, server on {settings.public_url}")
     started = time.monotonic()
-    with serving(app, sock) as url, httpx.Client(base_url=url, timeout=30) as http:
+    with serving(asgi_app(app), sock) as url, httpx.Client(base_url=url, timeout=30) as http:
         with db.session() as session:
             account = create_account(session, box, "Demo Tickets")
         console.print(f"account {account.account_id} created (sandbox provider)")

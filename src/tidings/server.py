@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -24,8 +24,8 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 @contextmanager
-def serving(app: FastAPI, sock: socket.socket) -> Iterator[str]:
-    """Serve ``app`` on ``sock`` until the block ends; yields the base URL."""
+def serving(app: Callable[..., Any], sock: socket.socket) -> Iterator[str]:
+    """Serve the ASGI ``app`` on ``sock`` until the block ends; yields the base URL."""
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

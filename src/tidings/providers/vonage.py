@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import hashlib
 import hmac
 import re
@@ -21,6 +22,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from jwt.algorithms import HMACAlgorithm
 
 from tidings.providers.base import (
     InboundReply,
@@ -54,6 +56,23 @@ def sign_webhook(body: bytes, signature_secret: str, api_key: str) -> str:
         "api_key": api_key,
     }
     return "Bearer " + jwt.encode(claims, signature_secret, algorithm="HS256")
+
+
+class _HS256(HMACAlgorithm):
+    """HS256 that checks each secret once. Before every signature PyJWT makes sure that an HMAC secret is
+    not a PEM, SSH, DER or JWK key (parsing it each time): the largest CPU cost of a status webhook. The
+    checks' answer for a given secret never changes, so it is kept."""
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one instance for the life of the process
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return super().prepare_key(key)
+
+
+jwt.unregister_algorithm("HS256")
+jwt.register_algorithm("HS256", _HS256())
 
 
 def verify_webhook(headers: Mapping[str, str], body: bytes, signature_secret: str) -> None:

@@ -1,5 +1,6 @@
-"""The webhook lane: an ASGI middleware that answers every ``POST /webhooks/…`` itself, ahead of FastAPI's
-routing, request model and dependency layer, which cost more CPU than verifying and applying a status.
+"""The webhook lane: the ASGI app a server runs (``tidings.app.asgi_app``). It answers every ``POST
+/webhooks/…`` itself, ahead of FastAPI's middleware, routing, request model and dependencies, which cost
+more CPU than verifying and applying a status.
 Status callbacks are the busiest traffic a deployment sees (about three per message sent), and each is a
 small signed POST. Anything else under ``/webhooks/`` (Meta's GET handshake, a malformed path) goes on
 to FastAPI. Every webhook request is counted and timed for ``/metrics`` here.
