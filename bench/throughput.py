@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import uvloop
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select, text
 
@@ -182,7 +183,7 @@ def main() -> None:
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
     standin = start_standin(workdir / "standin.log")
     try:
-        top = asyncio.run(ceiling(standin.url, args.messages, args.concurrency))
+        top = uvloop.run(ceiling(standin.url, args.messages, args.concurrency))  # as the workers
         print(f"ceiling (HTTP client alone, concurrency {args.concurrency}): {top:,.0f} msg/s")
         for workers in args.workers or [1]:
             rate, elapsed = end_to_end(database_url, workdir, standin.url, args.messages, workers)

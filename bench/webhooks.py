@@ -9,7 +9,6 @@ per message (submitted, delivered, read), posted with many in flight, each appli
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import hmac
 import json
@@ -18,6 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import uvloop
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
@@ -152,7 +152,7 @@ def main() -> None:
     )
     try:
         path = f"/webhooks/meta/{account_id}" if args.meta else f"/webhooks/sandbox/{account_id}/status"
-        rate = asyncio.run(post_all(port, path, sent, args.concurrency, args.meta))
+        rate = uvloop.run(post_all(port, path, sent, args.concurrency, args.meta))
     finally:
         stop(server)
     with db.session() as session:

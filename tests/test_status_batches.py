@@ -78,7 +78,7 @@ def _snapshot(session: Session) -> tuple[list[Any], list[Any]]:
     return rows, pending
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.lists(_STATUS, min_size=1, max_size=25))
 def test_a_batch_matches_one_status_at_a_time(
     db: Database, account: NewAccount, ledger: tuple[list[int], str], raw: list[Any]

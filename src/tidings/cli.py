@@ -100,7 +100,12 @@ def worker(
             loop.add_signal_handler(sig, stop.set)
         await Worker(db, settings, box).run(stop)
 
-    asyncio.run(main())
+    try:
+        import uvloop  # a faster event loop: sends wake up closer to their rate-limit slots
+    except ImportError:  # not on Windows
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 @account_app.command("create")

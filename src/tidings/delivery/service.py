@@ -759,29 +759,57 @@ def _ledger_id(update_: StatusUpdate) -> int | None:
     return int(ref) if ref and ref.isdigit() else None
 
 
-def _find_rows(
-    session: Session, items: Sequence[tuple[str, str, StatusUpdate]]
-) -> tuple[list[int | None], dict[int, str]]:
-    """The ledger row each status is about (None when there is none yet) and those rows' states, in two
-    indexed lookups at most: by primary key when the provider echoes our id, else by its message id."""
+def _rows_by(column: str) -> Any:
+    """The lookup of ``_find_rows``, built once (Core, an expanding IN): the hot path only binds values."""
+    table = cast_table(Message.__table__)
+    columns = (table.c.id, table.c.account_id, table.c.state, table.c.provider_message_id)
+    return select(*columns).where(table.c[column].in_(bindparam("_keys", expanding=True)))
+
+
+_ROWS_BY_ID, _ROWS_BY_PID = _rows_by("id"), _rows_by("provider_message_id")
+
+
+@dataclass
+class _Rows:
+    """The ledger rows a batch of statuses is about, as the batch moves them along."""
+
+    state: dict[int, str]
+    pid: dict[int, str | None]
+    by_id: dict[tuple[str, int], int]  # (account, ledger id) → row
+    by_pid: dict[tuple[str, str], int]  # (account, provider's message id) → row
+    account: dict[int, str]
+
+    def find(self, account_id: str, update_: StatusUpdate) -> int | None:
+        ledger_id = _ledger_id(update_)
+        if ledger_id is not None:
+            return self.by_id.get((account_id, ledger_id))
+        return self.by_pid.get((account_id, update_.provider_message_id or ""))
+
+    def move(self, row_id: int, state: str, pid: str | None) -> None:
+        """An applied status moves the row, and gives it the provider's id if it had none."""
+        self.state[row_id] = state
+        if pid and self.pid[row_id] is None:
+            self.pid[row_id] = pid
+            self.by_pid.setdefault((self.account[row_id], pid), row_id)
+
+
+def _find_rows(session: Session, items: Sequence[tuple[str, str, StatusUpdate]]) -> _Rows:
+    """The rows the statuses name, in two indexed lookups at most: by primary key when the provider echoes
+    our id, else by its message id."""
     ids = {i for _, _, u in items if (i := _ledger_id(u)) is not None}
     pids = {u.provider_message_id for _, _, u in items if _ledger_id(u) is None and u.provider_message_id}
-    columns = (Message.id, Message.account_id, Message.state, Message.provider_message_id)
-    found: list[Row[int, str, str, str | None]] = []
+    found: list[Row[Any]] = []
     if ids:
-        found += session.execute(select(*columns).where(Message.id.in_(ids))).all()
+        found += session.connection().execute(_ROWS_BY_ID, {"_keys": list(ids)}).all()
     if pids:
-        found += session.execute(select(*columns).where(Message.provider_message_id.in_(pids))).all()
-    states = {row.id: row.state for row in found}
-    by_id = {(row.account_id, row.id): row.id for row in found}
-    by_pid = {(row.account_id, row.provider_message_id): row.id for row in found}
-    rows = [
-        by_id.get((account_id, ledger_id))
-        if (ledger_id := _ledger_id(u)) is not None
-        else by_pid.get((account_id, u.provider_message_id))
-        for account_id, _, u in items
-    ]
-    return rows, states
+        found += session.connection().execute(_ROWS_BY_PID, {"_keys": list(pids)}).all()
+    return _Rows(
+        state={row.id: row.state for row in found},
+        pid={row.id: row.provider_message_id for row in found},
+        by_id={(row.account_id, row.id): row.id for row in found},
+        by_pid={(row.account_id, row.provider_message_id): row.id for row in found},
+        account={row.id: row.account_id for row in found},
+    )
 
 
 def apply_statuses(
@@ -792,10 +820,10 @@ def apply_statuses(
     (a repeat, an older state than the message has, or a test send) or ``unmatched`` (no such message yet:
     kept in ``pending_statuses`` to apply once the send is recorded).
 
-    Statuses are applied in the order sent, delivered, read, failed, whatever order they came in (the end
-    state is the same: states only move forward). Which ones apply is decided from the rows' states as
-    read here; each UPDATE still checks the state itself, so a row changed meanwhile by another
-    transaction is never moved backwards (the answer's counts may then be off by that row)."""
+    The outcome is that of applying the statuses one at a time in the order sent, delivered, read, failed
+    (the end state does not depend on the order they came in: states only move forward), decided from
+    the rows as read here. Each UPDATE still checks the state itself, so a row changed meanwhile by
+    another transaction is never moved backwards (the answer's counts may then be off by that row)."""
     outcomes = ["ignored"] * len(items)
     wanted = [
         i
@@ -803,13 +831,12 @@ def apply_statuses(
         if not (u.client_ref or "").startswith(TEST_REF_PREFIX)
         and (_ledger_id(u) is not None or u.provider_message_id)
     ]
-    rows, states = _find_rows(session, [items[i] for i in wanted])
+    rows = _find_rows(session, [items[i] for i in wanted])
     batches: dict[Status, list[dict[str, Any]]] = {}
     unmatched: list[dict[str, Any]] = []
-    for i, row_id in sorted(
-        zip(wanted, rows, strict=True), key=lambda x: _STATUS_ORDER[items[x[0]][2].status]
-    ):
+    for i in sorted(wanted, key=lambda i: _STATUS_ORDER[items[i][2].status]):
         account_id, provider, update_ = items[i]
+        row_id = rows.find(account_id, update_)
         if row_id is None:
             outcomes[i] = "unmatched"
             unmatched.append(
@@ -824,9 +851,9 @@ def apply_statuses(
             )
             continue
         sources, target = _FORWARD[update_.status]
-        if states[row_id] not in sources:
+        if rows.state[row_id] not in sources:
             continue
-        states[row_id] = target
+        rows.move(row_id, target, update_.provider_message_id)
         outcomes[i] = "applied"
         params: dict[str, Any] = {
             "_id": row_id,
