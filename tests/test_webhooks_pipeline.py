@@ -8,6 +8,7 @@ import itertools
 import json
 import random
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from tests.helpers import insert_profiles, phone
 from tidings.accounts.models import Integration
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.service import create_campaign, start_campaign
+from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message, PendingStatus
 from tidings.delivery.service import Attempt, Claimed, claim_batch, record_attempts
@@ -295,3 +297,41 @@ def test_the_webhook_lane_refuses_what_it_cannot_take(client: TestClient, accoun
     # Not a webhook path: FastAPI answers, as for any unknown route.
     assert client.post(f"/webhooks/sandbox/{account.account_id}/bogus", content=b"{}").status_code == 422
     assert client.post("/webhooks/nope", content=b"{}").status_code == 404
+
+
+def test_serve_with_two_processes_shares_the_port(
+    db: Database, box: SecretBox, account: NewAccount, settings: Settings, tmp_path: Path
+) -> None:
+    """``tidings serve --processes 2``: two web processes on one port, applying what they receive."""
+    from bench.cluster import free_port, reaped, start_server, stop, tidings_env
+
+    _campaign_id, sent = _sent_messages(db, account, 40)
+    secret = _secret(db, box, account)
+    port = free_port()
+    assert settings.secret_key
+    env = tidings_env(db.url, tmp_path, settings.secret_key)
+    server = start_server(env, port, tmp_path / "server.log", processes=2)
+    with reaped(server):
+        children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == server.pid]
+        assert len(children) >= 2
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            for message_id, uuid in sent:  # a new connection each: the kernel spreads them over both
+                body = json.dumps(_status(uuid, "delivered", str(message_id))).encode()
+                headers = {"Authorization": sign_webhook(body, secret, "sandbox"), "Connection": "close"}
+                answer = http.post(
+                    f"/webhooks/sandbox/{account.account_id}/status", content=body, headers=headers
+                )
+                assert answer.json() == {"status": "ok", "status_applied": 1}
+        stop(server)
+    with db.session() as session:
+        states = session.scalars(select(Message.state)).all()
+    assert states == ["delivered"] * 40
+    assert server.returncode == 0
+
+
+def _parent(proc: Path) -> int | None:
+    """The parent pid of a /proc/<pid> entry (None when it has gone)."""
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
