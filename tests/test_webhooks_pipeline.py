@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -335,3 +336,20 @@ def _parent(proc: Path) -> int | None:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def test_a_webhook_that_cannot_be_applied_gets_a_5xx_so_the_provider_retries(
+    client: TestClient, db: Database, box: SecretBox, account: NewAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _campaign_id, [(message_id, uuid)] = _sent_messages(db, account, 1)
+    secret = _secret(db, box, account)
+
+    def broken(*_args: object, **_kw: object) -> list[str]:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr("tidings.webhooks.service.apply_statuses", broken)
+    assert _post(client, account, secret, "status", _status(uuid, "read", str(message_id))) == 500
+    monkeypatch.undo()
+    assert _post(client, account, secret, "status", _status(uuid, "read", str(message_id))) == 200
+    with db.session() as session:
+        assert session.get(Message, message_id).state == "read"  # type: ignore[union-attr]

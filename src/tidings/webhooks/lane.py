@@ -9,6 +9,7 @@ to FastAPI. Every webhook request is counted and timed for ``/metrics`` here.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -22,6 +23,8 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024  # Meta's payloads are at most 3 MB
 VONAGE_KINDS = ("status", "inbound")
@@ -54,6 +57,8 @@ async def _body(receive_: Receive) -> bytes:
 
 
 class WebhookLane:
+    """Wraps the FastAPI app: webhook POSTs are answered here, everything else goes on to ``app``."""
+
     def __init__(self, app: ASGIApp, batcher: WebhookBatcher) -> None:
         self.app = app
         self.batcher = batcher
@@ -80,6 +85,10 @@ class WebhookLane:
             except ConnectionError:
                 status = 499
                 return
+            except Exception:  # the database failed: a 5xx makes the provider send it again
+                log.exception("webhook %s could not be applied", path)
+                status = 500
+                answer = {"code": "internal_error", "message": "the webhook could not be applied; retry it"}
             data = json.dumps(answer).encode()
             await send(
                 {
