@@ -39,3 +39,12 @@ def insert_profiles(db: Database, account_id: str, rows: list[dict[str, Any]]) -
 
 def phone(i: int) -> str:
     return f"+9198{10_000_000 + i}"
+
+
+def refused(r: Any, status: int, code: str) -> str:
+    """Assert an API error answer (status and ``code``); returns its message."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code, body
+    message: str = body["message"]
+    return message

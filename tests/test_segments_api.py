@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from openapi_schema_validator import OAS31Validator
 
 from tests.conftest import basic, new_account
+from tests.helpers import refused
 from tests.test_segments_property import Person, store
 from tidings.accounts.service import NewAccount
 from tidings.db import Database, utcnow
@@ -26,14 +27,6 @@ def create(client: TestClient, auth: dict[str, str], name: str, definition: Any)
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     return body
-
-
-def refused(r: Any, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["code"] == code, body
-    message: str = body["message"]
-    return message
 
 
 def count(client: TestClient, auth: dict[str, str], definition: Any) -> int:

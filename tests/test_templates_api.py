@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from openapi_schema_validator import OAS31Validator
 
 from tests.conftest import basic, new_account
+from tests.helpers import refused
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.models import Campaign
 from tidings.db import Database
@@ -33,14 +34,6 @@ def create(client: TestClient, auth: dict[str, str], **fields: Any) -> dict[str,
     assert r.status_code == 201, r.text
     created: dict[str, Any] = r.json()
     return created
-
-
-def refused(r: Any, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["code"] == code, body
-    message: str = body["message"]
-    return message
 
 
 def names(client: TestClient, auth: dict[str, str], **params: str) -> list[tuple[str, str]]:

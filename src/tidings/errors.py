@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 
 class ApiError(Exception):
@@ -35,3 +38,16 @@ class Invalid(ApiError):
 class Conflict(ApiError):
     def __init__(self, message: str, code: str = "conflict") -> None:
         super().__init__(409, code, message)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API."""
+
+    code: str = Field(description="Stable, machine-readable code, e.g. `template_exists`.")
+    message: str = Field(description="What went wrong, for a person.")
+    details: Any | None = None
+
+
+def error_responses(described: Mapping[int, str], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route for the OpenAPI document: each status with its description."""
+    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Response
 
 from tidings.db import utcnow
 from tidings.deps import CurrentAccount, Db
-from tidings.errors import Invalid
+from tidings.errors import Invalid, error_responses
 from tidings.segments import service
 from tidings.segments.schemas import (
-    ErrorBody,
     EstimateOut,
     EstimateRequest,
     SegmentCreate,
@@ -22,18 +21,20 @@ from tidings.segments.schemas import (
 router = APIRouter(prefix="/api/v1/segments", tags=["segments"])
 
 
+ERRORS = {
+    401: "Missing or wrong account id / passcode (`unauthorized`).",
+    404: "No such segment in this account (`not_found`).",
+    409: "`segment_exists`: the account has a segment with this name; `segment_in_use`: another segment, "
+    "or a campaign still to run, refers to it.",
+    422: "Refused input; `message` says where. `invalid_segment`: the definition is malformed "
+    "(e.g. `definition.and[1].did.count.at_least must be a positive integer`); `segment_not_found`: "
+    "it refers to a segment id the account does not have; `segment_cycle`: saved segments would refer "
+    "to each other in a circle; `invalid_name`; `validation_error`: a malformed request.",
+}
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        401: "Missing or wrong account id / passcode (`unauthorized`).",
-        404: "No such segment in this account (`not_found`).",
-        409: "`segment_exists`: the account has a segment with this name; `segment_in_use`: another segment, "
-        "or a campaign still to run, refers to it.",
-        422: "Refused input; `message` says where. `invalid_segment`: the definition is malformed "
-        "(e.g. `definition.and[1].did.count.at_least must be a positive integer`); `segment_not_found`: "
-        "it refers to a segment id the account does not have; `segment_cycle`: saved segments would refer "
-        "to each other in a circle; `invalid_name`; `validation_error`: a malformed request.",
-    }
-    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
+    return error_responses(ERRORS, *statuses)
 
 
 @router.post("", status_code=201, response_model=SegmentOut, responses=_errors(401, 409, 422))

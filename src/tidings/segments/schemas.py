@@ -14,9 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SerializeAsAny, SkipValidation
 
 from tidings.segments.compiler import PropertyOp
-from tidings.templates.schemas import ErrorBody  # the one error shape of the API
 
-__all__ = ["ErrorBody", "EstimateOut", "EstimateRequest", "SegmentCreate", "SegmentOut", "SegmentUpdate"]
+__all__ = ["EstimateOut", "EstimateRequest", "SegmentCreate", "SegmentOut", "SegmentUpdate"]
 
 Scalar = str | float | int | bool
 

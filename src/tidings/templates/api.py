@@ -7,23 +7,26 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 
 from tidings.deps import CurrentAccount, Db
+from tidings.errors import error_responses
 from tidings.templates import service
-from tidings.templates.schemas import ErrorBody, TemplateCreate, TemplateOut, TemplateUpdate
+from tidings.templates.schemas import TemplateCreate, TemplateOut, TemplateUpdate
 
 router = APIRouter(prefix="/api/v1/templates", tags=["templates"])
 
 
+ERRORS = {
+    401: "Missing or wrong account id / passcode (`unauthorized`).",
+    404: "No such template in this account (`not_found`).",
+    409: "`template_exists`: same name and language already; `template_in_use`: a campaign uses it.",
+    422: "Refused input: `validation_error` for a malformed request (missing field, wrong type, unknown "
+    "field), or `invalid_<field>` (`invalid_name`, `invalid_body`, `invalid_language`, "
+    "`invalid_category`, `invalid_status`, `invalid_provider_template_id`) for a value the template "
+    "rules refuse; `message` says why.",
+}
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        401: "Missing or wrong account id / passcode (`unauthorized`).",
-        404: "No such template in this account (`not_found`).",
-        409: "`template_exists`: same name and language already; `template_in_use`: a campaign uses it.",
-        422: "Refused input: `validation_error` for a malformed request (missing field, wrong type, unknown "
-        "field), or `invalid_<field>` (`invalid_name`, `invalid_body`, `invalid_language`, "
-        "`invalid_category`, `invalid_status`, `invalid_provider_template_id`) for a value the template "
-        "rules refuse; `message` says why.",
-    }
-    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
+    return error_responses(ERRORS, *statuses)
 
 
 @router.post("", status_code=201, response_model=TemplateOut, responses=_errors(401, 409, 422))

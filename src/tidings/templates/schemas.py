@@ -89,11 +89,3 @@ class TemplateOut(BaseModel):
     provider_template_id: str | None
     created_at: datetime
     updated_at: datetime
-
-
-class ErrorBody(BaseModel):
-    """Every error answer of the API."""
-
-    code: str = Field(description="Stable, machine-readable code, e.g. `template_exists`.")
-    message: str = Field(description="What went wrong, for a person.")
-    details: Any | None = None
