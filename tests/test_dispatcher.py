@@ -79,6 +79,32 @@ def _row(db: Database, message_id: int) -> Message:
         return row
 
 
+def _prove_webhooks(db: Database, account: NewAccount) -> int:
+    """A message of the account dispatched now that then got its delivered status: the proof that
+    ``reconcile`` needs before it sends again a message that got no status."""
+    insert_profiles(db, account.account_id, [{"identity": "proof", "phone": "+14155550100"}])
+    with db.session() as session:
+        profile_id = session.scalar(text("SELECT id FROM profiles WHERE identity = 'proof'"))
+        row = Message(
+            account_id=account.account_id,
+            profile_id=profile_id,
+            state="sending",
+            to_phone="+14155550100",
+            text="proof",
+            attempts=1,
+            dispatched_at=utcnow(),
+        )
+        session.add(row)
+        session.flush()
+        service.apply_status(
+            session,
+            account.account_id,
+            "meta",
+            StatusUpdate(Status.DELIVERED, utcnow(), provider_message_id="w.proof", client_ref=str(row.id)),
+        )
+        return row.id
+
+
 def _record(db: Database, attempts: list[Attempt], max_attempts: int = 5) -> None:
     with db.session() as session:
         record_attempts(session, attempts, utcnow(), max_attempts=max_attempts, retry_base=1, retry_cap=60)
@@ -161,6 +187,7 @@ def test_reconcile_requeues_lost_claims_and_waits_for_dispatched_ones(
     assert _row(db, never.id).state == "queued" and _row(db, never.id).attempts == 0
     assert _row(db, dispatched.id).state == "sending"  # still waiting for its status
     assert _row(db, answered.id).state == "sent"
+    _prove_webhooks(db, account)  # a later message got its status: the webhook path works
     with db.session() as session:  # past the window: no status came, the provider never took it
         counts = reconcile(session, utcnow() + timedelta(seconds=400), timedelta(seconds=300))
     assert counts["requeued_unknown"] == 2
@@ -230,6 +257,7 @@ def test_a_status_for_a_requeued_row_settles_it(db: Database, account: NewAccoun
     _campaign(db, account, [phone(1)])
     [claimed] = _claim(db)
     _mark(db, account, [claimed])
+    _prove_webhooks(db, account)
     with db.session() as session:
         reconcile(session, utcnow() + timedelta(hours=1), timedelta(seconds=300))
         assert session.get(Message, claimed.id).state == "queued"  # type: ignore[union-attr]

@@ -43,6 +43,24 @@ RATE_LOST_SLOTS = Counter(
 )
 PAIR_WAITS = Counter("tidings_pair_rate_waits_total", "Messages held back by WhatsApp's pair rate.")
 TIER_SKIPS = Counter("tidings_messaging_limit_skips_total", "Messages skipped over the messaging-limit tier.")
+SEND_TIME_REFUSALS = Counter(
+    "tidings_send_time_refusals_total",
+    "Messages settled at their dispatch mark instead of sent, by reason (not_opted_in, dnd, "
+    "global_frequency_cap, campaign_frequency_cap).",
+    ["reason"],
+)
+DND_DELAYS = Counter(
+    "tidings_dnd_delays_total", "Messages whose send moment fell inside DND: requeued for its end."
+)
+OPT_OUT_SETTLED = Counter(
+    "tidings_opt_out_settled_total", "Unsent messages settled as not_opted_in when their user opted out."
+)
+WAITING_FOR_PROOF = Gauge(
+    "tidings_reconcile_waiting_for_proof",
+    "Dispatched messages with no status past TIDINGS_RECONCILE_SECONDS, kept (not sent again) because no "
+    "later message of their sender got a status yet: the webhook path is not shown to work. As seen by "
+    "this worker's last reconciliation (every worker sees the same rows).",
+)
 RECONCILED = Counter(
     "tidings_reconciled_total",
     "Lost claims recovered: requeued_undispatched, requeued_unknown, failed_unknown.",

@@ -21,7 +21,7 @@ from tidings.db import Database, utcnow
 from tidings.delivery import service
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.http import provider_client
-from tidings.metrics import LOOP_LAG, RECONCILED
+from tidings.metrics import LOOP_LAG, RECONCILED, WAITING_FOR_PROOF
 from tidings.providers.pool import ProviderPool
 from tidings.providers.sandbox import SandboxProvider
 from tidings.secrets import SecretBox
@@ -29,8 +29,8 @@ from tidings.secrets import SecretBox
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
-# The scheduler tick's own fallback reconciliation waits this much longer than the worker's, so the
-# worker's (which knows TIDINGS_UNKNOWN_OUTCOME and TIDINGS_MAX_ATTEMPTS) always decides first.
+# The scheduler tick's own fallback reconciliation (with the same TIDINGS_UNKNOWN_OUTCOME and
+# TIDINGS_MAX_ATTEMPTS) waits this much longer than the worker's, so the worker's always decides first.
 FALLBACK_SLACK = timedelta(seconds=60)
 
 
@@ -54,6 +54,7 @@ class Worker:
         self.pool.http = provider_client()  # before any provider is built: they all share it
         self.dispatcher = Dispatcher(db, settings, self.pool)
         self.window = timedelta(seconds=settings.reconcile_seconds)
+        self._waiting = 0  # sent rows waiting for proof at the last tick (logged when it changes)
 
     @property
     def sandbox_pending(self) -> int:
@@ -70,7 +71,7 @@ class Worker:
 
         for account_id in await asyncio.to_thread(meta_accounts):
             try:
-                await sync_templates(self.db, self.box, account_id)
+                await sync_templates(self.db, self.box, account_id, self.settings.extra_provider_hosts)
             except Exception:
                 log.exception("worker: template sync failed for %s", account_id)
 
@@ -84,11 +85,27 @@ class Worker:
                 unknown_outcome=self.settings.unknown_outcome,
                 max_attempts=self.settings.max_attempts,
             )
+            waiting = service.waiting_for_proof(session, utcnow(), self.window)
+        WAITING_FOR_PROOF.set(waiting)
         for action, n in counts.items():
             if n:
                 RECONCILED.labels(action).inc(n)
                 log.info("reconciled %s rows: %s", n, action, extra={"action": action, "rows": n})
-        scheduler_tick(self.db, self.window + FALLBACK_SLACK)
+        if waiting and waiting != self._waiting:
+            log.warning(
+                "%s sent messages have no status after %g s and are not sent again: no later message of "
+                "their sender got a status either (is the status webhook reachable?)",
+                waiting,
+                self.window.total_seconds(),
+                extra={"waiting_for_proof": waiting},
+            )
+        self._waiting = waiting
+        scheduler_tick(
+            self.db,
+            self.window + FALLBACK_SLACK,
+            unknown_outcome=self.settings.unknown_outcome,
+            max_attempts=self.settings.max_attempts,
+        )
 
     def nudge(self) -> None:
         """Rows were just queued in this process (a live trigger): the dispatcher claims them at once."""

@@ -42,6 +42,10 @@ class Dnd:
         end = datetime.combine(end_day, self.end, tzinfo=tz)
         return end.astimezone(at.tzinfo)
 
+    def zone_for(self, account_tz: ZoneInfo, user_zone: str | None) -> ZoneInfo:
+        """The zone DND hours are read in: the account's, or the user's ``Tz`` (else the account's)."""
+        return zone(user_zone, account_tz.key) if self.timezone == "user" else account_tz
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -70,7 +74,8 @@ def _clock(value: Any, where: str) -> time:
 
 def parse_rules(settings: dict[str, Any]) -> Rules:
     """Validate ``accounts.settings``; ``Invalid`` names the faulty part."""
-    unknown = sorted(set(settings) - {"system_control_group_pct", "frequency_cap", "dnd"})
+    # "keywords" (consent keywords) is validated by tidings.conversations.keywords.validate_keywords.
+    unknown = sorted(set(settings) - {"system_control_group_pct", "frequency_cap", "dnd", "keywords"})
     if unknown:
         raise Invalid(f"settings: unknown key(s) {', '.join(unknown)}")
     pct = settings.get("system_control_group_pct", 0)
@@ -100,3 +105,12 @@ def parse_rules(settings: dict[str, Any]) -> Rules:
             action=raw.get("action", "delay"),
         )
     return Rules(system_control_group_pct=pct, cap_max=cap_max, cap_hours=cap_hours, dnd=dnd)
+
+
+def account_rules(settings: dict[str, Any] | None) -> Rules:
+    """The rules of ``accounts.settings`` as stored (validated when saved); a setting that no longer
+    parses counts as no rule rather than stopping every send of the account."""
+    try:
+        return parse_rules(settings or {})
+    except Invalid:
+        return Rules()

@@ -3,7 +3,8 @@
 Four kinds and no others: ``one_time`` (the segment is evaluated once, at the start), ``single_action``,
 ``inaction`` and ``on_date`` (live; see ``campaigns.triggers``). WhatsApp forbids recurring and
 multi-date campaigns, so they are refused. States: draft → scheduled → running → completed | stopped
-(``paused`` by the delivery engine when errors pile up).
+(``paused`` by the delivery engine when errors pile up, and by the scheduler when a campaign cannot be
+started or planned: one campaign's failure never stops the others — see :func:`scheduler_tick`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.campaigns.triggers import (
     LIVE_KINDS,
     engagement_context,
+    isolated,
     plan_due_inaction,
     plan_on_date,
+    set_aside,
     validate_trigger,
 )
 from tidings.db import Database, utcnow
@@ -298,19 +301,30 @@ def _templates_approved(session: Session, campaign: Campaign) -> str | None:
 def start_campaign(session: Session, campaign_id: int, now: datetime) -> int | None:
     """Claim one due campaign (scheduled → running). A one-time campaign's audience is planned in the same
     transaction. Returns the audience planned (0 for a live campaign), or None when another process got it
-    first or it must wait."""
+    first or it must wait.
+
+    A one-time campaign that was paused because it could not start (its audience never planned) and was
+    then resumed is running with no audience yet: it is claimed here the same way (audience_size stays
+    NULL until planned), and planned."""
     campaign = session.get(Campaign, campaign_id)
-    if campaign is None or campaign.state != "scheduled":
+    resumed = campaign is not None and _unplanned(campaign)
+    if campaign is None or (campaign.state != "scheduled" and not resumed):
         return None
     waiting = _templates_approved(session, campaign)
     if waiting:
         if campaign.note != waiting:
             campaign.note = waiting
         return None
+    if resumed:
+        guard = and_(Campaign.state == "running", Campaign.audience_size.is_(None))
+        values: dict[str, Any] = {"audience_size": 0, "note": None}
+    else:
+        guard = and_(Campaign.state == "scheduled", Campaign.scheduled_at <= now)
+        values = {"state": "running", "started_at": now, "checked_until": now, "note": None}
     claimed = session.execute(
         update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.state == "scheduled", Campaign.scheduled_at <= now)
-        .values(state="running", started_at=now, checked_until=now, note=None)
+        .where(Campaign.id == campaign_id, guard)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     if not claimed.rowcount:  # type: ignore[attr-defined]
@@ -333,11 +347,20 @@ def start_campaign(session: Session, campaign_id: int, now: datetime) -> int | N
     return size
 
 
+def _unplanned(campaign: Campaign) -> bool:
+    """A one-time campaign running without an audience: paused before it could start, then resumed."""
+    return campaign.kind == "one_time" and campaign.state == "running" and campaign.audience_size is None
+
+
 def due_campaigns(session: Session, now: datetime) -> list[int]:
+    """Scheduled campaigns whose time came, and resumed one-time campaigns whose audience is not planned."""
+    unplanned = and_(
+        Campaign.state == "running", Campaign.kind == "one_time", Campaign.audience_size.is_(None)
+    )
     return list(
         session.scalars(
             select(Campaign.id)
-            .where(Campaign.state == "scheduled", Campaign.scheduled_at <= now)
+            .where(or_(and_(Campaign.state == "scheduled", Campaign.scheduled_at <= now), unplanned))
             .order_by(Campaign.scheduled_at)
         )
     )
@@ -351,7 +374,7 @@ def complete_finished(session: Session, now: datetime) -> int:
         .where(
             Campaign.state == "running",
             or_(
-                (Campaign.kind == "one_time") & ~open_rows,
+                (Campaign.kind == "one_time") & Campaign.audience_size.is_not(None) & ~open_rows,
                 (Campaign.kind != "one_time") & (Campaign.ends_at <= now) & ~open_rows,
             ),
         )
@@ -362,34 +385,69 @@ def complete_finished(session: Session, now: datetime) -> int:
 
 
 def run_live(session: Session, now: datetime) -> int:
-    """Inaction candidates whose time came, and on-date sweeps, for every running live campaign."""
+    """Inaction candidates whose time came, and on-date sweeps, for every running live campaign — each in
+    a savepoint: one that fails is paused with a note, and the others are planned."""
     written = 0
     campaigns = session.scalars(
         select(Campaign).where(Campaign.state == "running", Campaign.kind.in_(("inaction", "on_date")))
     ).all()
     for campaign in campaigns:
-        until = min(now, campaign.ends_at) if campaign.ends_at else now
-        context = engagement_context(session, campaign.account_id)
-        if campaign.kind == "inaction":
-            written += plan_due_inaction(session, campaign, until, context)
-        else:
-            written += plan_on_date(session, campaign, until, context)
+        campaign_id = campaign.id
+        try:
+            with session.begin_nested():
+                until = min(now, campaign.ends_at) if campaign.ends_at else now
+                context = engagement_context(session, campaign.account_id)
+                if campaign.kind == "inaction":
+                    written += plan_due_inaction(session, campaign, until, context)
+                else:
+                    written += plan_on_date(session, campaign, until, context)
+        except Exception as exc:
+            if not isolated(exc):
+                raise
+            set_aside(session, campaign_id, exc, "planning this live campaign")
     return written
 
 
-def scheduler_tick(db: Database, lease_grace: timedelta, now: datetime | None = None) -> None:
-    """Start what is due, plan live work, fail lost sends, complete what is done. Safe to run in many
-    processes at once: every step is a guarded UPDATE or an insert that ignores conflicts."""
-    now = now or utcnow()
+def start_due(db: Database, now: datetime) -> None:
+    """Start every due campaign, each in its own transaction: one that cannot start — its segment is gone,
+    its target is more than the database can run, any error — is paused with a note, and the others
+    start. A passing database condition (a lock, a lost connection) pauses nothing: that campaign is tried
+    again at the next tick."""
     with db.session() as session:
         due = due_campaigns(session, now)
     for campaign_id in due:
-        with db.session() as session:
-            size = start_campaign(session, campaign_id, now)
+        try:
+            with db.session() as session:
+                size = start_campaign(session, campaign_id, now)
+        except Exception as exc:
+            if not isolated(exc):
+                log.warning("campaign %s: could not start now (%s); trying again", campaign_id, exc)
+                continue
+            with db.session() as session:
+                set_aside(session, campaign_id, exc, "starting this campaign", ("scheduled", "running"))
+            continue
         if size is not None:
             log.info("campaign %s started; planned %s", campaign_id, size)
+
+
+def scheduler_tick(
+    db: Database,
+    lease_grace: timedelta,
+    now: datetime | None = None,
+    *,
+    unknown_outcome: str = "requeue",
+    max_attempts: int = 5,
+) -> None:
+    """Start what is due, plan live work, fail lost sends, complete what is done. Safe to run in many
+    processes at once: every step is a guarded UPDATE or an insert that ignores conflicts. Lost sends
+    are reconciled with ``lease_grace`` as the window and the configured ``unknown_outcome`` and
+    ``max_attempts`` (``TIDINGS_UNKNOWN_OUTCOME``, ``TIDINGS_MAX_ATTEMPTS``: the worker passes them)."""
+    now = now or utcnow()
+    start_due(db, now)  # each campaign in its own transaction; one that fails is paused, not the tick
     with db.session() as session:
-        run_live(session, now)
+        run_live(session, now)  # each live campaign in a savepoint, likewise
     with db.session() as session:
-        delivery.expire_leases(session, now, lease_grace)
+        delivery.expire_leases(
+            session, now, lease_grace, unknown_outcome=unknown_outcome, max_attempts=max_attempts
+        )
         complete_finished(session, now)

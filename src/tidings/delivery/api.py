@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from tidings.campaigns.models import Campaign
 from tidings.db import utcnow
 from tidings.delivery import service
-from tidings.deps import CurrentAccount, Db
+from tidings.deps import CurrentAccount, Db, get_settings
 from tidings.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["delivery"])
@@ -30,6 +30,12 @@ class Progress(BaseModel):
     remaining: int = Field(description="Still queued or being sent.")
     rate: float = Field(description="Messages handled a second over the last 30 seconds.")
     eta_seconds: float | None = Field(description="Estimated time left at the current rate.")
+    waiting_for_proof: int = Field(
+        0,
+        description="Sent with no status webhook within TIDINGS_RECONCILE_SECONDS, and not sent again "
+        "because no later message of the sender got a status yet (the webhook path is not shown to work). "
+        "Counted in remaining.",
+    )
     as_of: datetime
 
 
@@ -50,12 +56,13 @@ def _campaign(session: Session, account_id: str, campaign_id: int) -> tuple[str,
 
 
 @router.get("/{campaign_id}/progress", response_model=Progress)
-def progress(campaign_id: int, account: CurrentAccount, db: Db) -> Progress:
+def progress(campaign_id: int, account: CurrentAccount, db: Db, request: Request) -> Progress:
     """Planned, sent, remaining, the current rate and the estimated time left."""
     now = utcnow()
-    with db.session() as session:
+    window = timedelta(seconds=get_settings(request).reconcile_seconds)
+    with db.read() as session:
         state, note = _campaign(session, account.id, campaign_id)
-        figures = service.campaign_progress(session, campaign_id, now)
+        figures = service.campaign_progress(session, campaign_id, now, reconcile_window=window)
     return Progress(campaign_id=campaign_id, state=state, note=note, as_of=now, **figures)
 
 

@@ -13,7 +13,11 @@ Four kinds of tasks share one event loop (database work runs in threads, one tra
 * the **recorder** writes the answers in set-based batches (``record_attempts``) every few milliseconds,
   and pauses a campaign whose error rate passes the threshold;
 * the **heartbeat** keeps the leases of the rows in hand alive; a worker that could not renew them in
-  time stops sending them (another worker may take them over).
+  time stops sending them (another worker may take them over);
+* the **watch** keeps the last look current: every ``WATCH_EVERY`` seconds while rows are in hand, one
+  query finds which of their campaigns are no longer running (stopped, paused), and a send of such a
+  campaign is not made — checked right before each provider call — and its row is given back (queued
+  again, its attempt not counted: no provider call happened), as are the rows still waiting in a lane.
 
 A worker killed at any moment loses nothing: rows it claimed but never dispatched are requeued, rows it
 dispatched are reconciled from the provider's status webhooks (``service.reconcile``).
@@ -37,10 +41,11 @@ from datetime import timedelta
 from tidings.accounts.models import Integration
 from tidings.config import Settings
 from tidings.db import Database, utcnow
-from tidings.delivery import service
+from tidings.delivery import ratelimit, service
 from tidings.delivery.ratelimit import Limiter, Pacer, make_limiter
 from tidings.delivery.service import Attempt, Claimed
 from tidings.metrics import (
+    DND_DELAYS,
     IN_FLIGHT,
     IN_HAND,
     PAIR_WAITS,
@@ -49,6 +54,7 @@ from tidings.metrics import (
     RATE_WAIT_SECONDS,
     RETRIES,
     SEND_SECONDS,
+    SEND_TIME_REFUSALS,
     SENDS,
     TIER_SKIPS,
 )
@@ -61,6 +67,7 @@ log = logging.getLogger(__name__)
 RECORD_EVERY = 0.05  # seconds between result flushes (or sooner when many are waiting)
 RECORD_AT_ONCE = 500
 SENDER_REFRESH = 5.0  # seconds between re-reads of a sender's integration (rate, tier)
+WATCH_EVERY = 0.025  # seconds between two looks at the state of the campaigns in hand
 ERROR_OUTCOMES = frozenset({"retry", "failed", "uncertain"})
 lost_slots: dict[str, int] = {}  # per account, for the log line at shutdown
 
@@ -101,6 +108,30 @@ class Item:
     refusal: PersonalizationError | None = None
 
 
+class Room:
+    """A lane's stock: rows marked dispatched whose provider call has not started yet. Unlike a semaphore
+    its size can change: it follows the sender's rate (``resize``)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.taken = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.taken >= self.size:
+            self._freed.clear()
+            await self._freed.wait()
+        self.taken += 1
+
+    def release(self) -> None:
+        self.taken -= 1
+        self._freed.set()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._freed.set()
+
+
 @dataclass
 class Lane:
     account_id: str
@@ -111,7 +142,7 @@ class Lane:
     capacity: int  # rows waiting in this lane before the claimer skips the account
     queue: deque[Item] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    room: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    room: Room = field(default_factory=lambda: Room(1))  # the stock, sized by ``Dispatcher._stock``
     task: asyncio.Task[None] | None = None
     checked: float = 0.0
 
@@ -166,6 +197,8 @@ class Dispatcher:
         self._renewed_at = time.monotonic()
         self._errors: dict[int, deque[tuple[float, bool]]] = {}
         self._stopping = False
+        self._halted: set[int] = set()  # campaigns in hand found not running at the last look
+        self._back: list[Item] = []  # rows never called whose campaign halted: to give back
         self.sent = 0  # provider calls made by this dispatcher (for tests and benchmarks)
 
     # --- bookkeeping ------------------------------------------------------------------------------------
@@ -226,6 +259,14 @@ class Dispatcher:
         chunk = max(1, min(batch // 2, math.ceil(sender.rate * 0.1)))
         return chunk, max(2 * chunk, math.ceil(sender.rate * 2))
 
+    def _stock(self, sender: Sender, chunk: int) -> int:
+        """Rows a lane marks dispatched ahead of their provider calls: half a second of sending, so that a
+        slow mark (a busy database) never leaves the sender without work; for an unlimited sender, enough
+        to keep every call slot busy. Rows in flight are not stock (their call has started)."""
+        if sender.rate is None:
+            return max(2 * chunk, 2 * self.settings.dispatch_concurrency)
+        return max(2 * chunk, math.ceil(sender.rate * 0.5))
+
     async def _lanes_for(self, accounts: set[str]) -> None:
         now = time.monotonic()
         stale = [a for a in accounts if a not in self._lanes or now - self._lanes[a].checked > SENDER_REFRESH]
@@ -235,14 +276,12 @@ class Dispatcher:
         for account_id, (sender, provider) in found.items():
             lane = self._lanes.get(account_id)
             chunk, capacity = self._lane_shape(sender)
+            stock = self._stock(sender, chunk)
             if lane is None:
-                lane = Lane(account_id, sender, provider, None, chunk, capacity)
-                # Rows marked dispatched ahead of their slots: half a second of sending, so that a slow
-                # mark (a busy database) never leaves the sender without work.
-                ahead = math.ceil(sender.rate * 0.5) if sender.rate else 0
-                lane.room = asyncio.Semaphore(max(2 * chunk, 2 * self.settings.dispatch_concurrency, ahead))
+                lane = Lane(account_id, sender, provider, None, chunk, capacity, room=Room(stock))
                 self._lanes[account_id] = lane
                 lane.task = asyncio.create_task(self._run_lane(lane), name=f"lane-{account_id}")
+            lane.room.resize(stock)  # the stock follows the sender's rate when it changes
             if lane.pacer is None or lane.sender != sender:
                 lane.pacer = (
                     Pacer(self.limiter, sender.key, sender.rate, self.settings.rate_safety)
@@ -325,7 +364,19 @@ class Dispatcher:
                 continue
             PAIR_WAITS.inc(len(decided.waiting))
             TIER_SKIPS.inc(len(decided.skipped))
-            self._drop([*decided.waiting, *decided.skipped, *decided.lost, *decided.released])
+            DND_DELAYS.inc(len(decided.delayed))
+            for reason in decided.refused.values():
+                SEND_TIME_REFUSALS.labels(reason).inc()
+            self._drop(
+                [
+                    *decided.waiting,
+                    *decided.skipped,
+                    *decided.lost,
+                    *decided.released,
+                    *decided.refused,
+                    *decided.delayed,
+                ]
+            )
             go = set(decided.go)
             for item in chunk:
                 if item.claimed.id not in go:
@@ -338,8 +389,13 @@ class Dispatcher:
     async def _send(self, lane: Lane, item: Item) -> None:
         assert item.message is not None
         provider = lane.provider
+        room = lane.room
+        stocked = True  # the row holds a place in the lane's stock until its call starts
         try:
             async with self._calls:
+                if item.claimed.campaign_id in self._halted:
+                    self._back.append(item)  # stopped or paused: never called, given back by the watch
+                    return
                 if lane.pacer is not None:
                     waited = await lane.pacer.turn()
                     RATE_WAIT_SECONDS.observe(waited)
@@ -347,8 +403,15 @@ class Dispatcher:
                     lost_slots[lane.account_id] = lost_slots.get(lane.account_id, 0) + lane.pacer.lost
                     lane.pacer.lost = 0
                 if self._fenced(item):
+                    ratelimit.sent()
                     self._drop([item.claimed.id])  # dispatched but never called: the reconciler requeues it
                     return
+                if item.claimed.campaign_id in self._halted:  # the last look, right before the call
+                    ratelimit.sent()
+                    self._back.append(item)
+                    return
+                stocked = False
+                room.release()
                 IN_FLIGHT.inc()
                 began = time.perf_counter()
                 try:
@@ -357,12 +420,56 @@ class Dispatcher:
                     log.exception("provider %s raised on message %s", provider.kind, item.claimed.id)
                     result = SendResult.retry("exception", f"{type(exc).__name__}: {exc}")
                 finally:
+                    ratelimit.sent()
                     IN_FLIGHT.dec()
                     SEND_SECONDS.labels(provider.kind).observe(time.perf_counter() - began)
                 self.sent += 1
             self._record(Attempt(item.claimed, provider.kind, result=result, params=item.params or None))
         finally:
-            lane.room.release()
+            if stocked:
+                room.release()
+
+    # --- the watch: the last look before each provider call ---------------------------------------------
+
+    def _look(self, campaigns: set[int], back: list[Item]) -> set[int]:
+        """Give back ``back`` (rows whose provider call never started), and find which of ``campaigns``
+        are no longer running."""
+        if back:
+            with self.db.session() as session:
+                service.give_back(session, [(i.claimed.id, i.claimed.token) for i in back])
+                return service.halted_campaigns(session, campaigns)
+        with self.db.read() as session:
+            return service.halted_campaigns(session, campaigns)
+
+    async def _run_watch(self) -> None:
+        """Keeps ``_halted`` (the campaigns in hand that are no longer running) at most ``WATCH_EVERY``
+        seconds old while rows are in hand, gives back the rows of those campaigns still waiting in a lane
+        or stopped at the last look, and so lets ``POST …/stop`` return once nothing of the campaign is
+        in hand (``campaigns.api.stop`` waits for that)."""
+        while not (self._stopping and not self._back and not self._sends and not self._lanes_busy()):
+            await asyncio.sleep(WATCH_EVERY)
+            campaigns = {
+                i.claimed.campaign_id for i in self._in_hand.values() if i.claimed.campaign_id is not None
+            }
+            back, self._back = self._back, []
+            if not campaigns and not back:
+                self._halted = set()
+                continue
+            try:
+                halted = await asyncio.to_thread(self._look, campaigns, back)
+            except Exception:
+                log.exception("dispatcher: could not look at the campaigns in hand; retrying")
+                self._back[:0] = back
+                await asyncio.sleep(self.settings.poll_interval)
+                continue
+            self._halted = halted
+            self._drop(i.claimed.id for i in back)
+            if halted:
+                for lane in self._lanes.values():
+                    if any(i.claimed.campaign_id in halted for i in lane.queue):
+                        keep = [i for i in lane.queue if i.claimed.campaign_id not in halted]
+                        self._back.extend(i for i in lane.queue if i.claimed.campaign_id in halted)
+                        lane.queue = deque(keep)
 
     # --- the recorder -----------------------------------------------------------------------------------
 
@@ -407,19 +514,33 @@ class Dispatcher:
         return any(lane.task is not None and not lane.task.done() for lane in self._lanes.values())
 
     async def _observe(self, attempts: list[Attempt]) -> None:
-        """Metrics, and the error-rate brake: a campaign with too many errors lately is paused."""
+        """Metrics, and two brakes: a campaign whose send failed because the integration cannot work (the
+        provider refused the credentials, the secrets cannot be opened: ``SendResult.fix``) is paused at
+        once with a note saying what to fix; a campaign with too many errors lately is paused."""
         now = time.monotonic()
         touched: set[int] = set()
+        broken: dict[int, Attempt] = {}
         for att in attempts:
             kind = att.kind
             SENDS.labels(att.provider, kind).inc()
             if kind in ("retry", "uncertain") and att.result is not None:
                 RETRIES.labels(att.provider, att.result.error_code or "unknown").inc()
             campaign_id = att.claimed.campaign_id
+            if campaign_id is not None and att.result is not None and att.result.fix:
+                broken.setdefault(campaign_id, att)
             if campaign_id is None or kind == "skipped" or self.settings.pause_error_rate <= 0:
                 continue
             self._errors.setdefault(campaign_id, deque()).append((now, kind in ERROR_OUTCOMES))
             touched.add(campaign_id)
+        for campaign_id, att in broken.items():
+            assert att.result is not None
+            reason = f"{att.provider}:{att.result.error_code or 'error'}"
+            note = f"paused: {reason} ({att.result.error_detail or 'refused'})"[:100] + f"; {att.result.fix}"
+            self._errors.pop(campaign_id, None)
+            touched.discard(campaign_id)
+            if await asyncio.to_thread(self._pause, campaign_id, note):
+                PAUSES.inc()
+                log.warning("campaign %s %s", campaign_id, note, extra={"campaign_id": campaign_id})
         horizon = now - self.settings.pause_window
         for campaign_id in touched:
             window = self._errors[campaign_id]
@@ -484,6 +605,7 @@ class Dispatcher:
             asyncio.create_task(self._run_heartbeat(), name="heartbeat"),
         ]
         recorder = asyncio.create_task(self._run_recorder(), name="recorder")
+        watch = asyncio.create_task(self._run_watch(), name="watch")
         try:
             await stop.wait()
         finally:
@@ -504,6 +626,7 @@ class Dispatcher:
             if pending:
                 await asyncio.wait(pending, timeout=30)
             await asyncio.wait_for(recorder, timeout=30)
+            await asyncio.wait_for(watch, timeout=30)
             for lane in self._lanes.values():
                 if lane.pacer is not None:
                     log.info(

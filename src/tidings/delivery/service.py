@@ -12,13 +12,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    ColumnElement,
     Row,
     String,
     and_,
     bindparam,
     case,
+    exists,
     func,
     insert,
     literal_column,
@@ -29,9 +32,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from tidings.accounts.models import Account
 from tidings.campaigns.models import Campaign, CampaignVariant
+from tidings.campaigns.rules import Rules, account_rules, zone
 from tidings.db import cast_table, is_postgres, utcnow
 from tidings.delivery.models import Message, PendingStatus
+from tidings.metrics import OPT_OUT_SETTLED
 from tidings.personalization.service import PersonalizationError
 from tidings.profiles.models import Profile
 from tidings.providers.base import Outcome, SendResult, Status, StatusUpdate
@@ -189,6 +195,151 @@ class Dispatch:
     skipped: list[int]  # over the messaging-limit tier (skipped with the reason)
     lost: list[int]  # no longer ours (the claim expired and was taken over): never send
     released: list[int] = field(default_factory=list)  # their campaign is no longer running: queued again
+    refused: dict[int, str] = field(default_factory=dict)  # skipped at send time: id → reason (consent, …)
+    delayed: dict[int, datetime] = field(default_factory=dict)  # inside DND: requeued for its end
+
+
+# Why a row may not leave at its dispatch mark (besides the pair rate and the tier), with the detail kept.
+SEND_TIME_DETAILS = {
+    "not_opted_in": "the user is not opted in to WhatsApp (MSG-whatsapp) at the moment of sending",
+    "dnd": "the moment of sending fell inside the account's Do-Not-Disturb hours",
+    "global_frequency_cap": "the account's frequency cap for this user was reached by messages sent since",
+    "campaign_frequency_cap": "the campaign's frequency rule for this user was met by a message sent since",
+}
+
+
+def _opted_in(table: Any) -> ColumnElement[bool]:
+    """The row's profile is opted in to WhatsApp now (``MSG-whatsapp``, mirrored in the column)."""
+    return exists().where(Profile.id == table.c.profile_id, Profile.whatsapp_opt_in.is_(True))
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the send-time rules need to know about one claimed row."""
+
+    profile_id: int
+    campaign_id: int | None
+    opted_in: bool
+    user_zone: str | None
+    respect_rules: bool
+    frequency: dict[str, Any] | None
+
+
+def _send_time_rules(
+    session: Session,
+    account_id: str,
+    rows: Sequence[tuple[int, str, str]],
+    now: datetime,
+    rules: Rules | None,
+    account_tz: ZoneInfo | None,
+) -> tuple[dict[int, str], dict[int, datetime]]:
+    """Consent, DND hours and frequency caps of a chunk, decided now (a few set-based reads): the rows
+    refused (id → reason) and the rows DND delays (id → when DND ends). Caps count what was actually
+    dispatched in their window (planning counted what was planned), so two campaigns planned before
+    either sent still give a user no more than the cap."""
+    ids = [r[0] for r in rows]
+    facts = {
+        row.id: _Facts(
+            row.profile_id, row.campaign_id, bool(row.opted_in), row.tz, bool(row.respect), row.freq
+        )
+        for row in session.execute(
+            select(
+                Message.id,
+                Message.profile_id,
+                Message.campaign_id,
+                Profile.whatsapp_opt_in.label("opted_in"),
+                Profile.properties["Tz"].as_string().label("tz"),
+                func.coalesce(Campaign.respect_rules, False).label("respect"),
+                Campaign.frequency.label("freq"),
+            )
+            .join(Profile, Profile.id == Message.profile_id)
+            .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+            .where(Message.id.in_(ids))
+        )
+    }
+    if rules is None or account_tz is None:
+        account = session.execute(
+            select(Account.settings, Account.timezone).where(Account.id == account_id)
+        ).first()
+        rules = rules or account_rules(account.settings if account else None)
+        account_tz = account_tz or zone(account.timezone if account else None)
+    refused: dict[int, str] = {}
+    delayed: dict[int, datetime] = {}
+    ruled: list[int] = []  # rows the account's rules apply to (a campaign that respects them)
+    for row_id in ids:
+        fact = facts.get(row_id)
+        if fact is None:
+            continue  # deleted meanwhile: the guarded UPDATE finds nothing
+        if not fact.opted_in:
+            refused[row_id] = "not_opted_in"
+            continue
+        if fact.respect_rules and rules.dnd is not None:
+            end = rules.dnd.window_end(now, rules.dnd.zone_for(account_tz, fact.user_zone))
+            if end is not None:
+                if rules.dnd.action == "drop":
+                    refused[row_id] = "dnd"
+                else:
+                    delayed[row_id] = end
+                continue
+        ruled.append(row_id)
+    capped = rules.cap_max is not None and rules.cap_hours is not None
+    by_rule = [i for i in ruled if facts[i].respect_rules] if capped else []
+    by_campaign = [i for i in ruled if (facts[i].frequency or {}).get("rule") in ("once", "min_gap")]
+    if not by_rule and not by_campaign:
+        return refused, delayed
+    # Caps count what the person (the phone number) got from this account, as planning does.
+    live = ("sending", *SENT_STATES)
+    phone_of = {r[0]: r[2] for r in rows}
+    sent_to: dict[str, int] = {}
+    if by_rule:
+        assert rules.cap_max is not None and rules.cap_hours is not None
+        sent_to = {
+            phone: n
+            for phone, n in session.execute(
+                select(Message.to_phone, func.count())
+                .where(
+                    Message.account_id == account_id,
+                    Message.to_phone.in_(sorted({phone_of[i] for i in by_rule})),
+                    Message.dispatched_at >= now - timedelta(hours=rules.cap_hours),
+                    Message.state.in_(live),
+                    Message.id.not_in(ids),
+                )
+                .group_by(Message.to_phone)
+            )
+            if phone is not None
+        }
+    last_sent: dict[tuple[int, str], datetime] = {}
+    if by_campaign:
+        found = session.execute(
+            select(Message.campaign_id, Message.to_phone, func.max(Message.dispatched_at))
+            .where(
+                Message.account_id == account_id,
+                Message.to_phone.in_(sorted({phone_of[i] for i in by_campaign})),
+                Message.campaign_id.in_(sorted({facts[i].campaign_id or 0 for i in by_campaign})),
+                Message.dispatched_at.is_not(None),
+                Message.state.in_(live),
+                Message.id.not_in(ids),
+            )
+            .group_by(Message.campaign_id, Message.to_phone)
+        )
+        last_sent = {(c, p): at for c, p, at in found if c is not None and p is not None and at is not None}
+    for row_id in ruled:  # in chunk order: a row let through counts against the next one to its number
+        fact, phone = facts[row_id], phone_of[row_id]
+        frequency = fact.frequency or {}
+        key = (fact.campaign_id or 0, phone)
+        if frequency.get("rule") in ("once", "min_gap") and key in last_sent:
+            gap = timedelta(hours=frequency.get("hours") or 0)
+            if frequency["rule"] == "once" or last_sent[key] >= now - gap:
+                refused[row_id] = "campaign_frequency_cap"
+                continue
+        if capped and fact.respect_rules:
+            assert rules.cap_max is not None
+            if sent_to.get(phone, 0) >= rules.cap_max:
+                refused[row_id] = "global_frequency_cap"
+                continue
+            sent_to[phone] = sent_to.get(phone, 0) + 1
+        last_sent[key] = now
+    return refused, delayed
 
 
 def mark_dispatched(
@@ -200,27 +351,40 @@ def mark_dispatched(
     lease: timedelta,
     pair_interval: float = 0.0,
     messaging_limit: int | None = None,
+    rules: Rules | None = None,
+    account_tz: ZoneInfo | None = None,
 ) -> Dispatch:
     """Mark ``rows`` (id, claim token, phone) of one sender as dispatched, in one committed UPDATE, just
-    before their provider calls; WhatsApp's rules are enforced here, before the provider refuses:
+    before their provider calls. Whether each message may leave now is decided here, in this order:
 
+    * consent: a user not opted in to WhatsApp at this moment is skipped as ``not_opted_in`` (checked
+      again inside the guarded UPDATE itself, so an opt-out committed before it always wins);
+    * DND hours (campaigns that respect the account's rules; ``rules``/``account_tz``, read from the
+      account when not given): inside DND in the account's or the user's zone, the row is requeued for
+      the end of DND (its attempt not counted) or skipped as ``dnd``, per the rule;
+    * frequency caps: the account's cap and the campaign's own rule, counted over the messages actually
+      dispatched in their window: over it, skipped as ``global_frequency_cap`` / ``campaign_frequency_cap``;
     * the pair rate: a user messaged by this sender less than ``pair_interval`` seconds ago (or twice
       in this chunk) waits: the row is requeued for when it may go, its attempt not counted;
     * the messaging-limit tier: a template to a user not reached in the last 24 hours, once
-      ``messaging_limit`` unique users were, is skipped with the reason ``messaging_limit``.
+      ``messaging_limit`` unique users were, is skipped with the reason ``messaging_limit``;
+    * the campaign still running (else the row is queued again, unsent).
 
-    Only rows still claimed by their token and not yet dispatched are marked, so a worker whose claim
-    was taken over never sends. Runs under a per-sender lock, so the checks hold across workers."""
+    Retries and requeued rows come through here again, so they obey the same rules. Only rows still
+    claimed by their token and not yet dispatched are marked, so a worker whose claim was taken over (or
+    whose row an opt-out settled) never sends. Runs under a per-sender lock, so the checks hold across
+    workers."""
     if not rows:
         return Dispatch([], {}, [], [], [])
     _lock_sender(session, account_id)
     ids = [r[0] for r in rows]
+    refused, delayed = _send_time_rules(session, account_id, rows, now, rules, account_tz)
     waiting: dict[int, datetime] = {}
     skipped: list[int] = []
-    candidates = list(rows)
+    candidates = [r for r in rows if r[0] not in refused and r[0] not in delayed]
     if pair_interval > 0:
         gap = timedelta(seconds=pair_interval)
-        phones = sorted({r[2] for r in rows if r[2]})
+        phones = sorted({r[2] for r in candidates if r[2]})
         last: dict[str, datetime] = {}
         if phones:
             recent = session.execute(
@@ -296,6 +460,7 @@ def mark_dispatched(
                     table.c.claimed_by == token,
                     table.c.dispatched_at.is_(None),
                     or_(table.c.campaign_id.is_(None), table.c.campaign_id.in_(running)),
+                    _opted_in(table),
                 )
                 .values(dispatched_at=now, lease_until=now + lease)
                 .returning(table.c.id)
@@ -317,6 +482,16 @@ def mark_dispatched(
         released = [r[0] for r in candidates if r[0] in halted]
         release(session, [(i, owned[i]) for i in released], now)
         candidates = [r for r in candidates if r[0] not in halted]
+        # An opt-out committed since the rules were read: the guarded UPDATE left the row; settle it.
+        withdrawn = set(
+            session.scalars(
+                select(table.c.id).where(
+                    table.c.id.in_([r[0] for r in candidates if r[0] not in marked]), ~_opted_in(table)
+                )
+            )
+        )
+        refused.update((r[0], "not_opted_in") for r in candidates if r[0] in withdrawn)
+        candidates = [r for r in candidates if r[0] not in withdrawn]
     # Still this worker's claim, and never handed to the provider.
     undispatched = and_(
         table.c.id == bindparam("_id"),
@@ -324,7 +499,7 @@ def mark_dispatched(
         table.c.claimed_by == bindparam("_token"),
         table.c.dispatched_at.is_(None),
     )
-    if waiting:
+    if waiting or delayed:
         session.execute(
             update(table)
             .where(undispatched)
@@ -335,7 +510,23 @@ def mark_dispatched(
                 claimed_by=None,
                 lease_until=None,
             ),
-            [{"_id": i, "_token": owned[i], "_next": at} for i, at in waiting.items()],
+            [{"_id": i, "_token": owned[i], "_next": at} for i, at in (waiting | delayed).items()],
+        )
+    if refused:
+        session.execute(
+            update(table)
+            .where(undispatched)
+            .values(
+                state="skipped",
+                reason=bindparam("_reason"),
+                error_detail=bindparam("_detail"),
+                claimed_by=None,
+                lease_until=None,
+            ),
+            [
+                {"_id": i, "_token": owned[i], "_reason": why, "_detail": SEND_TIME_DETAILS[why]}
+                for i, why in refused.items()
+            ],
         )
     if skipped:
         session.execute(
@@ -352,7 +543,7 @@ def mark_dispatched(
         )
     go_set = set(go)
     lost = [r[0] for r in candidates if r[0] not in go_set]
-    return Dispatch([i for i in ids if i in go_set], waiting, skipped, lost, released)
+    return Dispatch([i for i in ids if i in go_set], waiting, skipped, lost, released, refused, delayed)
 
 
 def release(session: Session, rows: Sequence[tuple[int, str]], now: datetime) -> int:
@@ -373,6 +564,39 @@ def release(session: Session, rows: Sequence[tuple[int, str]], now: datetime) ->
         [{"_id": i, "_token": token} for i, token in rows],
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def skip_not_opted_in(session: Session, profile_ids: Iterable[int]) -> int:
+    """These users opted out: settle their unsent rows — queued (due, waiting for the pair rate, delayed
+    by DND, in retry backoff) and claimed but not yet dispatched — as skipped ``not_opted_in``, set-based,
+    in the caller's transaction (the opt-out's). A worker holding such a claim loses it at its dispatch
+    mark, whose guarded UPDATE no longer matches. Returns how many rows were settled.
+
+    On PostgreSQL a row being written by a concurrent claim or mark is skipped (``SKIP LOCKED``) rather
+    than waited for — two such writers taking rows in different orders could deadlock — and the mark
+    settles it itself: it checks consent against the committed profile."""
+    table = cast_table(Message.__table__)
+    unsent = or_(table.c.state == "queued", and_(table.c.state == "sending", table.c.dispatched_at.is_(None)))
+    wanted = sorted(set(profile_ids))
+    settled = 0
+    for start in range(0, len(wanted), 5000):
+        held = select(table.c.id).where(table.c.profile_id.in_(wanted[start : start + 5000]), unsent)
+        if is_postgres(session):
+            held = held.with_for_update(skip_locked=True)
+        result = session.execute(
+            update(table)
+            .where(table.c.id.in_(held.scalar_subquery()), unsent)
+            .values(
+                state="skipped",
+                reason="not_opted_in",
+                error_detail="the user opted out of WhatsApp before it was sent",
+                claimed_by=None,
+                lease_until=None,
+            )
+        )
+        settled += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    OPT_OUT_SETTLED.inc(settled)
+    return settled
 
 
 def renew_leases(session: Session, tokens: Sequence[str], now: datetime, lease: timedelta) -> int:
@@ -571,10 +795,13 @@ def reconcile(
     * claimed, lease expired, never dispatched: no provider call happened, so it is queued again at
       once, the attempt not counted;
     * dispatched, no answer recorded, no lease, and no status webhook within ``window`` of the dispatch:
-      a status would have moved it (providers echo our ledger id), so the provider most likely never
-      took it. ``unknown_outcome="requeue"`` queues it again (until ``max_attempts``, then
-      ``outcome_unknown``); ``"fail"`` fails it as ``outcome_unknown`` at once (DESIGN invariant 3's
-      strict reading: never resend without proof)."""
+      a status would have moved it (providers echo our ledger id) — if the webhook path works. So with
+      ``unknown_outcome="requeue"`` it is queued again (until ``max_attempts``, then failed as
+      ``outcome_unknown``) only with that proof: a message of the same sender dispatched after it has
+      received a status since (``delivered_at``, which only a webhook sets). Without proof — our webhook
+      endpoint may have been unreachable, and the message delivered — it keeps waiting (counted by
+      ``waiting_for_proof``), never sent twice blindly. ``"fail"`` fails it as ``outcome_unknown`` at
+      once (DESIGN invariant 3: the account prefers a lost message to a possible duplicate)."""
     table = cast_table(Message.__table__)
     never_sent = session.execute(
         update(table)
@@ -587,11 +814,7 @@ def reconcile(
             next_attempt_at=now,
         )
     )
-    stale = and_(
-        table.c.state == "sending",
-        table.c.dispatched_at < now - window,
-        or_(table.c.lease_until.is_(None), table.c.lease_until < now),
-    )
+    stale = _stale(table, now, window)
     unknown = {
         "state": "failed",
         "reason": "outcome_unknown",
@@ -605,27 +828,50 @@ def reconcile(
     if unknown_outcome == "fail":
         failed = int(session.execute(update(table).where(stale).values(**unknown)).rowcount or 0)  # type: ignore[attr-defined]
     else:
-        failed = int(
-            session.execute(
-                update(table).where(stale, table.c.attempts >= max_attempts).values(**unknown)
-            ).rowcount  # type: ignore[attr-defined]
-            or 0
-        )
-        requeued = int(
-            session.execute(
-                update(table)
-                .where(stale)
-                .values(
-                    state="queued",
-                    dispatched_at=None,
-                    claimed_by=None,
-                    lease_until=None,
-                    next_attempt_at=now,
-                    error_detail="no answer and no status webhook: sent again",
+        oldest = session.execute(
+            select(table.c.account_id, func.min(table.c.dispatched_at))
+            .where(stale)
+            .group_by(table.c.account_id)
+        ).all()
+        for account_id, since in oldest:
+            # The newest message of this sender, dispatched after its oldest stale one, that a status
+            # reached: every stale row dispatched before it has its proof (read from the newest end of
+            # the (account, dispatched_at) index, where a working webhook path answers first).
+            horizon = session.scalar(
+                select(table.c.dispatched_at)
+                .where(
+                    table.c.account_id == account_id,
+                    table.c.dispatched_at > since,
+                    table.c.delivered_at.is_not(None),
                 )
-            ).rowcount  # type: ignore[attr-defined]
-            or 0
-        )
+                .order_by(table.c.dispatched_at.desc())
+                .limit(1)
+            )
+            if horizon is None:
+                continue
+            proven = and_(stale, table.c.account_id == account_id, table.c.dispatched_at < horizon)
+            failed += int(
+                session.execute(
+                    update(table).where(proven, table.c.attempts >= max_attempts).values(**unknown)
+                ).rowcount  # type: ignore[attr-defined]
+                or 0
+            )
+            requeued += int(
+                session.execute(
+                    update(table)
+                    .where(proven)
+                    .values(
+                        state="queued",
+                        dispatched_at=None,
+                        claimed_by=None,
+                        lease_until=None,
+                        next_attempt_at=now,
+                        error_detail="no answer and no status webhook, while later messages got theirs: "
+                        "sent again",
+                    )
+                ).rowcount  # type: ignore[attr-defined]
+                or 0
+            )
     return {
         "requeued_undispatched": int(never_sent.rowcount or 0),  # type: ignore[attr-defined]
         "requeued_unknown": requeued,
@@ -633,10 +879,41 @@ def reconcile(
     }
 
 
-def expire_leases(session: Session, now: datetime, grace: timedelta) -> int:
-    """Called by every scheduler tick: ``reconcile`` with a window of ``grace`` (the worker runs its own
-    ``reconcile`` with the configured settings first; this is the fallback)."""
-    return sum(reconcile(session, now, grace).values())
+def _stale(table: Any, now: datetime, window: timedelta) -> ColumnElement[bool]:
+    """Dispatched, no answer recorded, no live lease, and no status within ``window`` of the dispatch."""
+    return and_(
+        table.c.state == "sending",
+        table.c.dispatched_at < now - window,
+        or_(table.c.lease_until.is_(None), table.c.lease_until < now),
+    )
+
+
+def waiting_for_proof(
+    session: Session, now: datetime, window: timedelta, *, campaign_id: int | None = None
+) -> int:
+    """Dispatched rows past the reconcile ``window`` with no status, which ``reconcile`` keeps because
+    no later message of their sender got a status yet (after a reconcile, every such row is one)."""
+    table = cast_table(Message.__table__)
+    where = [_stale(table, now, window)]
+    if campaign_id is not None:
+        where.append(table.c.campaign_id == campaign_id)
+    return int(session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+def expire_leases(
+    session: Session,
+    now: datetime,
+    grace: timedelta,
+    *,
+    unknown_outcome: str = "requeue",
+    max_attempts: int = 5,
+) -> int:
+    """Called by every scheduler tick: ``reconcile`` with a window of ``grace`` and the configured
+    ``unknown_outcome`` and ``max_attempts`` (the worker passes its settings; it runs its own
+    ``reconcile`` first, so this fallback only catches what a tick elsewhere left)."""
+    return sum(
+        reconcile(session, now, grace, unknown_outcome=unknown_outcome, max_attempts=max_attempts).values()
+    )
 
 
 def pause_campaign(session: Session, campaign_id: int, note: str) -> bool:
@@ -662,9 +939,16 @@ def resume_campaign(session: Session, account_id: str, campaign_id: int) -> bool
 
 
 def campaign_progress(
-    session: Session, campaign_id: int, now: datetime, window: float = 30.0
+    session: Session,
+    campaign_id: int,
+    now: datetime,
+    window: float = 30.0,
+    *,
+    reconcile_window: timedelta = timedelta(seconds=300),
 ) -> dict[str, Any]:
-    """Planned, sent, remaining, the current sending rate and the estimated time left."""
+    """Planned, sent, remaining, the current sending rate and the estimated time left; and how many
+    dispatched rows wait for proof before they may be sent again (``reconcile``; ``reconcile_window``
+    is ``TIDINGS_RECONCILE_SECONDS``)."""
     counts = dict(
         session.execute(
             select(Message.state, func.count())
@@ -694,6 +978,7 @@ def campaign_progress(
         "remaining": remaining,
         "rate": round(rate, 2),
         "eta_seconds": round(remaining / rate, 1) if rate > 0 else None,
+        "waiting_for_proof": waiting_for_proof(session, now, reconcile_window, campaign_id=campaign_id),
     }
 
 
@@ -928,6 +1213,63 @@ def open_work(session: Session, campaign_id: int) -> int:
         session.scalar(
             select(func.count()).where(
                 Message.campaign_id == campaign_id, Message.state.in_(("queued", "sending"))
+            )
+        )
+        or 0
+    )
+
+
+# --- the last look (stop means stop) ------------------------------------------------------------------
+
+
+def halted_campaigns(session: Session, campaign_ids: Iterable[int]) -> set[int]:
+    """Which of these campaigns are no longer running (stopped, paused, completed): the dispatcher's
+    last look before each provider call (one indexed query, run every few milliseconds while rows are in
+    hand)."""
+    ids = sorted(set(campaign_ids))
+    if not ids:
+        return set()
+    return set(session.scalars(select(Campaign.id).where(Campaign.id.in_(ids), Campaign.state != "running")))
+
+
+def give_back(session: Session, rows: Sequence[tuple[int, str]]) -> int:
+    """Give back rows (id, claim token) this worker claimed — marked dispatched or not — whose provider
+    call never started (their campaign was stopped or paused meanwhile): queued again, the dispatch mark
+    cleared and the attempt not counted. Only a row still held by its token is touched, and the caller
+    guarantees that no provider call was made for it."""
+    if not rows:
+        return 0
+    table = cast_table(Message.__table__)
+    result = session.execute(
+        update(table)
+        .where(
+            table.c.id == bindparam("_id"),
+            table.c.state == "sending",
+            table.c.claimed_by == bindparam("_token"),
+        )
+        .values(
+            state="queued",
+            attempts=table.c.attempts - 1,
+            claimed_by=None,
+            lease_until=None,
+            dispatched_at=None,
+        ),
+        [{"_id": i, "_token": token} for i, token in rows],
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def in_hand(session: Session, campaign_id: int, now: datetime) -> int:
+    """Rows of this campaign that a live worker holds (claimed, marked dispatched, or being sent: state
+    ``sending`` under a lease not yet run out). A stopped campaign's rows leave this set when they are given
+    back unsent or their provider call is recorded; once none is left, nothing more of it can be sent
+    (rows whose lease ran out belong to a worker that is gone)."""
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                Message.campaign_id == campaign_id,
+                Message.state == "sending",
+                Message.lease_until >= now,
             )
         )
         or 0

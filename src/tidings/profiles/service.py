@@ -605,12 +605,19 @@ def ingest(
                 updates[key] = (row, properties)
 
     changes: list[tuple[int, str | None, bool, dict[str, Any]]] = []
+    opted_out: list[int] = []  # MSG-whatsapp true → false in this batch
     for row, properties in updates.values():
         phone, opted_in = _columns(properties)
         if row.phone != phone or row.whatsapp_opt_in != opted_in or not _same(row.properties, properties):
             changes.append((row.id, phone, opted_in, properties))
+        if row.whatsapp_opt_in and not opted_in:
+            opted_out.append(row.id)
     if changes:
         _update_profiles(session, changes, now)
+    if opted_out:  # their unsent messages are settled in the same transaction, in one statement
+        from tidings.delivery.service import skip_not_opted_in
+
+        skip_not_opted_in(session, opted_out)
 
     events = [item for item in parsed if isinstance(item, _EventRecord)]
     ingested: list[IngestedEvent] = []
@@ -836,11 +843,39 @@ def profile_by_phone(session: Session, account_id: str, phone: str) -> Profile |
 
 
 def set_whatsapp_opt_in(session: Session, profile: Profile, value: bool) -> None:
-    """Opt a profile in to or out of WhatsApp (the column and the ``MSG-whatsapp`` property)."""
+    """Opt a profile in to or out of WhatsApp (the column and the ``MSG-whatsapp`` property); opting out
+    settles the profile's unsent messages as skipped ``not_opted_in`` in the same transaction."""
     profile.whatsapp_opt_in = value
     profile.properties = {**(profile.properties or {}), WHATSAPP: value}
     profile.updated_at = utcnow()
     session.flush()
+    if not value:  # an opt-out wins over everything queued: its unsent messages are settled now
+        from tidings.delivery.service import skip_not_opted_in
+
+        skip_not_opted_in(session, [profile.id])
+
+
+def profiles_by_phone(session: Session, account_id: str, phone: str) -> list[Profile]:
+    """Every profile of the account with this phone (E.164, with or without the leading +)."""
+    text = phone.strip()
+    e164 = normalize_phone(text if text.startswith("+") else f"+{text}") or text
+    return list(
+        session.scalars(
+            select(Profile)
+            .where(Profile.account_id == account_id, Profile.phone == e164)
+            .order_by(Profile.id)
+        )
+    )
+
+
+def set_whatsapp_opt_in_by_phone(session: Session, account_id: str, phone: str, value: bool) -> list[int]:
+    """Opt every profile with this phone in to or out of WhatsApp: one person, one number, whatever
+    identities they have. Each goes through ``set_whatsapp_opt_in`` (so an opt-out settles what is still
+    unsent for it). Returns the ids of the profiles it applied to."""
+    profiles = profiles_by_phone(session, account_id, phone)
+    for profile in profiles:
+        set_whatsapp_opt_in(session, profile, value)
+    return [p.id for p in profiles]
 
 
 def list_profiles(
