@@ -10,29 +10,37 @@
   N minutes before (negative) or after, optionally at a time of day; once per user and date.
 
 ``where`` and ``absent_where`` use the segment language's property tests (docs/segments.md).
+
+One campaign's failure stays its own: each campaign is planned in a savepoint, and one that cannot be
+planned (its segment was deleted, its target is more than the database can run, any error that is not a
+passing database condition) is paused with a note saying why (:func:`set_aside`) while the others — and the
+upload that carried the event — go on.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, String, and_, exists, literal, select, update
+from sqlalchemy import ColumnElement, String, and_, cast, exists, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
 from tidings.campaigns.models import Campaign, CampaignTrigger, CampaignVariant
 from tidings.campaigns.rules import Rules, parse_rules, zone
-from tidings.db import insert_ignoring_conflicts
+from tidings.db import insert_ignoring_conflicts, transient
 from tidings.delivery.planning import plan_audience
-from tidings.errors import Invalid
+from tidings.errors import ApiError, Invalid
 from tidings.profiles.models import Event, Profile
 from tidings.segments.compiler import iso, properties_condition
 from tidings.segments.service import profile_condition, resolve_target
-from tidings.types import Json
+
+log = logging.getLogger(__name__)
 
 LIVE_KINDS = ("single_action", "inaction", "on_date")
 MAX_EVENT_AGE = timedelta(hours=2)
@@ -129,6 +137,39 @@ def engagement_context(session: Session, account_id: str) -> Context:
     return Context(rules=parse_rules(account.settings or {}), tz=zone(account.timezone))
 
 
+# --- one campaign's failure stays its own ------------------------------------------------------------
+
+
+def why(exc: BaseException) -> str:
+    """A short, human reason for a campaign's note."""
+    if isinstance(exc, ApiError):
+        return exc.message
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {text}"
+
+
+def set_aside(
+    session: Session, campaign_id: int, exc: BaseException, doing: str, states: tuple[str, ...] = ("running",)
+) -> bool:
+    """Pause a campaign that failed (one guarded UPDATE, in the caller's transaction), with a note that
+    says what failed and how to go on. False when it was no longer in one of ``states``."""
+    note = f"paused: {doing} failed: {why(exc)}"[:240] + " — fix it, then resume"
+    result = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.state.in_(states))
+        .values(state="paused", note=note[:300])
+        .execution_options(synchronize_session=False)
+    )
+    log.warning("campaign %s paused: %s", campaign_id, note)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def isolated(exc: BaseException) -> bool:
+    """Whether a failure while planning one campaign is that campaign's own (it is paused and the others go
+    on) rather than a passing database condition (which fails the whole unit of work, to be tried again)."""
+    return isinstance(exc, Exception) and not transient(exc)
+
+
 # --- live: at ingest -----------------------------------------------------------------------------------
 
 
@@ -139,7 +180,9 @@ def on_events(
     now: datetime,
 ) -> int:
     """Called in the ingest transaction with the ids of the events just stored: plans single-action
-    messages and records inaction candidates. Returns how many ledger rows and candidates were written."""
+    messages and records inaction candidates, set-based (a few statements per matching campaign, however
+    many events). Each campaign is planned in a savepoint: one that fails is paused with a note and the
+    upload goes on. Returns how many ledger rows and candidates were written."""
     if not event_ids:
         return 0
     campaigns = session.scalars(
@@ -155,54 +198,106 @@ def on_events(
         assert context is not None
         if campaign.ends_at is not None and campaign.ends_at <= now:
             continue
-        trigger = campaign.trigger or {}
-        conditions = [
-            Event.id.in_(event_ids),
-            Event.name == trigger.get("event"),
-            Event.ts >= now - MAX_EVENT_AGE,
-            Event.ts <= now + MAX_EVENT_LEAD,
-        ]
-        if trigger.get("where") is not None:
-            conditions.append(properties_condition(trigger["where"], Event.__table__.c.properties, now))
-        matching = session.execute(
-            select(Event.id, Event.profile_id, Event.ts, Event.properties)
-            .where(*conditions)
-            .order_by(Event.id)
-        ).all()
-        if not matching:
-            continue
-        if campaign.kind == "single_action":
-            audience = _audience(session, campaign, now)
-            variants = _variants(session, campaign)
-            for event_id, profile_id, _ts, properties in matching:
-                written += plan_audience(
-                    session,
-                    campaign,
-                    and_(audience, Profile.id == profile_id),
-                    now,
-                    rules=context.rules,
-                    account_tz=context.tz,
-                    variants=variants,
-                    occurrence=literal(f"e{event_id}", String),
-                    context=literal(dict(properties or {}), Json),
-                )
-        else:
-            wait = timedelta(minutes=trigger["within_minutes"])
-            rows = [
-                {
-                    "account_id": account_id,
-                    "campaign_id": campaign.id,
-                    "profile_id": profile_id,
-                    "occurrence": f"e{event_id}",
-                    "event_ts": ts,
-                    "due_at": ts + wait,
-                    "context": dict(properties or {}),
-                    "state": "waiting",
-                }
-                for event_id, profile_id, ts, properties in matching
-            ]
-            session.execute(insert_ignoring_conflicts(session, CampaignTrigger), rows)
-            written += len(rows)  # candidates seen (a repeat of the same event is ignored by the key)
+        campaign_id = campaign.id
+        try:
+            with session.begin_nested():
+                written += _on_events_of(session, campaign, event_ids, now, context)
+        except Exception as exc:
+            if not isolated(exc):
+                raise
+            set_aside(session, campaign_id, exc, "planning the trigger events of this upload")
+    return written
+
+
+def _on_events_of(
+    session: Session, campaign: Campaign, event_ids: Sequence[int], now: datetime, context: Context
+) -> int:
+    trigger = campaign.trigger or {}
+    conditions = [
+        Event.id.in_(event_ids),
+        Event.name == trigger.get("event"),
+        Event.ts >= now - MAX_EVENT_AGE,
+        Event.ts <= now + MAX_EVENT_LEAD,
+    ]
+    if trigger.get("where") is not None:
+        conditions.append(properties_condition(trigger["where"], Event.__table__.c.properties, now))
+    if campaign.kind == "single_action":
+        return _plan_single_action(session, campaign, conditions, now, context)
+    matching = session.execute(
+        select(Event.id, Event.profile_id, Event.ts, Event.properties).where(*conditions).order_by(Event.id)
+    ).all()
+    if not matching:
+        return 0
+    wait = timedelta(minutes=trigger["within_minutes"])
+    rows = [
+        {
+            "account_id": campaign.account_id,
+            "campaign_id": campaign.id,
+            "profile_id": profile_id,
+            "occurrence": f"e{event_id}",
+            "event_ts": ts,
+            "due_at": ts + wait,
+            "context": dict(properties or {}),
+            "state": "waiting",
+        }
+        for event_id, profile_id, ts, properties in matching
+    ]
+    session.execute(insert_ignoring_conflicts(session, CampaignTrigger), rows)
+    return len(rows)  # candidates seen (a repeat of the same event is ignored by the key)
+
+
+def _plan_single_action(
+    session: Session,
+    campaign: Campaign,
+    conditions: list[ColumnElement[bool]],
+    now: datetime,
+    context: Context,
+) -> int:
+    """The batch's matching events planned in one ``INSERT … SELECT`` (joined to the events), giving the
+    same result as planning them one at a time in order: when a cap counts this campaign's earlier
+    messages, a profile's n-th event of the batch must see its earlier ones, so the events are planned in
+    rounds by their rank within their profile — the first of each profile, then the second… — and only as
+    many rounds as the cap can tell apart (the rest together). Without caps, one round."""
+    profiles = session.scalars(select(Event.profile_id).where(*conditions)).all()
+    if not profiles:
+        return 0
+    deepest = max(Counter(profiles).values())
+    rules = context.rules
+    frequency = (campaign.frequency or {"rule": "every_time"})["rule"]
+    if frequency in ("once", "min_gap"):
+        rounds = 1  # after a profile's first, the others all meet the campaign's own cap
+    elif campaign.respect_rules and rules.cap_max and rules.cap_hours:
+        rounds = int(rules.cap_max)  # the account's cap is reached after at most cap_max of them
+    else:
+        rounds = 0  # nothing counts earlier messages: all at once
+    rounds = min(rounds, deepest - 1)
+    ranked = (
+        select(
+            Event.id,
+            Event.profile_id,
+            Event.properties,
+            func.row_number().over(partition_by=Event.profile_id, order_by=Event.id).label("nth"),
+        )
+        .where(*conditions)
+        .subquery("triggered")
+    )
+    audience = _audience(session, campaign, now)
+    variants = _variants(session, campaign)
+    written = 0
+    for nth in [*range(1, rounds + 1), None]:
+        rank = ranked.c.nth == nth if nth is not None else ranked.c.nth > rounds
+        written += plan_audience(
+            session,
+            campaign,
+            audience,
+            now,
+            rules=rules,
+            account_tz=context.tz,
+            variants=variants,
+            join=(ranked, and_(ranked.c.profile_id == Profile.id, rank)),
+            occurrence=literal("e", String) + cast(ranked.c.id, String),
+            context=ranked.c.properties,
+        )
     return written
 
 
@@ -210,13 +305,24 @@ def on_events(
 
 
 def plan_due_inaction(session: Session, campaign: Campaign, now: datetime, context: Context) -> int:
-    """Candidates whose time has come: messaged only if B did not follow A within the time."""
+    """Candidates whose time has come: messaged only if B did not follow A within the time.
+
+    The due candidates are claimed in one step (``waiting`` → ``planning``, one UPDATE), then exactly the
+    claimed ones are planned and marked ``done``: a candidate committed by an upload in between is left
+    waiting for the next tick, never marked done without being planned. (``planning`` is never seen by
+    another transaction: the three statements commit together.)"""
     trigger = campaign.trigger or {}
-    due = and_(
-        CampaignTrigger.campaign_id == campaign.id,
-        CampaignTrigger.state == "waiting",
-        CampaignTrigger.due_at <= now,
+    session.execute(
+        update(CampaignTrigger)
+        .where(
+            CampaignTrigger.campaign_id == campaign.id,
+            CampaignTrigger.state == "waiting",
+            CampaignTrigger.due_at <= now,
+        )
+        .values(state="planning")
+        .execution_options(synchronize_session=False)
     )
+    due = and_(CampaignTrigger.campaign_id == campaign.id, CampaignTrigger.state == "planning")
     followed_by = [
         Event.profile_id == CampaignTrigger.profile_id,
         Event.name == trigger.get("absent_event"),

@@ -51,7 +51,7 @@ __all__ = [
 OPS = set(PROPERTY_OPS)
 MAX_NAME_CHARS = 200
 MAX_CHAIN = 4  # segments referring to segments referring to … (see compiler.MAX_RESOLVED_DEPTH)
-_OPEN_CAMPAIGN_STATES = ("draft", "scheduled", "running")
+_OPEN_CAMPAIGN_STATES = ("draft", "scheduled", "running", "paused")  # campaigns not finished
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -309,8 +309,8 @@ def _check_dependents(session: Session, account_id: str, segment: Segment, chang
 
 
 def delete_segment(session: Session, account_id: str, segment_id: int) -> None:
-    """Delete a segment; refused (409 ``segment_in_use``) while another segment, or a campaign that is a
-    draft, scheduled or running, refers to it."""
+    """Delete a segment; refused (409 ``segment_in_use``, naming them all) while another segment, or a
+    campaign that is not finished (draft, scheduled, running or paused), refers to it."""
     from tidings.campaigns.service import list_campaigns  # campaigns call this module: import when used
 
     _lock_account_segments(session, account_id)
@@ -321,12 +321,18 @@ def delete_segment(session: Session, account_id: str, segment_id: int) -> None:
                 f"segment {segment.name!r} is used by segment {other.name!r} and cannot be deleted",
                 code="segment_in_use",
             )
-    for campaign in list_campaigns(session, account_id):
-        if campaign.state in _OPEN_CAMPAIGN_STATES and segment.id in _referenced_ids(campaign.target):
-            raise Conflict(
-                f"segment {segment.name!r} is used by campaign {campaign.name!r} ({campaign.state}) and "
-                "cannot be deleted",
-                code="segment_in_use",
-            )
+    users = [
+        campaign
+        for campaign in list_campaigns(session, account_id)
+        if campaign.state in _OPEN_CAMPAIGN_STATES and segment.id in _referenced_ids(campaign.target)
+    ]
+    if users:
+        named = ", ".join(f"campaign {c.name!r} ({c.state})" for c in users[:20])
+        more = f" and {len(users) - 20} more" if len(users) > 20 else ""
+        refused = Conflict(
+            f"segment {segment.name!r} is used by {named}{more} and cannot be deleted", code="segment_in_use"
+        )
+        refused.details = {"campaigns": [{"id": c.id, "name": c.name, "state": c.state} for c in users]}
+        raise refused
     session.delete(segment)
     session.flush()
