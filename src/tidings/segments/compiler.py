@@ -62,6 +62,14 @@ MAX_RESOLVED_DEPTH = 5 * MAX_DEPTH
 MAX_CONDITIONS = 250  # property and event tests in a definition as written
 MAX_RESOLVED_CONDITIONS = 2_500  # … once saved segments are inlined
 MAX_IN_VALUES = 1_000
+# The one size limit every definition keeps, as written and once saved segments are inlined, so that any
+# accepted target compiles and runs on both databases: a test counts SIZE_PER_CONDITION (at most that many
+# bound parameters on either database, whatever the operator or key) and each value listed in "in" 1 more.
+# A campaign's statement holds its target plus a trigger's conditions (each at most MAX_SIZE) and up to
+# 1,000 event ids: 2 x 12,000 + 1,000 + planning's own stays under SQLite's 32,766 bound variables (and
+# PostgreSQL's 65,535).
+MAX_SIZE = 12_000
+SIZE_PER_CONDITION = 16
 MAX_KEY_BYTES = 120  # as profile and event property keys at upload
 MAX_STRING_BYTES = 512  # as property values at upload
 MAX_EVENT_NAME_CHARS = 255  # the events.name column
@@ -206,11 +214,20 @@ class _Parser:
         self.max_depth = max_depth
         self.max_conditions = max_conditions
         self.conditions = 0
+        self.size = 0
 
-    def count(self, path: str) -> None:
+    def count(self, path: str, values: int = 0) -> None:
         self.conditions += 1
         if self.conditions > self.max_conditions:
             raise Invalid(f"{path}: a definition holds at most {self.max_conditions} conditions", code=CODE)
+        self.size += SIZE_PER_CONDITION + values
+        if self.size > MAX_SIZE:
+            raise Invalid(
+                f"{path}: the definition is too large: its size is over the limit of {MAX_SIZE} (each "
+                f"condition counts {SIZE_PER_CONDITION}, each value listed in 'in' 1; saved segments "
+                "count as inlined)",
+                code=CODE,
+            )
 
     # ---- nodes
 
@@ -311,6 +328,7 @@ class _Parser:
                 raise Invalid(f"{where} must be a non-empty list for 'in'", code=CODE)
             if len(value) > MAX_IN_VALUES:
                 raise Invalid(f"{where} holds more than {MAX_IN_VALUES} values", code=CODE)
+            self.size += len(value)  # (checked with the next condition, or at the end)
             return PropertyTest(
                 key, op, tuple(self.scalar(v, f"{where}[{i}]", op) for i, v in enumerate(value))
             )
@@ -519,8 +537,18 @@ def parse(
     if allow_empty and isinstance(definition, dict) and not definition:
         return Everyone()
     if resolved:
-        return _Parser(MAX_RESOLVED_DEPTH, MAX_RESOLVED_CONDITIONS).node(definition, root, 1)
-    return _Parser(MAX_DEPTH, MAX_CONDITIONS).node(definition, root, 1)
+        parser = _Parser(MAX_RESOLVED_DEPTH, MAX_RESOLVED_CONDITIONS)
+    else:
+        parser = _Parser(MAX_DEPTH, MAX_CONDITIONS)
+    node = parser.node(definition, root, 1)
+    if parser.size > MAX_SIZE:
+        raise Invalid(
+            f"{root}: the definition is too large: its size is {parser.size}, over the limit of {MAX_SIZE} "
+            f"(each condition counts {SIZE_PER_CONDITION}, each value listed in 'in' 1; saved segments count "
+            "as inlined)",
+            code=CODE,
+        )
+    return node
 
 
 def references(node: Node) -> list[SegmentRef]:
