@@ -41,6 +41,7 @@ def tidings_env(
         TIDINGS_DATABASE_URL=database_url,
         TIDINGS_DATA_DIR=str(data_dir),
         TIDINGS_SECRET_KEY=secret_key,
+        TIDINGS_EXTRA_PROVIDER_HOSTS="127.0.0.1",  # the stand-ins listen on loopback
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH")) if p),
     )
     if redis_url:

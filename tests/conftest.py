@@ -27,6 +27,12 @@ if os.environ.get("CI") and not PG_URL:
 
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
+# The provider stand-ins (tests/standins/) listen on loopback: allowed as provider hosts for the tests, for
+# code that reads the environment (integrations.configure called directly, worker processes) and for the
+# ``settings`` fixture below.
+LOOPBACK_PROVIDER_HOSTS = ("127.0.0.1",)
+os.environ.setdefault("TIDINGS_EXTRA_PROVIDER_HOSTS", ",".join(LOOPBACK_PROVIDER_HOSTS))
+
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
@@ -71,6 +77,7 @@ def settings(db: Database, tmp_path: Path) -> Settings:
         public_url="http://127.0.0.1:9",
         secret_key=Fernet.generate_key().decode(),
         poll_interval=0.02,
+        extra_provider_hosts=LOOPBACK_PROVIDER_HOSTS,
         sandbox=SandboxSettings(min_latency=0.0, max_latency=0.01, seed="tests"),
     )
 

@@ -21,6 +21,7 @@ from tests.standins.meta import (
     server_error,
     validate_message,
 )
+from tidings.delivery.service import UNCERTAIN_CODES
 from tidings.providers.base import OutboundMessage, Outcome, SendResult
 from tidings.providers.meta import (
     PER_USER_MARKETING_RETRY_AFTER,
@@ -400,10 +401,11 @@ async def test_a_wrong_token_fails_with_190(standin: MetaStandIn) -> None:
 
 
 async def test_a_2xx_without_a_message_id_is_not_resent(standin: MetaStandIn) -> None:
+    """Accepted (Sent) without an id, never resent; its status webhook settles it (test_provider_trust)."""
     standin.answer_next(Scripted(200, {"messaging_product": "whatsapp"}))
     async with meta(standin) as provider:
         result = await provider.send(template_message())
-    assert result.outcome is Outcome.FAILED and result.error_code == "bad_response"
+    assert result.outcome is Outcome.ACCEPTED and result.provider_message_id is None
 
 
 async def test_connection_refused_retries() -> None:
@@ -415,7 +417,9 @@ async def test_connection_refused_retries() -> None:
         result = await provider.send(template_message())
     finally:
         await provider.aclose()
-    assert result.outcome is Outcome.RETRY and result.error_code == "connection_error"
+    # The request never left: retried with backoff, not reconciled as an unknown outcome.
+    assert result.outcome is Outcome.RETRY and result.error_code == "connect_error"
+    assert result.error_code not in UNCERTAIN_CODES
 
 
 async def test_a_timeout_retries() -> None:

@@ -20,6 +20,7 @@ from tidings.db import Database
 from tidings.providers.vonage import sign_webhook
 
 N = 1000
+APP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-0123456789ab"  # a Vonage application id is a UUID
 
 
 def _campaign(http: httpx.Client, auth: dict[str, str], template_name: str) -> int:
@@ -119,7 +120,7 @@ def test_a_campaign_through_vonage(live: tuple[str, FastAPI], db: Database, acco
     url, _ = live
     auth = basic(account)
     private_pem, public_pem = rsa_key_pair()
-    standin = VonageStandIn(application_id="app-1", public_key=public_pem)
+    standin = VonageStandIn(application_id=APP_ID, public_key=public_pem)
     _audience(db, account)
     with standin.serve() as base_url, httpx.Client(base_url=url, timeout=30) as http:
         configured = http.put(
@@ -127,7 +128,7 @@ def test_a_campaign_through_vonage(live: tuple[str, FastAPI], db: Database, acco
             headers=auth,
             json={
                 "kind": "vonage",
-                "settings": {"sender": "447700900000", "base_url": base_url, "application_id": "app-1"},
+                "settings": {"sender": "447700900000", "base_url": base_url, "application_id": APP_ID},
                 "secrets": {"private_key": private_pem, "signature_secret": "vonage-signature-secret"},
             },
         )

@@ -7,6 +7,7 @@ import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -341,8 +342,9 @@ async def test_wrong_credentials_are_refused_and_fail(standin: VonageStandIn, ba
             result = await provider.send(template())
         finally:
             await provider.aclose()
-        assert (result.outcome, result.error_code) == (Outcome.FAILED, "http_401")
+        assert (result.outcome, result.error_code) == (Outcome.FAILED, "unauthorized")
         assert result.error_detail == "Unauthorized: You did not provide correct credentials."
+        assert result.fix and "PUT /api/v1/integrations/whatsapp" in result.fix  # the campaign pauses
     assert standin.counts() == {401: 3}
     assert all(r.auth is None for r in standin.requests)
 
@@ -395,7 +397,7 @@ NOT_FOUND = {
         pytest.param(problem(1340), FAILED, "1340", None, id="1340-outside-window"),
         pytest.param(problem(1120), FAILED, "1120", None, id="1120-invalid-sender"),
         pytest.param(problem(1150), FAILED, "1150", None, id="1150-invalid-params"),
-        pytest.param(unauthorized(), FAILED, "http_401", None, id="401"),
+        pytest.param(unauthorized(), FAILED, "unauthorized", None, id="401"),
         pytest.param(low_balance(), FAILED, "http_402", None, id="402"),
         pytest.param(Answer(404, NOT_FOUND), FAILED, "http_404", None, id="404"),
     ],
@@ -413,16 +415,20 @@ async def test_answers_are_classified(
 
     assert answer.body is not None
     detail = ": ".join(answer.body[k] for k in ("title", "detail") if k in answer.body)
-    assert result == SendResult(outcome, error_code=code, error_detail=detail, retry_after=retry_after)
+    assert replace(result, fix=None) == SendResult(
+        outcome, error_code=code, error_detail=detail, retry_after=retry_after
+    )
+    assert (result.fix is not None) == (answer.status == 401)  # refused credentials pause the campaign
     assert standin.requests[0].status == answer.status
 
 
-async def test_accepted_without_message_uuid_is_an_unknown_outcome(
+async def test_accepted_without_message_uuid_is_sent_without_an_id(
     standin: VonageStandIn, jwt_provider: VonageProvider
 ) -> None:
+    """Vonage took it: Sent, never resent; its status webhook (client_ref) settles it."""
     standin.answer_next(Answer(202, {}))
     result = await jwt_provider.send(template())
-    assert result == SendResult.failed("outcome_unknown", "HTTP 202 without message_uuid: {}")
+    assert result == SendResult.accepted(None)
 
 
 async def test_accepted_carries_the_message_uuid(
@@ -528,10 +534,10 @@ def _response(status: int, content: bytes = b"", headers: dict[str, str] | None 
     return httpx.Response(status, content=content, headers=headers)
 
 
-def test_non_json_error_bodies_keep_their_text() -> None:
+def test_non_json_error_bodies_are_not_echoed() -> None:
     result = classify_response(_response(502, b"<html>Bad gateway</html>"))
-    assert result == SendResult.retry("http_502", "<html>Bad gateway</html>")
-    assert classify_response(_response(504)) == SendResult.retry("http_504", "HTTP 504")
+    assert result == SendResult.retry("http_502", "HTTP 502 Bad Gateway")
+    assert classify_response(_response(504)) == SendResult.retry("http_504", "HTTP 504 Gateway Timeout")
 
 
 def test_retry_after_as_http_date_and_garbage() -> None:

@@ -19,6 +19,32 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"TIDINGS_{name} must be a number, got {raw!r}") from exc
 
 
+def parse_provider_hosts(raw: str) -> tuple[str, ...]:
+    """``TIDINGS_EXTRA_PROVIDER_HOSTS``: comma-separated ``host`` or ``host:port`` (lower-cased)."""
+    hosts = []
+    for part in raw.split(","):
+        item = part.strip().lower()
+        if not item:
+            continue
+        host, colon, port = item.rpartition(":") if ":" in item else (item, "", "")
+        if (
+            not host
+            or "/" in item
+            or "@" in item
+            or (colon and not (port.isdigit() and 0 < int(port) < 65536))
+        ):
+            raise ValueError(
+                f"TIDINGS_EXTRA_PROVIDER_HOSTS takes comma-separated host or host:port, got {part.strip()!r}"
+            )
+        hosts.append(item)
+    return tuple(hosts)
+
+
+def extra_provider_hosts() -> tuple[str, ...]:
+    """The extra provider hosts of this process's environment."""
+    return parse_provider_hosts(_env("EXTRA_PROVIDER_HOSTS", ""))
+
+
 def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
     raw = _env(name, default).strip().lower()
     if raw not in allowed:
@@ -76,6 +102,9 @@ class Settings:
     pause_window: float = 60.0  # … in this many seconds (per worker); pause_error_rate 0 turns it off
     metrics_port: int = 0  # ``tidings worker`` serves /metrics on this port (0: not served)
     log_format: str = "text"  # "text" or "json" (one JSON object a line)
+    # Hosts (``host`` or ``host:port``) a provider base URL may name besides the providers' own: a regional
+    # endpoint, a test stand-in on loopback. http is allowed for these only.
+    extra_provider_hosts: tuple[str, ...] = ()
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @classmethod
@@ -104,5 +133,6 @@ class Settings:
             pause_window=_float("PAUSE_WINDOW", cls.pause_window),
             metrics_port=int(_float("METRICS_PORT", cls.metrics_port)),
             log_format=_choice("LOG_FORMAT", cls.log_format, ("text", "json")),
+            extra_provider_hosts=extra_provider_hosts(),
             sandbox=SandboxSettings.from_env(),
         )

@@ -7,14 +7,19 @@ returned after they are saved: reading the settings shows a masked hint of each.
 from __future__ import annotations
 
 import secrets as random_tokens
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Integration
 from tidings.accounts.service import get_integration
+from tidings.config import extra_provider_hosts
 from tidings.errors import Invalid
+from tidings.providers.trust import UntrustedUrl, check_base_url, check_ids
+from tidings.providers.vonage import load_private_key
 from tidings.secrets import SecretBox, mask
 
 
@@ -51,6 +56,37 @@ KINDS: dict[str, Kind] = {
         rate_limit=80.0,
     ),
 }
+
+
+def _check_trust(kind: str, settings: dict[str, Any], extra_hosts: Iterable[str]) -> None:
+    """The base URL names the provider's own host (or an operator's extra host), ids have its shape."""
+    if kind not in ("vonage", "meta"):
+        return
+    try:
+        settings["base_url"] = check_base_url(kind, settings.get("base_url"), extra_hosts)
+    except UntrustedUrl as exc:
+        raise Invalid(str(exc), code="untrusted_base_url") from None
+    try:
+        check_ids(kind, settings)
+    except ValueError as exc:
+        raise Invalid(str(exc), code="invalid_integration") from None
+
+
+def _check_keys(kind: str, settings: dict[str, Any], sealed: dict[str, str]) -> None:
+    """Secrets that can be checked offline: a Vonage private key must be a PEM RSA private key that signs
+    an application JWT."""
+    if kind != "vonage" or not sealed.get("private_key"):
+        return
+    try:
+        key = load_private_key(sealed["private_key"])
+        jwt.encode({"application_id": settings.get("application_id"), "iat": 0}, key, algorithm="RS256")
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        raise Invalid(
+            f"vonage: secrets.{exc}"
+            if str(exc).startswith("private_key")
+            else f"vonage: secrets.private_key cannot sign a JWT: {exc}",
+            code="invalid_credentials",
+        ) from None
 
 
 def _check(kind: str, settings: dict[str, Any], sealed: dict[str, str]) -> None:
@@ -94,9 +130,12 @@ def configure(
     settings: dict[str, Any],
     secrets: dict[str, str],
     rate_limit: float | None = None,
+    extra_hosts: Iterable[str] | None = None,
 ) -> Integration:
     """Save the account's WhatsApp provider. With the same kind, secrets left out keep their saved
-    values (so the sender can change without typing the key again)."""
+    values (so the sender can change without typing the key again). ``extra_hosts``: the hosts a base URL
+    may name besides the provider's own (``Settings.extra_provider_hosts``; by default this process's
+    ``TIDINGS_EXTRA_PROVIDER_HOSTS``)."""
     spec = KINDS.get(kind)
     if spec is None:
         raise Invalid(f"kind must be one of {', '.join(KINDS)}", code="invalid_integration")
@@ -116,13 +155,18 @@ def configure(
         merged["verify_token"] = random_tokens.token_urlsafe(24)
     if rate_limit is not None and rate_limit <= 0:
         raise Invalid("rate_limit must be a positive number of messages a second", code="invalid_integration")
+    _check_trust(kind, merged, extra_provider_hosts() if extra_hosts is None else extra_hosts)
     integration = get_integration(session, account_id)
-    saved = box.open(integration.secrets)
+    try:
+        saved = box.open(integration.secrets)
+    except ValueError:  # sealed with another key: they cannot be kept, so they must all be given again
+        saved = {}
     sealed = {**saved, **secrets} if integration.kind == kind else dict(secrets)
     if kind == "sandbox":  # the sandbox signs its webhooks with a secret of our own
         sealed["signature_secret"] = saved.get("signature_secret") or random_tokens.token_urlsafe(32)
     sealed = {k: v for k, v in sealed.items() if k in spec.secrets and v}
     _check(kind, merged, sealed)
+    _check_keys(kind, merged, sealed)
     integration.kind = kind
     integration.settings = merged
     integration.secrets = box.seal(sealed)
@@ -141,11 +185,14 @@ def webhook_urls(public_url: str, account_id: str, kind: str) -> dict[str, str]:
 
 def describe(integration: Integration, box: SecretBox, public_url: str) -> dict[str, Any]:
     """The settings as the API shows them: secrets only as masked hints."""
-    sealed = box.open(integration.secrets)
+    try:
+        shown = {name: mask(value) for name, value in sorted(box.open(integration.secrets).items())}
+    except ValueError:
+        shown = {"unreadable": "sealed with another TIDINGS_SECRET_KEY: save the secrets again"}
     return {
         "kind": integration.kind,
         "settings": dict(integration.settings),
-        "secrets": {name: mask(value) for name, value in sorted(sealed.items())},
+        "secrets": shown,
         "rate_limit": integration.rate_limit,
         "webhook_urls": webhook_urls(public_url, integration.account_id, integration.kind),
         "updated_at": integration.updated_at,

@@ -11,10 +11,10 @@ from tidings.accounts.service import get_integration
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.delivery.service import TEST_REF_PREFIX
-from tidings.errors import Invalid
+from tidings.errors import Conflict, Invalid
 from tidings.profiles.service import normalize_phone
 from tidings.providers.base import OutboundMessage
-from tidings.providers.pool import build_provider
+from tidings.providers.pool import FIX_SECRET_KEY, build_provider
 from tidings.secrets import SecretBox
 
 
@@ -36,13 +36,20 @@ async def send_test_message(
     if template is None and not text:
         text = "Tidings test message: your WhatsApp provider is connected."
 
-    def load() -> tuple[str, dict[str, Any], dict[str, str]]:
+    def load() -> tuple[str, dict[str, Any], str]:
         with db.session() as session:
             integration = get_integration(session, account_id)
-            return integration.kind, dict(integration.settings), box.open(integration.secrets)
+            return integration.kind, dict(integration.settings), integration.secrets
 
-    kind, config, secrets = await run_in_threadpool(load)
-    provider = build_provider(kind, config, secrets, account_id=account_id, app=settings)
+    kind, config, sealed = await run_in_threadpool(load)
+    try:
+        secrets = box.open(sealed)
+    except ValueError as exc:
+        raise Conflict(f"{exc}: {FIX_SECRET_KEY}", code="credentials_unreadable") from exc
+    try:
+        provider = build_provider(kind, config, secrets, account_id=account_id, app=settings)
+    except (ValueError, KeyError) as exc:
+        raise Conflict(f"the {kind} integration cannot send: {exc}", code="integration_invalid") from exc
     try:
         result = await provider.send(
             OutboundMessage(

@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import httpx
+
 
 @dataclass(frozen=True)
 class OutboundMessage:
@@ -43,10 +45,21 @@ class SendResult:
     error_code: str | None = None  # the provider's own code, e.g. "1300", "131047", "http_500"
     error_detail: str | None = None  # the provider's text
     retry_after: float | None = None  # seconds, when the provider said (Retry-After)
+    # Set when every send through this integration will fail the same way until a person changes it (the
+    # provider refused the credentials, the saved secrets cannot be opened): what to fix. The dispatcher
+    # pauses the campaign at once with this as its note.
+    fix: str | None = None
 
     @classmethod
-    def accepted(cls, provider_message_id: str) -> SendResult:
+    def accepted(cls, provider_message_id: str | None) -> SendResult:
+        """The provider took it; ``None`` when a 2xx answer carried no id (its status webhook, which carries
+        our ``client_ref``, still finds the row)."""
         return cls(Outcome.ACCEPTED, provider_message_id=provider_message_id)
+
+    @classmethod
+    def misconfigured(cls, code: str, detail: str, fix: str) -> SendResult:
+        """Failed, and every other send of this integration would fail too until ``fix`` is done."""
+        return cls(Outcome.FAILED, error_code=code, error_detail=detail, fix=fix)
 
     @classmethod
     def retry(cls, code: str, detail: str, retry_after: float | None = None) -> SendResult:
@@ -55,6 +68,33 @@ class SendResult:
     @classmethod
     def failed(cls, code: str, detail: str) -> SendResult:
         return cls(Outcome.FAILED, error_code=code, error_detail=detail)
+
+
+FIX_CREDENTIALS = (
+    "the provider refused the integration's credentials: save working ones with "
+    "PUT /api/v1/integrations/whatsapp, then resume the campaign"
+)
+
+
+def transport_failure(exc: httpx.HTTPError) -> SendResult:
+    """A ``SendResult`` for a request that got no HTTP answer.
+
+    When the request never left (connection refused, DNS failure, TLS handshake failure, connect or pool
+    time-out, a URL httpx cannot use) the provider never saw it: ``connect_error`` or ``connect_timeout``,
+    retried with backoff. After the request may have been written (a read or write time-out, a connection
+    lost mid-way) the provider may have taken the message: ``timeout`` or ``network_error``, which the
+    ledger treats as uncertain (``delivery.service.UNCERTAIN_CODES``) and reconciles from the status
+    webhooks instead of sending again blindly.
+    """
+    text = str(exc).strip()
+    detail = (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:300]
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return SendResult.retry("connect_timeout", detail)
+    if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol | httpx.ProxyError):
+        return SendResult.retry("connect_error", detail)
+    if isinstance(exc, httpx.TimeoutException):
+        return SendResult.retry("timeout", detail)
+    return SendResult.retry("network_error", detail)
 
 
 class Status(StrEnum):
@@ -87,6 +127,9 @@ class InboundReply:
     kind: str = "text"  # text, button, interactive, image, …
     context_message_id: str | None = None
     profile_name: str | None = None
+    # What a tapped button carries besides its label: a quick-reply button's ``payload`` (Meta ``button``,
+    # Vonage ``button``) or an interactive reply's ``id`` (Meta ``interactive``, Vonage ``reply``).
+    payload: str | None = None
 
 
 @dataclass(frozen=True)

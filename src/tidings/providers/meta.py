@@ -8,7 +8,7 @@ Error classes (Meta says to build logic on ``error.code``, not on titles):
 
 * transient, so ``SendResult.retry``: throughput and rate limits (130429, 131056, 80007, 4, 17, 32, 613),
   the throughput upgrade (131057), Meta-side failures (1, 2, 131000, 131016, 133004), any error Meta marks
-  ``is_transient``, any other 5xx, HTTP 429, time-outs and connection errors. ``Retry-After`` is honoured.
+  ``is_transient``, any other 5xx and HTTP 429. ``Retry-After`` is honoured.
 * 131049 (Meta held back a marketing template to protect the user's experience) and 131048 (the number's
   quality-based spam rate limit): retried, but only after ``PER_USER_MARKETING_RETRY_AFTER`` seconds (one
   hour). Meta says not to resend at once but later, at growing intervals; the dispatcher grows the delay
@@ -17,8 +17,12 @@ Error classes (Meta says to build logic on ``error.code``, not on titles):
   window: only a template can reach the user), 131026 (undeliverable), 131050 (user stopped marketing),
   131051, 132000-132016 (template problems), 100/131008/131009 (bad request), 0/190 (auth), 10/200-299
   (permission), 133010 (number not registered), 368 (policy block), 131031 (account locked), any other 4xx.
-  A 2xx answer without ``messages[0].id`` fails as ``bad_response`` rather than being resent: Meta may have
-  taken the message, and its status webhook (with our ``biz_opaque_callback_data``) can still say so.
+  0/190 and 10/200-299 (the token is refused or lacks a permission) and HTTP 401/403 also carry the fix to
+  make (``SendResult.fix``): the campaign pauses at once.
+* A 2xx answer without ``messages[0].id`` is accepted without an id rather than resent: Meta has taken the
+  message, and its status webhook (with our ``biz_opaque_callback_data``) finds the row.
+* no answer: see ``base.transport_failure`` (refused or never connected: retried; a read time-out or a
+  connection lost after the request went out: reconciled, never resent blindly).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tidings.providers.base import (
+    FIX_CREDENTIALS,
     InboundReply,
     OutboundMessage,
     Provider,
@@ -46,7 +51,9 @@ from tidings.providers.base import (
     TemplateStatusUpdate,
     WebhookError,
     WebhookEvent,
+    transport_failure,
 )
+from tidings.providers.trust import summary
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,15 @@ PERMANENT_CODES = frozenset(
         133010,  # phone number not registered
     }
 )
+
+
+# Codes that say the access token itself is refused (0 AuthException, 190 expired or invalid token) or lacks a
+# permission (10, 200-299): every send fails until the integration is changed, so the campaign pauses.
+CREDENTIAL_CODES = frozenset({0, 10, 190})
+
+
+def is_credentials_code(code: int) -> bool:
+    return code in CREDENTIAL_CODES or 200 <= code <= 299
 
 
 def _is_permanent(code: int) -> bool:
@@ -216,12 +232,18 @@ def _graph_error(response: httpx.Response) -> Mapping[str, Any] | None:
 
 
 def _error_detail(error: Mapping[str, Any]) -> str:
-    detail = str(error.get("message") or error.get("title") or "")
+    """Meta's message (and ``error_data.details``) as one short line."""
+    detail = str(error.get("message") or error.get("title") or "")[:200]
     data = error.get("error_data")
     if isinstance(data, Mapping) and data.get("details"):
-        extra = str(data["details"])
+        extra = str(data["details"])[:200]
         detail = f"{detail}: {extra}" if detail and extra != detail else extra
-    return detail
+    return summary("", detail, 300)
+
+
+def _no_error_body(response: httpx.Response) -> str:
+    """What to say of an error answer that is not a Graph error: its status, never its body."""
+    return f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
 def _error_code(error: Mapping[str, Any] | None) -> int | None:
@@ -241,12 +263,16 @@ def classify_response(response: httpx.Response) -> SendResult:
     error = _graph_error(response)
     code = _error_code(error)
     if error is None or code is None:
-        text = response.text[:500] if response.content else response.reason_phrase
+        text = _no_error_body(response)
         code_str = f"http_{response.status_code}"
+        if response.status_code in (401, 403):
+            return SendResult.misconfigured(code_str, text, FIX_CREDENTIALS)
         if response.status_code == 429 or response.status_code >= 500:
             return SendResult.retry(code_str, text, retry_after)
         return SendResult.failed(code_str, text)
     detail = _error_detail(error)
+    if is_credentials_code(code):
+        return SendResult.misconfigured(str(code), detail, FIX_CREDENTIALS)
     if code in LONG_RETRY_CODES:
         return SendResult.retry(str(code), detail, max(PER_USER_MARKETING_RETRY_AFTER, retry_after or 0.0))
     if _is_permanent(code):
@@ -301,11 +327,10 @@ class MetaProvider(Provider):
             response = await self._http.post(
                 self.messages_url, json=body, headers=headers, timeout=self.timeout
             )
-        except httpx.TimeoutException as exc:
-            # A read time-out may hide an accepted message; the caller decides (it retries, as for 5xx).
-            return SendResult.retry("timeout", f"{type(exc).__name__}: {exc}")
-        except httpx.RequestError as exc:  # connection refused or reset, DNS, protocol errors
-            return SendResult.retry("connection_error", f"{type(exc).__name__}: {exc}")
+        except httpx.HTTPError as exc:
+            # Never left (refused, DNS, connect time-out): retried; may have gone out (read time-out,
+            # connection lost): reconciled from the status webhooks. See ``transport_failure``.
+            return transport_failure(exc)
         if response.is_success:
             return self._accepted(response)
         result = classify_response(response)
@@ -319,12 +344,9 @@ class MetaProvider(Provider):
             wamid = payload["messages"][0]["id"]
         except (ValueError, KeyError, IndexError, TypeError):
             wamid = None
-        if not isinstance(wamid, str) or not wamid:
-            # Meta answered 2xx, so the message may well be on its way: never resend it blindly.
-            return SendResult.failed(
-                "bad_response", f"2xx answer without messages[0].id: {response.text[:200]}"
-            )
-        return SendResult.accepted(wamid)
+        # Meta answered 2xx: the message is on its way even without an id, so it is Sent and never resent;
+        # its status webhooks carry our biz_opaque_callback_data, which finds the row and gives it its id.
+        return SendResult.accepted(wamid if isinstance(wamid, str) and wamid else None)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -433,19 +455,30 @@ def _parse_status(item: Mapping[str, Any]) -> StatusUpdate | None:
     )
 
 
-def _inbound_text(item: Mapping[str, Any]) -> str:
+def _scalar_text(value: Any) -> str | None:
+    """A payload or id as text (a Flow's payload is an object: not kept)."""
+    scalar = isinstance(value, str | int) and not isinstance(value, bool)
+    return str(value) if scalar and value != "" else None
+
+
+def _inbound_text(item: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The text of an inbound message and, for a tapped button, its payload: a quick-reply template button
+    (``button: {payload, text}``, e.g. the "Stop promotions" button of a marketing template) or an
+    interactive reply (``interactive: {button_reply | list_reply: {id, title}}``)."""
     kind = str(item.get("type", ""))
     content = item.get(kind)
     if kind == "text" and isinstance(content, Mapping):
-        return str(content.get("body", ""))
+        return str(content.get("body", "")), None
     if kind == "button" and isinstance(content, Mapping):
-        return str(content.get("text") or content.get("payload") or "")
+        payload = _scalar_text(content.get("payload"))
+        return str(content.get("text") or payload or ""), payload
     if kind == "interactive" and isinstance(content, Mapping):
         for reply_kind in ("button_reply", "list_reply"):
             reply = content.get(reply_kind)
             if isinstance(reply, Mapping):
-                return str(reply.get("title") or reply.get("id") or "")
-    return f"[{kind or 'unknown'}]"
+                reply_id = _scalar_text(reply.get("id"))
+                return str(reply.get("title") or reply_id or ""), reply_id
+    return f"[{kind or 'unknown'}]", None
 
 
 def _parse_message(item: Mapping[str, Any], names: Mapping[str, str]) -> InboundReply | None:
@@ -459,14 +492,16 @@ def _parse_message(item: Mapping[str, Any], names: Mapping[str, str]) -> Inbound
     name = names.get(sender)
     if name is None and len(names) == 1:
         name = next(iter(names.values()))
+    text, payload = _inbound_text(item)
     return InboundReply(
         provider_message_id=str(item["id"]),
         from_phone=_e164(sender),
         timestamp=_timestamp(item.get("timestamp")),
-        text=_inbound_text(item),
+        text=text,
         kind=str(item.get("type") or "unknown"),
         context_message_id=str(context_id) if context_id else None,
         profile_name=name,
+        payload=payload,
     )
 
 
@@ -635,13 +670,13 @@ async def fetch_templates(
             try:
                 response = await client.get(url, params=params, headers=headers, timeout=timeout)
             except httpx.HTTPError as exc:
-                raise MetaApiError(None, None, f"{type(exc).__name__}: {exc}") from exc
+                raise MetaApiError(None, None, summary(type(exc).__name__, str(exc))) from exc
             if not response.is_success:
                 error = _graph_error(response) or {}
                 raise MetaApiError(
                     response.status_code,
                     _error_code(error),
-                    _error_detail(error) if error else response.text[:500] or response.reason_phrase,
+                    _error_detail(error) if error else _no_error_body(response),
                 )
             try:
                 payload = response.json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,11 +13,36 @@ import httpx
 from tidings.accounts.service import get_integration
 from tidings.config import Settings
 from tidings.db import Database
-from tidings.providers.base import Provider
+from tidings.providers.base import OutboundMessage, Provider, SendResult
 from tidings.providers.meta import MetaProvider
 from tidings.providers.sandbox import SandboxProvider
+from tidings.providers.trust import check_base_url
 from tidings.providers.vonage import VonageProvider
 from tidings.secrets import SecretBox
+
+log = logging.getLogger(__name__)
+
+FIX_INTEGRATION = (
+    "save the integration again with PUT /api/v1/integrations/whatsapp (secrets included), then resume the "
+    "campaign"
+)
+FIX_SECRET_KEY = (
+    "the saved secrets were sealed with another TIDINGS_SECRET_KEY: restore that key, or save the "
+    "integration's secrets again with PUT /api/v1/integrations/whatsapp; then resume the campaign"
+)
+
+
+class UnusableProvider(Provider):
+    """Stands for an integration that cannot send (its secrets cannot be opened, its settings cannot work):
+    every send fails at once with ``code`` and the fix to make, without any request, so that the rows are
+    failed with a reason and the campaign pauses, instead of a worker failing to build it again and again."""
+
+    def __init__(self, kind: str, code: str, detail: str, fix: str) -> None:
+        self.kind = kind
+        self.result = SendResult.misconfigured(code, detail, fix)
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        return self.result
 
 
 @dataclass
@@ -35,7 +61,16 @@ def build_provider(
     app: Settings,
     http: httpx.AsyncClient | None = None,
 ) -> Provider:
-    """The provider for one account's integration (``http``: a shared kept-alive client)."""
+    """The provider for one account's integration (``http``: a shared kept-alive client).
+
+    The base URL is checked here, where requests are made, against the providers' hosts and
+    ``TIDINGS_EXTRA_PROVIDER_HOSTS`` (``trust.check_base_url``): ``UntrustedUrl`` (a ``ValueError``) when
+    it names another host, so that no token is ever sent there."""
+    if kind in ("vonage", "meta"):
+        settings = {
+            **settings,
+            "base_url": check_base_url(kind, settings.get("base_url"), app.extra_provider_hosts),
+        }
     if kind == "sandbox":
         return SandboxProvider(
             webhook_base=f"{app.public_url}/webhooks/sandbox/{account_id}",
@@ -91,13 +126,28 @@ class ProviderPool:
         if entry is not None and entry.version == version:
             entry.checked = now
             return entry.provider
-        provider = build_provider(
-            kind, config, self.box.open(sealed), account_id=account_id, app=self.settings, http=self.http
-        )
+        provider = self._build(account_id, kind, config, sealed)
         if entry is not None:
             self._retired.append(entry.provider)  # closed at shutdown: its sandbox webhooks may be in flight
         self._entries[account_id] = _Entry(provider, version, now)
         return provider
+
+    def _build(self, account_id: str, kind: str, config: dict[str, Any], sealed: str) -> Provider:
+        """The account's provider; an ``UnusableProvider`` when its secrets cannot be opened (the secret
+        key changed) or its settings cannot work (a key that does not parse, a host not the provider's)."""
+        try:
+            secrets = self.box.open(sealed)
+        except ValueError as exc:
+            log.error("account %s: %s", account_id, exc)
+            return UnusableProvider(kind, "credentials_unreadable", str(exc), FIX_SECRET_KEY)
+        try:
+            return build_provider(
+                kind, config, secrets, account_id=account_id, app=self.settings, http=self.http
+            )
+        except (ValueError, KeyError) as exc:
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            log.error("account %s: the %s integration cannot send: %s", account_id, kind, detail)
+            return UnusableProvider(kind, "integration_invalid", detail[:300], FIX_INTEGRATION)
 
     def providers(self) -> list[Provider]:
         return [e.provider for e in self._entries.values()] + self._retired

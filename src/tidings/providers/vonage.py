@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import HMACAlgorithm
 
 from tidings.providers.base import (
+    FIX_CREDENTIALS,
     InboundReply,
     OutboundMessage,
     Provider,
@@ -32,7 +33,9 @@ from tidings.providers.base import (
     Status,
     StatusUpdate,
     WebhookError,
+    transport_failure,
 )
+from tidings.providers.trust import summary
 
 _STATUSES = {
     "submitted": Status.SENT,
@@ -75,15 +78,41 @@ jwt.unregister_algorithm("HS256")
 jwt.register_algorithm("HS256", _HS256())
 
 
-def verify_webhook(headers: Mapping[str, str], body: bytes, signature_secret: str) -> None:
-    """Check the HS256 JWT in ``Authorization`` and the body's SHA-256 against ``payload_hash``."""
+# How old a webhook's token (its ``iat``) may be. Vonage signs each callback once and its documentation does
+# not say that a retried callback is signed again, so a retry may carry the token of the first try. It
+# retries a callback answered with 429 or 5xx for up to 24 hours (backoff doubling from 5 s to a 15-minute
+# cap; reference §1.8; the Messages API Sandbox: every 900 s for 24 h). 36 hours cover the whole retry
+# window, its last backoff and hours of clock skew, and still refuse a token captured days ago.
+WEBHOOK_MAX_AGE = 36 * 3600  # seconds
+
+
+def verify_webhook(
+    headers: Mapping[str, str], body: bytes, signature_secret: str, *, now: float | None = None
+) -> None:
+    """Check the HS256 JWT in ``Authorization`` (its ``iat`` no older than ``WEBHOOK_MAX_AGE``) and the
+    body's SHA-256 against ``payload_hash``."""
     auth = headers.get("authorization", "")
     if not auth.lower().startswith("bearer "):
         raise WebhookError(401, "missing signed Authorization header")
     try:
-        claims = jwt.decode(auth[7:].strip(), signature_secret, algorithms=["HS256"])
+        claims = jwt.decode(
+            auth[7:].strip(),
+            signature_secret,
+            algorithms=["HS256"],
+            options={"require": ["iat"]},
+        )
     except jwt.PyJWTError as exc:
         raise WebhookError(401, f"bad webhook signature: {exc}") from exc
+    iat = claims["iat"]
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        raise WebhookError(401, "bad webhook signature: iat is not a number")
+    age = (time.time() if now is None else now) - iat
+    if age > WEBHOOK_MAX_AGE:
+        raise WebhookError(
+            401,
+            f"webhook token issued {age / 3600:.0f} h ago, more than the {WEBHOOK_MAX_AGE // 3600} h "
+            "that Vonage's retries can explain",
+        )
     expected = claims.get("payload_hash")
     if not isinstance(expected, str) or not hmac.compare_digest(
         expected.lower(), hashlib.sha256(body).hexdigest()
@@ -131,16 +160,26 @@ def parse_status(payload: Mapping[str, Any]) -> StatusUpdate:
     )
 
 
-def _inbound_text(payload: Mapping[str, Any]) -> str:
+def _scalar_text(value: Any) -> str | None:
+    """A payload or id as text (a Flow's payload is an object: not kept)."""
+    scalar = isinstance(value, str | int) and not isinstance(value, bool)
+    return str(value) if scalar and value != "" else None
+
+
+def _inbound_text(payload: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The text of an inbound message and, for a tapped button, its payload: ``button: {payload, text}``
+    (a template quick reply; a Flow's payload is an object, not kept) or ``reply: {id, title}``."""
     kind = payload.get("message_type", "text")
     if kind == "text":
-        return str(payload.get("text", ""))
+        return str(payload.get("text", "")), None
     if kind == "button" and isinstance(payload.get("button"), Mapping):
         button = payload["button"]
-        return str(button.get("text") or button.get("payload") or "")
+        carried = _scalar_text(button.get("payload"))
+        return str(button.get("text") or carried or ""), carried
     if kind == "reply" and isinstance(payload.get("reply"), Mapping):
-        return str(payload["reply"].get("title") or payload["reply"].get("id") or "")
-    return f"[{kind}]"
+        reply_id = _scalar_text(payload["reply"].get("id"))
+        return str(payload["reply"].get("title") or reply_id or ""), reply_id
+    return f"[{kind}]", None
 
 
 def parse_inbound(payload: Mapping[str, Any]) -> InboundReply:
@@ -150,14 +189,16 @@ def parse_inbound(payload: Mapping[str, Any]) -> InboundReply:
     raw_context, raw_profile = payload.get("context"), payload.get("profile")
     context: Mapping[str, Any] = raw_context if isinstance(raw_context, Mapping) else {}
     profile: Mapping[str, Any] = raw_profile if isinstance(raw_profile, Mapping) else {}
+    text, carried = _inbound_text(payload)
     return InboundReply(
         provider_message_id=str(payload["message_uuid"]),
         from_phone=_e164(payload["from"]),
         timestamp=_timestamp(payload.get("timestamp")),
-        text=_inbound_text(payload),
+        text=text,
         kind=str(payload.get("message_type", "text")),
         context_message_id=context.get("message_uuid"),
         profile_name=profile.get("name"),
+        payload=carried,
     )
 
 
@@ -206,7 +247,7 @@ def _recipient(to: str) -> str:
     return digits
 
 
-def _load_private_key(pem: str) -> RSAPrivateKey:
+def load_private_key(pem: str) -> RSAPrivateKey:
     text = pem.strip()
     if "\n" not in text and "\\n" in text:  # a PEM pasted into one environment variable line
         text = text.replace("\\n", "\n")
@@ -244,18 +285,22 @@ def problem_code(problem: Mapping[str, Any]) -> str | None:
 
 
 def _problem_detail(problem: Mapping[str, Any], response: httpx.Response) -> str:
-    parts = [str(problem[k]).strip() for k in ("title", "detail") if problem.get(k)]
+    """The problem's title and detail (and what its ``invalid_parameters`` say), one short line; never the
+    body itself when it is not a problem."""
+    parts = [str(problem[k]).strip()[:200] for k in ("title", "detail") if problem.get(k)]
     text = ": ".join(p for p in parts if p)
     invalid = problem.get("invalid_parameters")
     if isinstance(invalid, list):
         reasons = [
-            f"{item.get('name')}: {item.get('reason')}" for item in invalid if isinstance(item, Mapping)
+            f"{str(item.get('name'))[:60]}: {str(item.get('reason'))[:100]}"
+            for item in invalid[:5]
+            if isinstance(item, Mapping)
         ]
         if reasons:
             text = f"{text} ({'; '.join(reasons)})" if text else "; ".join(reasons)
     if not text:
-        text = response.text.strip()[:300] or f"HTTP {response.status_code}"
-    return text
+        text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    return summary("", text, 300)
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
@@ -280,31 +325,28 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 def classify_response(response: httpx.Response) -> SendResult:
     """A ``SendResult`` for Vonage's answer to ``POST /v1/messages``.
 
-    202 with ``message_uuid``: accepted. Errors are RFC 7807 problems: 429 (with ``Retry-After``), 5xx, 408
-    and the codes in ``RETRY_CODES`` are worth retrying; everything else (401, 402, 404, 422 with 1022
-    invalid template, 1120 invalid sender, 1150 invalid params, 1300 not on WhatsApp, 1340 outside the
-    24-hour window, …) fails this send. ``error_code`` is Vonage's code, else ``http_<status>``.
+    202: accepted (without an id when ``message_uuid`` is missing). Errors are RFC 7807 problems: 429 (with
+    ``Retry-After``), 5xx, 408 and the codes in ``RETRY_CODES`` are worth retrying; 401 and 403 fail as
+    ``unauthorized`` / ``forbidden`` with the fix to make (the campaign pauses); everything else (402, 404,
+    422 with 1022 invalid template, 1120 invalid sender, 1150 invalid params, 1300 not on WhatsApp, 1340
+    outside the 24-hour window, …) fails this send. ``error_code`` is Vonage's code, else
+    ``http_<status>``; ``error_detail`` is the problem's title and detail, never the whole body.
     """
     status = response.status_code
     problem = _problem(response)
     if 200 <= status < 300:
         message_uuid = problem.get("message_uuid")
-        if isinstance(message_uuid, str) and message_uuid:
-            return SendResult.accepted(message_uuid)
-        # Vonage may have taken it: never retry blindly (DESIGN invariant 3); webhooks carry client_ref.
-        return SendResult.failed(
-            "outcome_unknown", f"HTTP {status} without message_uuid: {response.text[:200]}"
-        )
-    code = problem_code(problem) or f"http_{status}"
+        # Without a message_uuid Vonage has still taken it: Sent, never resent (DESIGN invariant 3); its
+        # status webhooks carry our client_ref, which finds the row and gives it its id.
+        return SendResult.accepted(message_uuid if isinstance(message_uuid, str) and message_uuid else None)
     detail = _problem_detail(problem, response)
+    if status in (401, 403):  # the credentials: every send will be refused until they are changed
+        code = "unauthorized" if status == 401 else "forbidden"
+        return SendResult.misconfigured(code, detail, FIX_CREDENTIALS)
+    code = problem_code(problem) or f"http_{status}"
     if status >= 500 or status in _RETRY_STATUSES or code in RETRY_CODES:
         return SendResult.retry(code, detail, _retry_after(response.headers))
     return SendResult.failed(code, detail)
-
-
-def _transport_detail(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class VonageProvider(Provider):
@@ -331,8 +373,9 @@ class VonageProvider(Provider):
       an underscore (``en_GB``).
 
     ``send`` never raises for HTTP or network errors; see ``classify_response``. A connection that could
-    not be made (``connect_error``, ``connect_timeout``) is safe to retry; a ``timeout`` or
-    ``network_error`` after the request went out is retried too, though Vonage may have accepted it.
+    not be made (``connect_error``, ``connect_timeout``) is retried with backoff; a ``timeout`` or
+    ``network_error`` after the request may have gone out is reconciled from the status webhooks
+    (``base.transport_failure``).
     """
 
     kind = "vonage"
@@ -361,7 +404,7 @@ class VonageProvider(Provider):
             if not (application_id and private_key):
                 raise ValueError("Vonage JWT authentication needs both application_id and private_key")
             self._application_id = application_id
-            self._private_key = _load_private_key(private_key)
+            self._private_key = load_private_key(private_key)
         elif api_key or api_secret:
             if not (api_key and api_secret):
                 raise ValueError("Vonage Basic authentication needs both api_key and api_secret")
@@ -465,14 +508,8 @@ class VonageProvider(Provider):
                 headers={"Authorization": self.authorization()},
                 timeout=self._timeout,
             )
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            return SendResult.retry("connect_timeout", _transport_detail(exc))
-        except httpx.TimeoutException as exc:
-            return SendResult.retry("timeout", _transport_detail(exc))
-        except httpx.ConnectError as exc:
-            return SendResult.retry("connect_error", _transport_detail(exc))
-        except httpx.TransportError as exc:
-            return SendResult.retry("network_error", _transport_detail(exc))
+        except httpx.HTTPError as exc:  # no answer: see ``transport_failure``
+            return transport_failure(exc)
         return classify_response(response)
 
     async def aclose(self) -> None:

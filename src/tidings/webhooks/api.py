@@ -38,6 +38,25 @@ def _json(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def _on_its_route(kind: str | None, payload: Mapping[str, Any]) -> None:
+    """A Vonage status callback only on the status URL and an inbound message only on the inbound URL: a
+    status read as an inbound message would record a reply nobody wrote. (Vonage's status callbacks carry
+    ``status``; its inbound messages never do, and carry ``message_type`` instead.)"""
+    is_status = "status" in payload
+    if kind == "inbound" and is_status:
+        raise ApiError(
+            400,
+            "wrong_webhook_route",
+            "a status callback was posted to the inbound URL: give Vonage the status URL for statuses",
+        )
+    if kind == "status" and not is_status and "message_type" in payload:
+        raise ApiError(
+            400,
+            "wrong_webhook_route",
+            "an inbound message was posted to the status URL: give Vonage the inbound URL for messages",
+        )
+
+
 async def receive(
     batcher: WebhookBatcher,
     provider: str,
@@ -57,6 +76,7 @@ async def receive(
         else:
             vonage.verify_webhook(headers, body, secrets.get("signature_secret", ""))
             payload = _json(body)
+            _on_its_route(kind, payload)
             events = [vonage.parse_status(payload) if kind == "status" else vonage.parse_inbound(payload)]
     except WebhookError as exc:
         code = "bad_signature" if exc.status == 401 else "invalid_payload"

@@ -35,15 +35,17 @@ def integration_for(session: Session, box: SecretBox, account_id: str, provider:
 
 
 def _template_status(session: Session, account_id: str, event: TemplateStatusUpdate) -> str:
-    """Meta names templates without our namespace: match ``<any namespace>:<name>`` in the account."""
+    """Meta names templates without our namespace: match ``<any namespace>:<name>`` in the account, the
+    name exactly (``_`` and ``%`` are characters of a name, not wildcards)."""
     names = session.scalars(
         select(Template.name).where(
             Template.account_id == account_id,
-            or_(Template.name == event.name, Template.name.like(f"%:{event.name}")),
+            or_(Template.name == event.name, Template.name.endswith(f":{event.name}", autoescape=True)),
         )
     ).all()
     changed = 0
-    for name in set(names):
+    exact = {name for name in names if name == event.name or name.partition(":")[2] == event.name}
+    for name in exact:
         try:
             changed += set_status(
                 session, account_id, name=name, language=event.language, status=event.status
