@@ -9,7 +9,14 @@ top of what the other upload wrote), changed profiles are updated in one execute
 inserted in one executemany. No query is issued per record.
 
 CleverTap's per-record error codes are kept: 509 missing event name, 512 bad structure, 516 invalid
-phone, 523 missing identity, 524 neither profile nor event, 525 ``ts`` not epoch seconds.
+phone, 522 properties limit exceeded, 523 missing identity, 524 neither profile nor event, 525 ``ts`` not
+epoch seconds.
+
+Custom properties are capped as CleverTap caps them: a profile has at most 256 custom keys (the
+standard ones — Name, Email, Phone, Gender, DOB, …, and every ``MSG-*`` flag — do not count), an event
+at most 256 properties. A record that would go over is refused alone with 522 (CleverTap's "properties
+limit exceeded"; its profile codes have none of their own for this limit), and the rest of the batch is
+stored.
 
 Profile property semantics:
 
@@ -68,6 +75,11 @@ MAX_KEY_BYTES = 120
 MAX_VALUE_BYTES = 512
 MAX_EVENT_NAME_CHARS = 255  # the events.name column
 MAX_NESTING = 32  # of event property values (lists and objects)
+MAX_CUSTOM_KEYS = 256  # custom profile keys (CleverTap: "the maximum number of custom user profile keys")
+MAX_EVENT_PROPERTIES = 256  # properties of one event (CleverTap's upload-events page)
+STANDARD_KEYS = frozenset(
+    {"Name", "Email", "Phone", "Gender", "DOB", "Age", "Photo", "Employed", "Education", "Married", "Tz"}
+)
 MAX_EPOCH = 10**11  # a "seconds" value above this is really milliseconds (year 5138)
 MIN_DATE = -62_135_596_800  # 0001-01-01T00:00:00Z, the earliest $D_ date
 
@@ -81,6 +93,7 @@ INVALID_PHONE = 516
 MISSING_IDENTITY = 523
 NOT_PROFILE_OR_EVENT = 524
 BAD_TS = 525
+PROPERTIES_LIMIT = 522
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OPERATIONS = ("$add", "$remove", "$incr", "$decr", "$delete")
@@ -315,6 +328,12 @@ def _profile_ops(where: str, data: Any) -> list[_Op]:
     if not isinstance(data, dict):
         got = "it is missing" if data is None else f"got {_show(data)}"
         raise RecordError(BAD_STRUCTURE, f"{where}: 'profileData' must be a JSON object; {got}")
+    if _custom_count(data) > MAX_CUSTOM_KEYS:
+        raise RecordError(
+            PROPERTIES_LIMIT,
+            f"{where}: 'profileData' has {_custom_count(data)} custom keys; a profile has at most "
+            f"{MAX_CUSTOM_KEYS}",
+        )
     ops: list[_Op] = []
     for key, value in data.items():
         _check_key(where, "profileData", key)
@@ -391,6 +410,11 @@ def _event_properties(where: str, data: Any) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise RecordError(BAD_STRUCTURE, f"{where}: 'evtData' must be a JSON object, got {_show(data)}")
+    if len(data) > MAX_EVENT_PROPERTIES:
+        raise RecordError(
+            PROPERTIES_LIMIT,
+            f"{where}: 'evtData' has {len(data)} properties; an event has at most {MAX_EVENT_PROPERTIES}",
+        )
     properties: dict[str, Any] = {}
     for key, value in data.items():
         _check_key(where, "evtData", key)
@@ -452,6 +476,10 @@ def _contains(items: Sequence[Any], value: Any) -> bool:
     return any(_same(item, value) for item in items)
 
 
+def _custom_count(properties: dict[str, Any]) -> int:
+    return sum(1 for key in properties if key not in STANDARD_KEYS and not key.startswith("MSG-"))
+
+
 def _apply(properties: dict[str, Any], ops: list[_Op]) -> str | None:
     """Apply one record's operations, all or nothing; the reason it cannot be applied, or None."""
     staged = dict(properties)
@@ -500,13 +528,28 @@ class _Row:
     properties: dict[str, Any]
 
 
-def _run(base: dict[str, Any], records: Sequence[_ProfileRecord]) -> tuple[dict[str, Any], dict[int, str]]:
+def _run(
+    base: dict[str, Any], records: Sequence[_ProfileRecord]
+) -> tuple[dict[str, Any], dict[int, tuple[int, str]]]:
+    """The records applied in order; those that cannot be, by index: (CleverTap code, message)."""
     properties = dict(base)
-    failed: dict[int, str] = {}
+    failed: dict[int, tuple[int, str]] = {}
     for record in records:
+        before = _custom_count(properties)
+        kept = dict(properties) if before + len(record.ops) > MAX_CUSTOM_KEYS else None
         reason = _apply(properties, record.ops)
         if reason is not None:
-            failed[record.index] = f"Record d[{record.index}]: {reason}"
+            failed[record.index] = (BAD_STRUCTURE, f"Record d[{record.index}]: {reason}")
+            continue
+        after = _custom_count(properties)
+        if kept is not None and after > MAX_CUSTOM_KEYS and after > before:  # this record adds too many
+            properties.clear()
+            properties.update(kept)
+            failed[record.index] = (
+                PROPERTIES_LIMIT,
+                f"Record d[{record.index}]: the profile would have {after} custom keys; at most "
+                f"{MAX_CUSTOM_KEYS} are allowed",
+            )
     return properties, failed
 
 
@@ -574,7 +617,7 @@ def ingest(
             event_keys.add(item.key)
 
     rows = _load(session, account_id, keys, lock=bool(profile_records))
-    apply_failures: dict[str, dict[int, str]] = {}
+    apply_failures: dict[str, dict[int, tuple[int, str]]] = {}
     updates: dict[str, tuple[_Row, dict[str, Any]]] = {}
     creates: dict[str, dict[str, Any]] = {}
     for key in keys:
@@ -630,8 +673,8 @@ def ingest(
         ]
 
     for failed in apply_failures.values():
-        for index, message in failed.items():
-            failures[index] = (BAD_STRUCTURE, message)
+        for index, (code, message) in failed.items():
+            failures[index] = (code, message)
     unprocessed = [
         {"status": "fail", "code": code, "error": message, "record": records[index]}
         for index, (code, message) in sorted(failures.items())
