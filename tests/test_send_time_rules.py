@@ -3,26 +3,35 @@ a campaign is planned; an opt-out settles the user's unsent messages at once. On
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from bench.cluster import read_log, start_standin
 from tests.conftest import clevertap
 from tests.helpers import insert_profiles, phone
+from tests.test_dispatcher import _on_standin
 from tidings.accounts.models import Account
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.service import create_campaign, start_campaign
+from tidings.config import Settings
 from tidings.conversations.service import record_inbound
 from tidings.db import Database, utcnow
 from tidings.delivery import service
+from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.models import Message
 from tidings.delivery.service import claim_batch, mark_dispatched
 from tidings.profiles.models import Profile
-from tidings.profiles.service import update_profile
+from tidings.profiles.service import ingest, update_profile
 from tidings.providers.base import InboundReply
+from tidings.providers.pool import ProviderPool
+from tidings.secrets import SecretBox
 from tidings.templates.service import create_template
 
 LEASE = timedelta(seconds=60)
@@ -367,3 +376,98 @@ def test_the_campaigns_own_rule_holds_at_the_mark(db: Database, account: NewAcco
     assert len(_mark(db, account, claimed[:1], now).go) == 1
     decided = _mark(db, account, claimed[1:], now)
     assert decided.go == [] and list(decided.refused.values()) == ["campaign_frequency_cap"]
+
+
+# --- the chaos way: opt-outs while a real dispatcher sends ----------------------------------------------
+
+
+def test_users_opted_out_while_a_worker_sends_get_nothing_afterwards(
+    db: Database, box: SecretBox, account: NewAccount, settings: Settings, tmp_path: Path
+) -> None:
+    """A real dispatcher sends a 300-user campaign at 100/s to a stand-in provider on loopback while the
+    test opts 200 users out — 100 by an upload, then 100 by STOP — mid-way. None of them gets a message
+    whose dispatch mark came after their opt-out committed (the last look between the mark and the
+    provider call is the dispatcher's own business), every message of theirs not sent is skipped
+    ``not_opted_in``, and everyone else gets exactly one."""
+    n = 300
+    phones = _users(db, account, n)
+    campaign_id = _campaign(db, account, utcnow())
+    by_upload = [i for i in range(n) if i % 3 == 0]
+    by_stop = [i for i in range(n) if i % 3 == 1]
+    standin = start_standin(tmp_path / "standin.log")
+    committed: dict[str, datetime] = {}  # phone → when its opt-out had committed
+
+    def dispatched() -> int:
+        with db.session() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).where(
+                        Message.campaign_id == campaign_id, Message.dispatched_at.is_not(None)
+                    )
+                )
+                or 0
+            )
+
+    def upload_opt_out() -> None:
+        records = [
+            {"type": "profile", "identity": f"u{i}", "profileData": {"MSG-whatsapp": False}}
+            for i in by_upload
+        ]
+        with db.session() as session:
+            assert not ingest(session, account.account_id, records).unprocessed
+        at = utcnow()
+        committed.update((phones[i], at) for i in by_upload)
+
+    def stop_opt_out() -> None:  # a batch of inbound webhooks, applied in one transaction
+        with db.session() as session:
+            for i in by_stop:
+                reply = InboundReply(f"in.{i}", phones[i], utcnow(), text="stop please")
+                record_inbound(session, account.account_id, "meta", reply)
+        at = utcnow()
+        committed.update((phones[i], at) for i in by_stop)
+
+    def done() -> bool:
+        with db.session() as session:
+            return service.open_work(session, campaign_id) == 0
+
+    async def run() -> None:
+        dispatcher = Dispatcher(db, settings, ProviderPool(db, settings, box))
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stop))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        try:
+            for threshold, opt_out in ((40, upload_opt_out), (120, stop_opt_out)):
+                while await asyncio.to_thread(dispatched) < threshold:
+                    assert loop.time() < deadline, "the dispatcher did not get there"
+                    await asyncio.sleep(0.01)
+                await asyncio.to_thread(opt_out)
+            while not await asyncio.to_thread(done):
+                assert loop.time() < deadline, "the campaign did not finish"
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+            await dispatcher.pool.aclose()
+
+    try:
+        _on_standin(db, box, account, standin.url, rate=100)
+        asyncio.run(run())
+    finally:
+        standin.stop()
+    received = Counter(f"+{r.to.lstrip('+')}" for r in read_log(tmp_path / "standin.log"))
+    rows = {r.to_phone: r for r in _rows(db, campaign_id)}
+    settled = 0
+    for i, to in enumerate(phones):
+        row = rows[to]
+        if to not in committed:
+            assert received[to] == 1 and row.state == "sent", (i, row.state, received[to])
+            continue
+        if row.dispatched_at is not None:  # decided before the opt-out: sent once
+            assert row.dispatched_at < committed[to], (i, row.dispatched_at, committed[to])
+            # (sent, or read: a STOP answers the message it follows)
+            assert received[to] == 1 and row.state in service.SENT_STATES, (i, row.state, row.reason)
+        else:
+            assert received[to] == 0 and (row.state, row.reason) == ("skipped", "not_opted_in"), i
+            settled += 1
+    assert settled >= 50  # many opted-out users had a message still to come, in hand or queued
