@@ -325,6 +325,9 @@ class Dispatcher:
     # --- the lanes --------------------------------------------------------------------------------------
 
     def _mark(self, lane: Lane, chunk: list[Item]) -> service.Dispatch:
+        """Whether each row may leave now, decided in one transaction: consent, DND and frequency caps
+        (the account's rules are read there, fresh for every chunk: one primary-key lookup), the pair
+        rate, the tier and the campaign still running (``service.mark_dispatched``)."""
         with self.db.session() as session:
             return service.mark_dispatched(
                 session,

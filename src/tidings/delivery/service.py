@@ -61,11 +61,14 @@ TEST_REF_PREFIX = "test-"  # client_ref of ``tidings send-test`` messages: not i
 #
 # A row's way through a worker, each step one set-based statement (see docs/architecture.md):
 #   queued ──claim_batch──▶ sending (claimed_by = the claim's token, lease_until)
-#          ──mark_dispatched──▶ sending + dispatched_at, committed just before the provider calls
+#          ──mark_dispatched──▶ sending + dispatched_at, committed just before the provider calls; or
+#                               skipped (consent, DND drop, caps, tier) | queued (DND delay, pair rate)
 #          ──record_attempts──▶ sent | queued (retry later) | failed | skipped
 # and when a worker dies: a claim never dispatched is requeued at once (no provider call happened);
 # a dispatched one waits ``reconcile`` for its status webhook (found by our ledger id, echoed by the
-# provider), then is requeued — or failed as ``outcome_unknown`` (``TIDINGS_UNKNOWN_OUTCOME=fail``).
+# provider), then — once a later message of its sender got a status, proof that the webhook path works —
+# is requeued, or failed as ``outcome_unknown`` (``TIDINGS_UNKNOWN_OUTCOME=fail``, no proof needed).
+# An opt-out settles the user's unsent rows (``skip_not_opted_in``) in its own transaction.
 
 # Retry-later answers given after the request may have reached the provider (a read time-out, a
 # connection lost mid-way, a provider that raised): the outcome is unknown, so they are reconciled from
@@ -238,31 +241,34 @@ def _send_time_rules(
     dispatched in their window (planning counted what was planned), so two campaigns planned before
     either sent still give a user no more than the cap."""
     ids = [r[0] for r in rows]
+    with_account = rules is None or account_tz is None  # the account's rules, as they are now
+    query = (
+        select(
+            Message.id,
+            Message.profile_id,
+            Message.campaign_id,
+            Profile.whatsapp_opt_in.label("opted_in"),
+            Profile.properties["Tz"].as_string().label("tz"),
+            func.coalesce(Campaign.respect_rules, False).label("respect"),
+            Campaign.frequency.label("freq"),
+            *((Account.settings, Account.timezone) if with_account else ()),
+        )
+        .join(Profile, Profile.id == Message.profile_id)
+        .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+        .where(Message.id.in_(ids))
+    )
+    if with_account:
+        query = query.join(Account, Account.id == Message.account_id)
+    read = session.execute(query).all()
     facts = {
-        row.id: _Facts(
-            row.profile_id, row.campaign_id, bool(row.opted_in), row.tz, bool(row.respect), row.freq
-        )
-        for row in session.execute(
-            select(
-                Message.id,
-                Message.profile_id,
-                Message.campaign_id,
-                Profile.whatsapp_opt_in.label("opted_in"),
-                Profile.properties["Tz"].as_string().label("tz"),
-                func.coalesce(Campaign.respect_rules, False).label("respect"),
-                Campaign.frequency.label("freq"),
-            )
-            .join(Profile, Profile.id == Message.profile_id)
-            .outerjoin(Campaign, Campaign.id == Message.campaign_id)
-            .where(Message.id.in_(ids))
-        )
+        r.id: _Facts(r.profile_id, r.campaign_id, bool(r.opted_in), r.tz, bool(r.respect), r.freq)
+        for r in read
     }
-    if rules is None or account_tz is None:
-        account = session.execute(
-            select(Account.settings, Account.timezone).where(Account.id == account_id)
-        ).first()
-        rules = rules or account_rules(account.settings if account else None)
-        account_tz = account_tz or zone(account.timezone if account else None)
+    if with_account and read:
+        rules = rules or account_rules(read[0].settings)
+        account_tz = account_tz or zone(read[0].timezone)
+    rules = rules or Rules()
+    account_tz = account_tz or zone(None)
     refused: dict[int, str] = {}
     delayed: dict[int, datetime] = {}
     ruled: list[int] = []  # rows the account's rules apply to (a campaign that respects them)
@@ -1041,7 +1047,18 @@ _STATUS_ORDER = {status: rank for rank, status in enumerate(Status)}
 def _ledger_id(update_: StatusUpdate) -> int | None:
     """Our ledger id, when the provider echoes it (``client_ref``, ``biz_opaque_callback_data``)."""
     ref = update_.client_ref
-    return int(ref) if ref and ref.isdigit() else None
+    # ASCII digits only ("²".isdigit() is true, int("²") is not), and no larger than a row id can be:
+    # anything else is not one of ours, and the status is looked up by the provider's message id.
+    if not ref or not ref.isascii() or not ref.isdigit() or len(ref) > 19:
+        return None
+    value = int(ref)
+    return value if value <= 2**63 - 1 else None
+
+
+def _fits(update_: StatusUpdate) -> bool:
+    """Ids no longer than the ledger's columns: a status with a longer one names no message of ours (and
+    could not be kept in ``pending_statuses``), so it is ignored."""
+    return len(update_.provider_message_id or "") <= 128 and len(update_.client_ref or "") <= 100
 
 
 def _rows_by(column: str) -> Any:
@@ -1115,6 +1132,7 @@ def apply_statuses(
         for i, (_, _, u) in enumerate(items)
         if not (u.client_ref or "").startswith(TEST_REF_PREFIX)
         and (_ledger_id(u) is not None or u.provider_message_id)
+        and _fits(u)
     ]
     rows = _find_rows(session, [items[i] for i in wanted])
     batches: dict[Status, list[dict[str, Any]]] = {}
