@@ -1,7 +1,8 @@
 """Chaos: a 20,000-recipient campaign through a stand-in provider on loopback while worker processes are
 killed with SIGKILL and restarted, and the provider answers 10 % of calls with 429 or 500 and some late.
 Every recipient gets exactly one message at the provider, the stats match the provider's log exactly,
-and the sender's rate limit is never exceeded in any second of the provider's clock.
+and the sender's rate limit is never exceeded in any one-second window of the provider's clock, wherever
+it starts (the busiest sliding window, not calendar seconds).
 
 On PostgreSQL: three ``tidings worker`` processes sharing the rate limit through Redis, and a
 ``tidings serve --no-worker`` for the webhooks. On SQLite: one worker and the server, the worker killed.
@@ -186,12 +187,14 @@ def test_chaos(
     assert stats["errors"] == 0 and stats["errors_by_reason"] == {}
     assert stats["delivered"] == sum(1 for r in accepted if "delivered" in r.reported)
     assert progress["remaining"] == 0 and progress["sent"] == N
-    # Never above the rate in any second of the provider's clock (every call counts, refused or not).
-    busiest = max(per_second([r.at for r in log]).values())
-    assert busiest <= RATE, f"{busiest} calls in one second, more than {RATE}"
+    # Never above the rate in any one-second window of the provider's clock, wherever it starts: the
+    # arrival times sorted, the most of them in any [t, t + 1 s) (every call counts, refused or not).
+    arrivals = [r.at for r in log]
+    busiest = max_in_window(arrivals)
     print(
         f"\nchaos ({'postgresql' if postgres else 'sqlite'}, {n_workers} workers, {kills} kills): "
-        f"{len(log)} calls, {len(refused)} refused, busiest second {busiest}, "
-        f"busiest sliding second {max_in_window([r.at for r in log])}, "
+        f"{len(log)} calls, {len(refused)} refused, busiest calendar second "
+        f"{max(per_second(arrivals).values())}, busiest sliding second {busiest}, "
         f"{len(log) / (log[-1].at - log[0].at):.0f} calls/s"
     )
+    assert busiest <= RATE, f"{busiest} calls within one second, more than {RATE}"

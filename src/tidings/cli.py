@@ -53,18 +53,34 @@ def serve(
 
     _setup_logging(log_level)
     settings = Settings.from_env()
+    if processes > 1 and not no_worker and not settings.redis_url:
+        # Each process's worker would pace every sender on its own: N times the sender's rate.
+        typer.echo(
+            f"tidings serve --processes {processes} runs a worker in each process, and without "
+            "TIDINGS_REDIS_URL each would pace every sender on its own: together they would send "
+            f"{processes} times the sender's rate limit. Set TIDINGS_REDIS_URL (the processes then share "
+            "each sender's pace), or serve with --no-worker and run one `tidings worker`.",
+            err=True,
+        )
+        raise typer.Exit(2)
     db = Database(settings.database_url)
     db.migrate()
     if processes == 1:
         app_ = asgi_app(create_app(settings, db, run_worker=not no_worker))
-        uvicorn.run(app_, host=host, port=port, log_level=log_level)
+        uvicorn.run(app_, host=host, port=port, log_level=log_level, server_header=False)
         return
     db.dispose()
     # Each process builds its own app (uvicorn starts them fresh and hands them the listening socket).
     os.environ["TIDINGS_SERVE_WORKER"] = "0" if no_worker else "1"
     os.environ["TIDINGS_SERVE_LOG_LEVEL"] = log_level
     uvicorn.run(
-        "tidings.app:app_from_env", factory=True, workers=processes, host=host, port=port, log_level=log_level
+        "tidings.app:app_from_env",
+        factory=True,
+        workers=processes,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,  # no "server: uvicorn" banner
     )
 
 

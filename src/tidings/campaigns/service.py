@@ -276,7 +276,10 @@ def schedule_campaign(session: Session, account_id: str, campaign_id: int) -> Ca
 
 
 def stop_campaign(session: Session, account_id: str, campaign_id: int) -> Campaign:
-    """Stop sending: rows not yet sent stay queued and are not sent."""
+    """Stop sending: rows not yet sent stay queued and are not sent. Once this commits, workers no longer
+    claim or mark the campaign's rows, and those they hold are given back unsent at their last look before
+    the provider call (``delivery.dispatcher``); ``POST …/stop`` waits for that
+    (``delivery.service.in_hand``)."""
     return _transition(
         session,
         account_id,

@@ -2,6 +2,12 @@
 and aiohttp underneath (``httpx-aiohttp``) instead of httpcore, whose connection pool costs several times
 more CPU per request (bench/throughput.py measures both; docs/benchmarks.md has the figures).
 
+The session carries one aiohttp trace hook, the rate limiter's last look: aiohttp calls
+``on_request_chunk_sent`` right before it writes a request's bytes (headers and body go out together in
+one write, with no await in between), and there ``ratelimit.before_write`` gives up the send's rate-limit
+slot if it turned late since it was taken, and waits for a new one — so the time a request leaves is the
+time its slot was checked (``on_request_headers_sent`` does the same for a request without a body).
+
 Providers keep speaking httpx (``tidings.providers``); only the transport changes. Its errors are mapped
 so that a provider can tell "the request never left" (``ConnectError``/``ConnectTimeout``: safe to retry)
 from "it may have reached the provider" (``ReadError``/``ReadTimeout``: reconcile before resending).
@@ -12,6 +18,8 @@ from __future__ import annotations
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+from tidings.delivery import ratelimit
 
 _NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -30,6 +38,22 @@ class ProviderTransport(AiohttpTransport):
             ) from exc.__cause__
 
 
+async def _headers_ready(*_: object) -> None:
+    await ratelimit.before_write(final=False)  # a body, if any, is written later (and looked at again)
+
+
+async def _body_ready(*_: object) -> None:
+    await ratelimit.before_write(final=True)  # nothing awaits between this and the write
+
+
+def pacing_trace() -> aiohttp.TraceConfig:
+    """The hooks that hold a request to its rate-limit slot up to the moment it is written."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_headers_ready)
+    trace.on_request_chunk_sent.append(_body_ready)
+    return trace
+
+
 def provider_client(timeout: float = 15.0, connections: int = 256) -> httpx.AsyncClient:
     """A kept-alive client for provider calls (create it anywhere; its aiohttp session opens lazily, on
     the event loop of the first request)."""
@@ -41,6 +65,6 @@ def provider_client(timeout: float = 15.0, connections: int = 256) -> httpx.Asyn
             ssl=httpx.create_ssl_context(),
             enable_cleanup_closed=True,
         )
-        return aiohttp.ClientSession(connector=connector)
+        return aiohttp.ClientSession(connector=connector, trace_configs=[pacing_trace()])
 
     return httpx.AsyncClient(timeout=timeout, transport=ProviderTransport(client=session))

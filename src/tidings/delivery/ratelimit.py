@@ -4,9 +4,21 @@ The limiter is a GCRA ("generic cell rate algorithm", a leaky bucket with no bur
 messages a second gets one slot every ``(1 + safety) / rate`` seconds, and a reservation of ``n`` slots
 moves the sender's "theoretical arrival time" (TAT) forward by ``n`` intervals. Slots are evenly spaced,
 so no one-second window ever holds more than ``rate`` sends, however the window is placed, as long as
-each send leaves within ``safety`` seconds of its slot: ``Pacer.turn`` gives up a slot it wakes up too
-late for (a busy event loop, a descheduled process) and takes a new one rather than send late and bunch
-up with the next. The achieved rate is ``rate / (1 + safety)`` (98.8 % with the default 0.012 s).
+each send leaves within ``safety`` seconds of its slot. The achieved rate is ``rate / (1 + safety)``
+(98.8 % with the default 0.012 s).
+
+"Leaves" means the moment the request's bytes are written to the socket, and a slot is checked for
+lateness twice: when ``Pacer.turn`` wakes up for it, and once more right before the write — the transport
+(``tidings.delivery.http``) calls ``before_write`` from aiohttp's last hook before it writes, with no
+await in between, so everything that happens after the slot was taken (a stalled event loop, a wait for a
+pooled connection, a slow hook) is covered. A slot found late at either point is given up and a new one
+is taken, rather than send late and bunch up with the next sends — this worker's or another's.
+
+An answer from Redis is "your first slot is d µs after I read my clock", and Redis read its clock
+somewhere between our asking and the answer's arrival, at least half the shortest round trip seen lately
+after the one and before the other: an answer that comes back late (a stalled event loop, a slow network)
+leaves its slot in doubt by the extra time it took. Lateness is judged from the earliest the slot can be,
+and a reservation in doubt by more than the tolerance is given up at once.
 
 In one process the TAT lives in memory (``MemoryLimiter``). With ``TIDINGS_REDIS_URL`` it lives in Redis
 (``RedisLimiter``): one Lua script reserves slots atomically on Redis' own clock and answers "your first
@@ -20,10 +32,13 @@ import asyncio
 import math
 import time
 from collections import deque
+from contextvars import ContextVar
+from typing import NamedTuple
 
 REDIS_PREFIX = "tidings:pace:"
 
-# KEYS[1] the sender's TAT (µs, Redis clock); ARGV[1] the interval (µs), ARGV[2] how many slots.
+# KEYS[1] the sender's TAT (µs, Redis clock); ARGV[1] the interval (µs), ARGV[2] how many slots, ARGV[3]
+# the lead (µs): no slot sooner than that from now, so that the answer is back before its first slot.
 # Returns the delay (µs) from now to the first reserved slot.
 GCRA_SCRIPT = """
 local clock = redis.call('TIME')
@@ -31,20 +46,28 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local interval = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
-local start = math.max(tat, now)
+local start = math.max(tat, now + tonumber(ARGV[3] or '0'))
 local after = start + n * interval
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', math.floor((after - now) / 1000) + 60000)
 return math.floor(start - now)
 """
 
 
+class Slots(NamedTuple):
+    """A reservation: its first slot is at ``first`` (``time.monotonic()``) at the latest, and may be up to
+    ``doubt`` seconds earlier (the round trip of a shared limiter's answer); the others follow every
+    ``interval``."""
+
+    first: float
+    doubt: float = 0.0
+
+
 class Limiter(abc.ABC):
     """Hands out send slots per sender key."""
 
     @abc.abstractmethod
-    async def reserve(self, key: str, interval: float, n: int) -> float:
-        """Reserve ``n`` consecutive slots ``interval`` seconds apart for ``key``; returns the
-        ``time.monotonic()`` of the first (the others follow every ``interval``)."""
+    async def reserve(self, key: str, interval: float, n: int) -> Slots:
+        """Reserve ``n`` consecutive slots ``interval`` seconds apart for ``key``."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -56,11 +79,11 @@ class MemoryLimiter(Limiter):
     def __init__(self) -> None:
         self._tat: dict[str, float] = {}
 
-    async def reserve(self, key: str, interval: float, n: int) -> float:
+    async def reserve(self, key: str, interval: float, n: int) -> Slots:
         now = time.monotonic()
         start = max(self._tat.get(key, 0.0), now)
         self._tat[key] = start + n * interval
-        return start
+        return Slots(start)
 
 
 class RedisLimiter(Limiter):
@@ -71,10 +94,30 @@ class RedisLimiter(Limiter):
 
         self.redis = aioredis.Redis.from_url(url)
         self._script = self.redis.register_script(GCRA_SCRIPT)
+        self._trips: deque[float] = deque(maxlen=64)  # the last round trips: the shortest is the floor
+        self._connected = False
 
-    async def reserve(self, key: str, interval: float, n: int) -> float:
-        delay_us = await self._script(keys=[REDIS_PREFIX + key], args=[math.ceil(interval * 1e6), n])
-        return time.monotonic() + int(delay_us) / 1e6
+    async def reserve(self, key: str, interval: float, n: int) -> Slots:
+        asked = time.monotonic()
+        delay_us = await self._call(key, interval, n)
+        answered = time.monotonic()
+        trip = answered - asked
+        if self._connected:  # the first trip also opened the connection: it is no measure of the way
+            self._trips.append(trip)
+        self._connected = True
+        leg = min(self._trips) / 2 if self._trips else 0.0  # each way takes at least about this long
+        # Redis read its clock between ``asked + leg`` and ``answered - leg``: the slot is at the latest at
+        # ``answered - leg + delay`` (never send before that), and may be ``trip - 2 leg`` earlier (lateness
+        # is judged from that).
+        return Slots(answered - leg + delay_us / 1e6, max(0.0, trip - 2 * leg))
+
+    async def _call(self, key: str, interval: float, n: int) -> int:
+        """The script's answer: the delay (µs) from Redis' now to the first reserved slot, which is at least
+        a round trip away (the shortest seen lately, and a little more), so that the answer, back after
+        half of one, is in time for it."""
+        lead = min(self._trips) + 0.0005 if self._trips else 0.002
+        args = [math.ceil(interval * 1e6), n, math.ceil(lead * 1e6)]
+        return int(await self._script(keys=[REDIS_PREFIX + key], args=args))
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -103,11 +146,11 @@ class Pacer:
         # A new pacer opens its connections as it goes (TCP and TLS handshakes delay the first sends
         # more than the next ones, which can bunch them at the provider): 5 % slower for a second.
         self._warm_until = time.monotonic() + 1.0
-        self._slots: deque[float] = deque()
+        self._slots: deque[tuple[float, float]] = deque()  # (at, doubt) as in ``Slots``
         self._lock = asyncio.Lock()
         self._hungry = 0
 
-    async def _next_slot(self) -> float:
+    async def _next_slot(self) -> tuple[float, float]:
         self._hungry += 1
         try:
             while not self._slots:
@@ -116,21 +159,84 @@ class Pacer:
                         break
                     n = max(1, min(self._hungry, self.chunk))
                     interval = self.interval * (1.05 if time.monotonic() < self._warm_until else 1.0)
-                    start = await self.limiter.reserve(self.key, interval, n)
-                    self._slots.extend(start + i * interval for i in range(n))
+                    got = await self.limiter.reserve(self.key, interval, n)
+                    self._slots.extend((got.first + i * interval, got.doubt) for i in range(n))
             return self._slots.popleft()
         finally:
             self._hungry -= 1
 
-    async def turn(self) -> float:
-        """Wait for the next slot and return how long it took; call the provider right after."""
-        began = time.monotonic()
+    def late(self, slot: tuple[float, float]) -> bool:
+        """True when a send leaving now would leave more than ``tolerance`` after ``slot``."""
+        at, doubt = slot
+        return time.monotonic() - (at - doubt) > self.tolerance
+
+    async def _take(self) -> tuple[float, float]:
+        """Wait for the next slot that this send can still make; those it cannot are given up."""
         while True:
             slot = await self._next_slot()
-            delay = slot - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.monotonic() - slot <= self.tolerance:
-                self.used += 1
-                return time.monotonic() - began
+            at, doubt = slot
+            if doubt <= self.tolerance:  # else: no moment is both after the slot and close enough to it
+                delay = at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if not self.late(slot):
+                    return slot
             self.lost += 1
+
+    async def turn(self) -> float:
+        """Wait for the next slot and return how long it took; call the provider right after.
+
+        The slot stays with the calling task: the first request it then makes over the provider client
+        (``tidings.delivery.http``) checks it once more right before its bytes are written
+        (``before_write``), and takes a new slot if it turned late on the way. Call ``sent()`` once the
+        provider call is over."""
+        began = time.monotonic()
+        slot = await self._take()
+        self.used += 1
+        _GATE.set(Gate(self, slot))
+        return time.monotonic() - began
+
+
+class Gate:
+    """The slot a send holds between ``Pacer.turn`` and the moment its request is written."""
+
+    __slots__ = ("open", "pacer", "slot")
+
+    def __init__(self, pacer: Pacer, slot: tuple[float, float]) -> None:
+        self.pacer = pacer
+        self.slot = slot
+        self.open = True
+
+    async def leave(self, final: bool) -> None:
+        if not self.open:
+            return
+        while self.pacer.late(self.slot):
+            self.pacer.lost += 1
+            self.slot = await self.pacer._take()
+        if final:
+            self.open = False  # the bytes are written right after this: the slot is used
+
+
+# The slot of the send this task is making (contexts are per task, and the tasks a request starts —
+# aiohttp writes a request's body from a task of its own — copy it).
+_GATE: ContextVar[Gate | None] = ContextVar("tidings_rate_gate", default=None)
+
+
+async def before_write(final: bool = True) -> None:
+    """The last look before a request's bytes are written: called by the transport's hook, with no await
+    between it and the write. If this task holds a slot that turned late since ``Pacer.turn`` (the event
+    loop stalled, a pooled connection was waited for, …), the slot is given up and a new one awaited.
+    ``final``: the write follows at once (``False`` for a step after which the transport may still
+    wait, such as aiohttp's headers, which it buffers until the body is written)."""
+    gate = _GATE.get()
+    if gate is not None:
+        await gate.leave(final)
+
+
+def sent() -> None:
+    """The send that took this task's slot is over (or never made a request: the sandbox): its slot is
+    never checked again, by this task or one it started."""
+    gate = _GATE.get()
+    if gate is not None:
+        gate.open = False
+        _GATE.set(None)
