@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tidings import __version__
 from tidings.config import Settings
 from tidings.db import Database
-from tidings.errors import ApiError
+from tidings.errors import ApiError, document_errors
+from tidings.guards import UPLOAD_PATH, Guard, SignInLimiter
 from tidings.secrets import SecretBox
 from tidings.webhooks.lane import WebhookLane
 
@@ -64,9 +65,14 @@ def create_app(
 
     app.state.webhooks = WebhookBatcher(db, box)
 
+    app.state.signins = SignInLimiter()
+    # Outermost: security headers on every answer, the body-size limit before anything reads the body
+    # (authentication included), and a JSON 500 for an unexpected exception (guards.py).
+    app.add_middleware(Guard)
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -80,8 +86,16 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body that is not UTF-8: malformed, like a body that is not JSON (422)
+            message = "body: the request body is not valid JSON (UTF-8)"
+            return JSONResponse({"code": "validation_error", "message": message}, status_code=422)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            {"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     from tidings.accounts.api import account_router
     from tidings.accounts.api import router as integrations_router
@@ -115,6 +129,9 @@ def create_app(
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
+    from tidings.deps import _current_account
+
+    document_errors(app, _current_account, UPLOAD_PATH, "UploadFailure")
     return app
 
 

@@ -7,18 +7,20 @@ import binascii
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
 from tidings.accounts.service import authenticate
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.errors import ApiError
+from tidings.guards import SignInLimiter
 from tidings.secrets import SecretBox
 
 
 def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
-    return db
+    return db.for_api()  # every statement of a request has a time-out (503 query_timeout)
 
 
 def get_settings(request: Request) -> Settings:
@@ -51,9 +53,44 @@ def credentials(request: Request) -> tuple[str | None, str | None]:
     return account_id, passcode
 
 
+def client_address(request: Request) -> str:
+    """The caller's address (behind a proxy, uvicorn takes it from ``X-Forwarded-For`` when the proxy is
+    trusted: ``--forwarded-allow-ips``, 127.0.0.1 by default)."""
+    return request.client.host if request.client else "unknown"
+
+
+class TooManySignIns(ApiError):
+    def __init__(self, wait: int) -> None:
+        super().__init__(
+            429,
+            "too_many_attempts",
+            f"too many failed sign-ins; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+        self.wait = wait
+
+
+def sign_in(request: Request, session: Session) -> Account | None:
+    """The account the request's credentials open, or None (a failure: counted). Raises ``TooManySignIns``
+    when this address, or anyone trying this account from an address it has not signed in from, failed
+    too often lately (``guards.SignInLimiter``); it is raised before the passcode is checked."""
+    account_id, passcode = credentials(request)
+    limiter: SignInLimiter = request.app.state.signins
+    address = client_address(request)
+    wait = limiter.wait(account_id, address)
+    if wait:
+        raise TooManySignIns(wait)
+    account = authenticate(session, account_id, passcode)
+    if account is not None:
+        limiter.succeeded(account.id, address)
+    elif passcode:  # a guess; a call without credentials is not one
+        limiter.failed(account_id, address)
+    return account
+
+
 def _current_account(request: Request) -> Account:
-    with get_db(request).session() as session:  # its own short transaction, begun and ended in this thread
-        account = authenticate(session, *credentials(request))
+    with get_db(request).read() as session:  # its own short read, begun and ended in this thread
+        account = sign_in(request, session)
     if account is None:
         raise ApiError(401, "unauthorized", "missing or wrong account id / passcode")
     return account

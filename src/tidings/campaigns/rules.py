@@ -89,6 +89,8 @@ def parse_rules(settings: dict[str, Any]) -> Rules:
         cap_max, cap_hours = cap["max"], cap["hours"]
         if not isinstance(cap_max, int) or cap_max < 1 or not isinstance(cap_hours, int) or cap_hours < 1:
             raise Invalid("settings.frequency_cap.max and .hours must be positive whole numbers")
+        if cap_max > 10_000 or cap_hours > 8760:  # beyond, the send-time window would not fit a datetime
+            raise Invalid("settings.frequency_cap: max is at most 10000, hours at most 8760 (a year)")
     dnd = None
     raw = settings.get("dnd")
     if raw is not None:

@@ -5,9 +5,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tidings.bounds import Id, UtcDatetime
+
 
 class VariantCreate(BaseModel):
-    template_id: int
+    template_id: Id
     variables: list[str] = Field(default_factory=list, description="One Liquid source per {{n}}.")
     key: str | None = Field(None, max_length=16, description='A label ("A", "B", … by default).')
     weight: int | None = Field(None, description="Percent of users, for a split by percentage.")
@@ -25,7 +27,7 @@ class CampaignCreate(BaseModel):
         description="one_time, single_action, inaction or on_date. Recurring and multi-date campaigns are "
         "refused: WhatsApp does not allow them.",
     )
-    template_id: int | None = Field(None, description="The template of a single-message campaign.")
+    template_id: Id | None = Field(None, description="The template of a single-message campaign.")
     variables: list[str] = Field(
         default_factory=list,
         description="One Liquid source per template variable {{1}}…{{N}}: fixed text, or e.g. "
@@ -49,8 +51,12 @@ class CampaignCreate(BaseModel):
     conversion: dict[str, Any] | None = Field(
         None, description='`{"event": "Charged", "within_hours": 168}`.'
     )
-    send_at: datetime | None = Field(None, description="Start (UTC); now when absent.")
-    ends_at: datetime | None = Field(None, description="End of a live campaign (UTC).")
+    send_at: UtcDatetime | None = Field(
+        None,
+        description="Start, with its time zone (`2026-12-01T09:00:00Z`, `…+05:30`); now when absent. "
+        "A time without a zone is refused (422).",
+    )
+    ends_at: UtcDatetime | None = Field(None, description="End of a live campaign, with its time zone.")
     draft: bool = Field(False, description="Save as a draft; POST …/schedule to schedule it.")
     schedule: Any = Field(None, description="Recurring schedules are refused (WhatsApp forbids them).")
 

@@ -9,11 +9,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tidings.bounds import Id
 from tidings.campaigns.models import Campaign
 from tidings.db import utcnow
 from tidings.delivery import service
 from tidings.deps import CurrentAccount, Db, get_settings
-from tidings.errors import Conflict, NotFound
+from tidings.errors import Conflict, NotFound, error_responses
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["delivery"])
 
@@ -56,7 +57,7 @@ def _campaign(session: Session, account_id: str, campaign_id: int) -> tuple[str,
 
 
 @router.get("/{campaign_id}/progress", response_model=Progress)
-def progress(campaign_id: int, account: CurrentAccount, db: Db, request: Request) -> Progress:
+def progress(campaign_id: Id, account: CurrentAccount, db: Db, request: Request) -> Progress:
     """Planned, sent, remaining, the current rate and the estimated time left."""
     now = utcnow()
     window = timedelta(seconds=get_settings(request).reconcile_seconds)
@@ -66,8 +67,12 @@ def progress(campaign_id: int, account: CurrentAccount, db: Db, request: Request
     return Progress(campaign_id=campaign_id, state=state, note=note, as_of=now, **figures)
 
 
-@router.post("/{campaign_id}/resume", response_model=Resumed)
-def resume(campaign_id: int, account: CurrentAccount, db: Db) -> Resumed:
+@router.post(
+    "/{campaign_id}/resume",
+    response_model=Resumed,
+    responses=error_responses({409: "`not_paused`: only a paused campaign can be resumed."}, 409),
+)
+def resume(campaign_id: Id, account: CurrentAccount, db: Db) -> Resumed:
     """Resume a paused campaign (paused → running, atomically); 409 when it is not paused."""
     with db.session() as session:
         state, _ = _campaign(session, account.id, campaign_id)

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from tidings.accounts.service import authenticate
+from tidings.bounds import Offset
 from tidings.campaigns.triggers import on_events
 from tidings.db import utcnow
-from tidings.deps import CurrentAccount, Db, credentials
+from tidings.deps import CurrentAccount, Db, TooManySignIns, sign_in
 from tidings.profiles import service
 from tidings.profiles.schemas import (
     EventOut,
@@ -117,6 +117,16 @@ _UPLOAD_EXAMPLE = {
         200: {"model": UploadResponse, "description": "Processed (check `unprocessed`)"},
         400: {"model": UploadFailure, "description": "Bad body; nothing written"},
         401: {"model": UploadFailure, "description": "Wrong account id or passcode; nothing written"},
+        413: {
+            "model": UploadFailure,
+            "description": "Body over 8 MiB; refused before it is read whole or authenticated",
+        },
+        429: {
+            "model": UploadFailure,
+            "description": "Too many failed sign-ins from this address or for this account; retry after "
+            "the `Retry-After` header's seconds",
+        },
+        500: {"model": UploadFailure, "description": "Unexpected failure (logged); nothing written"},
     },
     openapi_extra={
         "requestBody": {
@@ -129,7 +139,12 @@ _UPLOAD_EXAMPLE = {
 )
 def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)]) -> CleverTapJSONResponse:
     with db.session() as session:
-        account = authenticate(session, *credentials(request))
+        try:
+            account = sign_in(request, session)
+        except TooManySignIns as exc:
+            refused = _fail(429, f"Too many failed sign-ins; try again in {exc.wait} seconds")
+            refused.headers["Retry-After"] = str(exc.wait)
+            return refused
         if account is None:
             return _fail(401, "Account ID or passcode is not valid")
         try:
@@ -149,12 +164,11 @@ def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)])
 
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Query(ge=0, description="How many to skip")]
 
 
 @router.get("/api/v1/profiles", tags=["profiles"], response_model=ProfilePage, summary="List profiles")
 def list_profiles(account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0) -> ProfilePage:
-    with db.session() as session:
+    with db.read() as session:
         profiles, total = service.list_profiles(session, account.id, limit, offset)
         return ProfilePage(
             total=total, limit=limit, offset=offset, items=[ProfileOut.model_validate(p) for p in profiles]
@@ -171,7 +185,7 @@ def list_profiles(account: CurrentAccount, db: Db, limit: Limit = 50, offset: Of
 def list_events(
     identity: str, account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0
 ) -> EventPage:
-    with db.session() as session:
+    with db.read() as session:
         events, total = service.list_events(session, account.id, identity, limit, offset)
         return EventPage(
             identity=identity,
@@ -186,5 +200,5 @@ def list_events(
     "/api/v1/profiles/{identity:path}", tags=["profiles"], response_model=ProfileOut, summary="One profile"
 )
 def get_profile(identity: str, account: CurrentAccount, db: Db) -> ProfileOut:
-    with db.session() as session:
+    with db.read() as session:
         return ProfileOut.model_validate(service.get_profile(session, account.id, identity))

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from tidings.bounds import Id
 from tidings.db import utcnow
 from tidings.deps import CurrentAccount, Db
 from tidings.errors import Invalid, error_responses
@@ -50,7 +51,7 @@ def create_segment(payload: SegmentCreate, db: Db, account: CurrentAccount) -> S
 @router.get("", response_model=list[SegmentOut], responses=_errors(401))
 def list_segments(db: Db, account: CurrentAccount) -> list[SegmentOut]:
     """The account's segments, by name."""
-    with db.session() as session:
+    with db.read() as session:
         return [SegmentOut.model_validate(s) for s in service.list_segments(session, account.id)]
 
 
@@ -58,19 +59,19 @@ def list_segments(db: Db, account: CurrentAccount) -> list[SegmentOut]:
 def estimate(payload: EstimateRequest, db: Db, account: CurrentAccount) -> EstimateOut:
     """How many of the account's profiles a definition selects now (saved segments may be referred to
     with `{"segment_id": N}`)."""
-    with db.session() as session:
+    with db.read() as session:
         count = service.estimate(session, account.id, payload.raw_definition(), utcnow(), root="definition")
         return EstimateOut(count=count)
 
 
 @router.get("/{segment_id}", response_model=SegmentOut, responses=_errors(401, 404, 422))
-def get_segment(segment_id: int, db: Db, account: CurrentAccount) -> SegmentOut:
-    with db.session() as session:
+def get_segment(segment_id: Id, db: Db, account: CurrentAccount) -> SegmentOut:
+    with db.read() as session:
         return SegmentOut.model_validate(service.get_segment(session, account.id, segment_id))
 
 
 @router.patch("/{segment_id}", response_model=SegmentOut, responses=_errors(401, 404, 409, 422))
-def update_segment(segment_id: int, payload: SegmentUpdate, db: Db, account: CurrentAccount) -> SegmentOut:
+def update_segment(segment_id: Id, payload: SegmentUpdate, db: Db, account: CurrentAccount) -> SegmentOut:
     """Change the name and/or the definition. Campaigns that refer to the segment and have not started yet
     will use the new definition."""
     sent = payload.model_fields_set
@@ -87,7 +88,7 @@ def update_segment(segment_id: int, payload: SegmentUpdate, db: Db, account: Cur
 @router.delete(
     "/{segment_id}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 422)
 )
-def delete_segment(segment_id: int, db: Db, account: CurrentAccount) -> None:
+def delete_segment(segment_id: Id, db: Db, account: CurrentAccount) -> None:
     """Delete a segment; refused with `segment_in_use` while another segment or a campaign still to run
     refers to it."""
     with db.session() as session:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from tidings.bounds import Id
 from tidings.deps import CurrentAccount, Db
 from tidings.errors import error_responses
 from tidings.templates import service
@@ -17,7 +18,11 @@ router = APIRouter(prefix="/api/v1/templates", tags=["templates"])
 ERRORS = {
     401: "Missing or wrong account id / passcode (`unauthorized`).",
     404: "No such template in this account (`not_found`).",
-    409: "`template_exists`: same name and language already; `template_in_use`: a campaign uses it.",
+    409: "`template_exists`: same name and language already; `template_in_use`: a campaign uses it. "
+    "Sync: `sync_not_supported` (Vonage), `sync_not_configured` (no `waba_id`), `provider_unauthorized` "
+    "(Meta refused the token), `credentials_unreadable`, `untrusted_base_url`.",
+    502: "`provider_error`: the provider failed or could not be reached during template sync; `message` "
+    "gives its code and a one-line summary.",
     422: "Refused input: `validation_error` for a malformed request (missing field, wrong type, unknown "
     "field), or `invalid_<field>` (`invalid_name`, `invalid_body`, `invalid_language`, "
     "`invalid_category`, `invalid_status`, `invalid_provider_template_id`) for a value the template "
@@ -48,20 +53,20 @@ def list_templates(
     ),
 ) -> list[TemplateOut]:
     """The account's templates, ordered by name and language."""
-    with db.session() as session:
+    with db.read() as session:
         templates = service.list_templates(session, account.id, status=status, name=name)
         return [TemplateOut.model_validate(t) for t in templates]
 
 
 @router.get("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 422))
-def get_template(template_id: int, db: Db, account: CurrentAccount) -> TemplateOut:
-    with db.session() as session:
+def get_template(template_id: Id, db: Db, account: CurrentAccount) -> TemplateOut:
+    with db.read() as session:
         return TemplateOut.model_validate(service.get_template(session, account.id, template_id))
 
 
 @router.patch("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 409, 422))
 def update_template(
-    template_id: int, payload: TemplateUpdate, db: Db, account: CurrentAccount
+    template_id: Id, payload: TemplateUpdate, db: Db, account: CurrentAccount
 ) -> TemplateOut:
     """Change the fields sent; the template is validated again (a new body gives a new `variable_count`)."""
     with db.session() as session:
@@ -72,16 +77,21 @@ def update_template(
 @router.delete(
     "/{template_id}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 422)
 )
-def delete_template(template_id: int, db: Db, account: CurrentAccount) -> None:
+def delete_template(template_id: Id, db: Db, account: CurrentAccount) -> None:
     """Delete a template; refused with `template_in_use` while a campaign uses it."""
     with db.session() as session:
         service.delete_template(session, account.id, template_id)
 
 
-@router.post("/sync", responses=_errors(401, 409))
+@router.post("/sync", responses=_errors(401, 409, 502))
 async def sync(request: Request, account: CurrentAccount) -> dict[str, int]:
     """Fetch the templates from the provider (Meta: all pages) and create or update them here, with their
     status and category. The sandbox approves pending templates; Vonage has no listing (409)."""
     from tidings.templates.sync import sync_templates
 
-    return await sync_templates(request.app.state.db, request.app.state.box, account.id)
+    return await sync_templates(
+        request.app.state.db,
+        request.app.state.box,
+        account.id,
+        request.app.state.settings.extra_provider_hosts,
+    )

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from tidings.errors import ApiError
+from tidings.guards import SECURITY_HEADERS, WEBHOOK_MAX_BODY
 from tidings.metrics import WEBHOOK_SECONDS, WEBHOOKS
 from tidings.webhooks.api import receive
 from tidings.webhooks.batch import WebhookBatcher
@@ -26,7 +27,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 4 * 1024 * 1024  # Meta's payloads are at most 3 MB
+MAX_BODY = WEBHOOK_MAX_BODY  # Meta's payloads are at most 3 MB
 VONAGE_KINDS = ("status", "inbound")
 
 
@@ -40,6 +41,10 @@ def _route(path: str) -> tuple[str, str, str | None] | None:
     return None
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"webhook bodies are limited to {MAX_BODY} bytes")
+
+
 async def _body(receive_: Receive) -> bytes:
     chunks = []
     size = 0
@@ -50,7 +55,7 @@ async def _body(receive_: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:
-            raise ApiError(413, "payload_too_large", f"webhook bodies are limited to {MAX_BODY} bytes")
+            raise _too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -78,6 +83,9 @@ class WebhookLane:
                 return
             try:
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                declared = headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_BODY:  # refused before it is read
+                    raise _too_large()
                 body = await _body(receive_)
                 status, answer = 200, await receive(self.batcher, *route, headers, body)
             except ApiError as exc:
@@ -97,6 +105,7 @@ class WebhookLane:
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", b"%d" % len(data)),
+                        *SECURITY_HEADERS,
                     ],
                 }
             )
