@@ -29,7 +29,8 @@ from tests.helpers import insert_profiles, phone, refused
 from tests.standins.meta import MetaStandIn, Scripted, envelope, meta_template, signed, status_change
 from tests.standins.vonage import VonageStandIn, accepted, rsa_key_pair
 from tidings.accounts import integrations
-from tidings.accounts.service import NewAccount
+from tidings.accounts.service import NewAccount, get_integration
+from tidings.accounts.testsend import send_test_message
 from tidings.campaigns.models import Campaign
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings, parse_provider_hosts
@@ -38,6 +39,7 @@ from tidings.db import Database, utcnow
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.models import Message
 from tidings.delivery.service import UNCERTAIN_CODES
+from tidings.errors import ApiError
 from tidings.providers.base import OutboundMessage, Outcome, SendResult, WebhookError, transport_failure
 from tidings.providers.meta import classify_response as meta_classify
 from tidings.providers.pool import ProviderPool, UnusableProvider
@@ -126,6 +128,12 @@ def _campaign_row(db: Database, campaign_id: int) -> Campaign:
         assert campaign is not None
         session.expunge(campaign)
         return campaign
+
+
+def _paused_and_settled(db: Database, campaign_id: int) -> bool:
+    """The campaign paused itself and none of its rows is in a worker's hands: each failed or waits."""
+    states = {r.state for r in _rows(db, campaign_id)}
+    return _campaign_row(db, campaign_id).state == "paused" and states <= {"failed", "queued"}
 
 
 def _dispatch_until(
@@ -265,10 +273,10 @@ def test_the_token_is_never_sent_to_a_host_that_is_not_the_providers(
     pool = ProviderPool(db, strict, box)
     assert isinstance(pool.get(account.account_id), UnusableProvider)
     asyncio.run(pool.aclose())
-    _dispatch_until(db, strict, box, lambda: all(r.state == "failed" for r in _rows(db, campaign_id)))
+    _dispatch_until(db, strict, box, lambda: _paused_and_settled(db, campaign_id))
     assert meta_standin.requests == []
-    rows = _rows(db, campaign_id)
-    assert {r.reason for r in rows} == {"meta:integration_invalid"}
+    rows = [r for r in _rows(db, campaign_id) if r.state == "failed"]
+    assert rows and {r.reason for r in rows} == {"meta:integration_invalid"}
     assert "not one of them" in (rows[0].error_detail or "")
     campaign = _campaign_row(db, campaign_id)
     assert campaign.state == "paused" and "PUT /api/v1/integrations/whatsapp" in (campaign.note or "")
@@ -314,10 +322,7 @@ def test_refused_credentials_fail_the_send_and_pause_the_campaign_at_once(
     with standin.serve() as base_url:
         _save(db, box, account, _meta(base_url) if kind == "meta" else _vonage(base_url))
 
-        def paused() -> bool:
-            return _campaign_row(db, campaign_id).state == "paused"
-
-        _dispatch_until(db, fast, box, paused)
+        _dispatch_until(db, fast, box, lambda: _paused_and_settled(db, campaign_id))
     campaign = _campaign_row(db, campaign_id)
     assert reason in (campaign.note or "") and "PUT /api/v1/integrations/whatsapp" in (campaign.note or "")
     failed = [r for r in _rows(db, campaign_id) if r.state == "failed"]
@@ -335,10 +340,19 @@ def test_secrets_sealed_with_another_key_fail_with_a_reason_not_a_loop(
     campaign_id = _campaign(db, account, 3)
     _save(db, box, account, _meta(meta_standin.base_url or ""))
     other = SecretBox(Fernet.generate_key())
-    _dispatch_until(db, fast, other, lambda: all(r.state == "failed" for r in _rows(db, campaign_id)))
-    assert {r.reason for r in _rows(db, campaign_id)} == {"meta:credentials_unreadable"}
+    _dispatch_until(db, fast, other, lambda: _paused_and_settled(db, campaign_id))
+    failed = [r for r in _rows(db, campaign_id) if r.state == "failed"]
+    assert failed and {r.reason for r in failed} == {"meta:credentials_unreadable"}
     campaign = _campaign_row(db, campaign_id)
     assert campaign.state == "paused" and "TIDINGS_SECRET_KEY" in (campaign.note or "")
+    assert meta_standin.requests == []
+    # Reading the integration and a test send say so in JSON, rather than a plain-text 500.
+    with db.session() as session:
+        shown = integrations.describe(get_integration(session, account.account_id), other, "http://x")
+    assert "TIDINGS_SECRET_KEY" in shown["secrets"]["unreadable"]
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(send_test_message(db, other, fast, account.account_id, to=phone(0)))
+    assert (caught.value.status, caught.value.code) == (409, "credentials_unreadable")
     assert meta_standin.requests == []
     # The way out: save the secrets again under the new key.
     with db.session() as session:

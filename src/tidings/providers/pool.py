@@ -16,7 +16,7 @@ from tidings.db import Database
 from tidings.providers.base import OutboundMessage, Provider, SendResult
 from tidings.providers.meta import MetaProvider
 from tidings.providers.sandbox import SandboxProvider
-from tidings.providers.trust import check_base_url
+from tidings.providers.trust import check_base_url, check_ids
 from tidings.providers.vonage import VonageProvider
 from tidings.secrets import SecretBox
 
@@ -65,12 +65,14 @@ def build_provider(
 
     The base URL is checked here, where requests are made, against the providers' hosts and
     ``TIDINGS_EXTRA_PROVIDER_HOSTS`` (``trust.check_base_url``): ``UntrustedUrl`` (a ``ValueError``) when
-    it names another host, so that no token is ever sent there."""
+    it names another host, so that no token is ever sent there; the ids that go into request paths must
+    have the provider's shape (``trust.check_ids``)."""
     if kind in ("vonage", "meta"):
         settings = {
             **settings,
             "base_url": check_base_url(kind, settings.get("base_url"), app.extra_provider_hosts),
         }
+        check_ids(kind, settings)
     if kind == "sandbox":
         return SandboxProvider(
             webhook_base=f"{app.public_url}/webhooks/sandbox/{account_id}",
