@@ -320,6 +320,7 @@ def test_upload_refusals_keep_clevertaps_shape(client: Any, account: NewAccount)
     fail(client.post("/1/upload", json={"d": []}, headers={"X-CleverTap-Account-Id": "TID-NOPE"}), 401)
     fail(client.post("/1/upload", content=b"not json", headers=clevertap(account)), 400)
     fail(client.post("/1/upload", json={"d": [{}] * 1001}, headers=clevertap(account)), 400)
+    fail(client.get("/1/upload", headers=clevertap(account)), 405)
     record = {"identity": "x", "type": "profile", "profileData": {"a": "x" * (9 << 20)}}
     big = json.dumps({"d": [record]}).encode()
     fail(client.post("/1/upload", content=big, headers=clevertap(account)), 413)

@@ -16,7 +16,7 @@ from tidings import __version__
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.errors import ApiError, document_errors
-from tidings.guards import UPLOAD_PATH, Guard, SignInLimiter
+from tidings.guards import UPLOAD_PATH, Guard, SignInLimiter, error_answer
 from tidings.secrets import SecretBox
 from tidings.webhooks.lane import WebhookLane
 
@@ -71,8 +71,9 @@ def create_app(
     app.add_middleware(Guard)
 
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = _upload_error(exc.status, exc.message) if request.url.path == UPLOAD_PATH else exc.body()
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,7 +86,7 @@ def create_app(
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a body that is not UTF-8: malformed, like a body that is not JSON (422)
             message = "body: the request body is not valid JSON (UTF-8)"
@@ -93,9 +94,8 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return JSONResponse(
-            {"code": code, "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-        )
+        body = error_answer(request.url.path, exc.status_code, code, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     from tidings.accounts.api import account_router
     from tidings.accounts.api import router as integrations_router
@@ -129,10 +129,15 @@ def create_app(
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
-    from tidings.deps import _current_account
+    from tidings.deps import _current_account, get_db
 
-    document_errors(app, _current_account, UPLOAD_PATH, "UploadFailure")
+    document_errors(app, _current_account, get_db, UPLOAD_PATH, "UploadFailure")
     return app
+
+
+def _upload_error(status: int, message: str) -> dict[str, object]:
+    """CleverTap's shape of a refused ``/1/upload``: ``{"status": "fail", "error", "code"}``."""
+    return error_answer(UPLOAD_PATH, status, "", message)
 
 
 def asgi_app(app: FastAPI) -> WebhookLane:

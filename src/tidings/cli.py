@@ -195,8 +195,12 @@ def templates_sync(account: Annotated[str, typer.Option(help="Account id.")]) ->
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the migrations (serve, worker and demo do it themselves)."""
+    from tidings.secrets import private_folder
+
     settings = Settings.from_env()
     Database(settings.database_url).migrate()
+    if settings.data_dir.exists():
+        private_folder(settings.data_dir)  # as serve and worker leave it: readable by its owner only
     console.print("database is at the latest revision")
 
 

@@ -76,6 +76,7 @@ COMMON_ERRORS = {
     429: "`too_many_attempts`: too many failed sign-ins from this address or for this account; retry after "
     "the `Retry-After` header's seconds.",
     500: "`internal_error`: an unexpected failure (logged with its trace); try again later.",
+    503: "`query_timeout`: the database did not answer in time; narrow the request or try again later.",
 }
 
 
@@ -94,7 +95,9 @@ def _api_routes(app: Any) -> list[Any]:
     return [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)]
 
 
-def document_errors(app: Any, account_dependency: Any, upload_path: str, upload_error: str) -> None:
+def document_errors(
+    app: Any, account_dependency: Any, db_dependency: Any, upload_path: str, upload_error: str
+) -> None:
     """Make ``app.openapi()`` list, for every operation, each error status it can answer (``COMMON_ERRORS``
     for those a route does not describe itself), with our error body instead of FastAPI's default 422."""
     build = app.openapi
@@ -112,6 +115,8 @@ def document_errors(app: Any, account_dependency: Any, upload_path: str, upload_
             statuses = {500}
             if _needs_account(route.dependant, account_dependency) or route.path == upload_path:
                 statuses |= {401, 429}
+            if _needs_account(route.dependant, db_dependency):
+                statuses.add(503)
             if route.methods & {"POST", "PUT", "PATCH"}:
                 statuses.add(413)
             if route.dependant.path_params:

@@ -7,8 +7,11 @@ embedded default keeps a generated key in ``<data dir>/secret.key`` (mode 0600),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +30,15 @@ class SecretBox:
 
     @classmethod
     def from_settings(cls, secret_key: str | None, data_dir: Path) -> SecretBox:
+        if data_dir.exists():
+            private_folder(data_dir)
         if secret_key:
             return cls(secret_key)
         path = data_dir / "secret.key"
         if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(Fernet.generate_key())
+            private_folder(data_dir)
+            _create_key(path)
+        _owner_only(path, 0o600)
         return cls(path.read_bytes().strip())
 
     def seal(self, values: dict[str, Any]) -> str:
@@ -48,6 +52,38 @@ class SecretBox:
         except InvalidToken as exc:
             raise ValueError("saved secrets cannot be decrypted with this TIDINGS_SECRET_KEY") from exc
         return dict(data)
+
+
+def private_folder(folder: Path) -> None:
+    """The data folder, readable by its owner only (0700): created so, and tightened if it is ours. A
+    folder owned by someone else or shared on purpose (sticky, like /tmp) is left as it is."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _owner_only(folder, 0o700)
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    info = path.stat()
+    ours = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if info.st_mode & 0o077 and ours and not info.st_mode & stat.S_ISVTX:
+        os.chmod(path, mode)
+
+
+def _create_key(path: Path) -> None:
+    """Write a new key to ``path`` unless one is there, safely when several processes start at once: the
+    key is written whole to a file of this process, then linked to ``path`` — which fails, leaving the
+    first key in place, when another process got there first. Nobody ever reads a half-written key."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(Fernet.generate_key())
+            fh.flush()
+            os.fsync(fh.fileno())
+        # Atomic, and never replaces an existing file: when another process's key won, everyone uses it.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def mask(value: str) -> str:

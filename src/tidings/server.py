@@ -27,7 +27,8 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 def serving(app: Callable[..., Any], sock: socket.socket) -> Iterator[str]:
     """Serve the ASGI ``app`` on ``sock`` until the block ends; yields the base URL."""
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, server_header=False)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
