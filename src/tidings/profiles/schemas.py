@@ -49,7 +49,10 @@ class UploadFailure(BaseModel):
 
     status: Literal["fail"] = "fail"
     error: str
-    code: int = Field(description="400 bad body, 401 bad credentials")
+    code: int = Field(
+        description="The HTTP status: 400 bad body, 401 bad credentials, 405 not a POST, 413 body over "
+        "8 MiB, 429 too many failed sign-ins (see `Retry-After`), 500/503 try again later"
+    )
 
 
 # ------------------------------------------------------------------------------------------ /api/v1/profiles
