@@ -389,7 +389,13 @@ def _fresh_databases(tmp_path: Path) -> Iterator[str]:
             conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
             conn.execute(text(f"CREATE SCHEMA {schema}"))
         admin.dispose()
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+        try:
+            yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+        finally:
+            admin = Database(PG_URL)
+            with admin.engine.begin() as conn:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            admin.dispose()
 
 
 def test_processes_that_start_together_migrate_one_after_the_other(tmp_path: Path) -> None:
