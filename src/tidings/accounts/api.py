@@ -14,6 +14,7 @@ from tidings.accounts.models import Account
 from tidings.accounts.service import get_integration
 from tidings.campaigns.rules import parse_rules
 from tidings.campaigns.schemas import AccountOut, AccountUpdate
+from tidings.conversations.keywords import validate_keywords
 from tidings.deps import CurrentAccount, Db, get_box, get_settings
 from tidings.errors import Invalid
 
@@ -82,6 +83,7 @@ def configure(body: IntegrationIn, request: Request, account: CurrentAccount, db
             settings=body.settings,
             secrets=body.secrets,
             rate_limit=body.rate_limit,
+            extra_hosts=get_settings(request).extra_provider_hosts,
         )
         shown = integrations.describe(integration, box, get_settings(request).public_url)
     return IntegrationOut(**shown)
@@ -117,7 +119,8 @@ def _account_out(account: Account) -> AccountOut:
 
 @account_router.get("", response_model=AccountOut)
 def read_account(account: CurrentAccount) -> AccountOut:
-    """The account: name, time zone, and its engagement rules (system control group, frequency cap, DND)."""
+    """The account: name, time zone, its engagement rules (system control group, frequency cap, DND) and
+    its own consent keywords per language (``settings.keywords``)."""
     return _account_out(account)
 
 
@@ -136,6 +139,7 @@ def update_account(body: AccountUpdate, account: CurrentAccount, db: Db) -> Acco
             row.timezone = body.timezone
         if body.settings is not None:
             parse_rules(body.settings)
+            validate_keywords(body.settings.get("keywords"))
             row.settings = body.settings
         session.flush()
         return _account_out(row)

@@ -1,17 +1,33 @@
-"""Inbound messages: a user's reply is kept, marks the campaign message it answers as replied, and
-``STOP`` opts the user out of WhatsApp."""
+"""Inbound messages: a user's reply is kept, marks the campaign message it answers as replied, and a
+consent keyword (``STOP`` as people write it, Meta's "Stop promotions" button, ``START``, the account's
+own keywords; see ``tidings.conversations.keywords``) opts every profile with that phone number out of
+WhatsApp, or in again."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tidings.accounts.models import Account
+from tidings.conversations.keywords import account_keywords, consent_change
 from tidings.conversations.models import InboundMessage
 from tidings.delivery import service as delivery
-from tidings.profiles.service import profile_by_phone, set_whatsapp_opt_in
+from tidings.profiles.service import profile_by_phone, set_whatsapp_opt_in_by_phone
 from tidings.providers.base import InboundReply
 
-STOP_WORDS = {"STOP", "UNSUBSCRIBE", "STOP ALL", "OPT OUT", "OPTOUT"}
+# Kinds whose text is what the user wrote or tapped (others carry a placeholder such as "[image]").
+_WORDED = frozenset({"text", "button", "interactive", "reply"})
+
+
+def consent_of(session: Session, account_id: str, reply: InboundReply) -> bool | None:
+    """``False`` when the reply opts out, ``True`` when it opts in again, else ``None``: its text (for a
+    typed or tapped reply) and a button's payload are both examined."""
+    text = reply.text if reply.kind in _WORDED else None
+    if not text and not reply.payload:
+        return None
+    account = session.get(Account, account_id)
+    keywords = account_keywords(account.settings if account is not None else None)
+    return consent_change(text, reply.payload, keywords)
 
 
 def record_inbound(session: Session, account_id: str, provider: str, reply: InboundReply) -> bool:
@@ -31,8 +47,9 @@ def record_inbound(session: Session, account_id: str, provider: str, reply: Inbo
     )
     if answered is not None:
         delivery.mark_replied(session, answered, reply.timestamp)
-    if profile is not None and reply.text.strip().upper() in STOP_WORDS:
-        set_whatsapp_opt_in(session, profile, False)
+    consent = consent_of(session, account_id, reply)
+    if consent is not None:
+        set_whatsapp_opt_in_by_phone(session, account_id, reply.from_phone, consent)
     session.add(
         InboundMessage(
             account_id=account_id,

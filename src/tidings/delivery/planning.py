@@ -32,7 +32,6 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    exists,
     func,
     literal,
     null,
@@ -40,7 +39,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.campaigns.rules import Rules
@@ -52,6 +51,7 @@ from tidings.profiles.service import BUCKET_PRIME
 from tidings.types import Json
 
 LIVE_STATES = ("queued", "sending", "sent", "delivered", "read")  # messages that count against caps
+CONTROL_REASONS = ("system_control_group", "campaign_control_group")
 
 
 def salts(*parts: object) -> tuple[int, int]:
@@ -99,7 +99,7 @@ def _variant_of(
 ) -> tuple[ColumnElement[Any], list[Choice]]:
     """The SQL that picks each profile's variant, deterministic per user."""
     if not variants or not campaign.split:
-        return null(), [Choice(None, campaign.variables)]
+        return cast(null(), Integer), [Choice(None, campaign.variables)]
     choices = [Choice(v.id, v.variables) for v in variants]
     if campaign.split.get("by") == "property":
         value = Profile.properties[campaign.split["property"]].as_string()
@@ -129,33 +129,55 @@ def plan_audience(
 ) -> int:
     """Write one ledger row per profile in the audience (and per row of ``join`` when given, which
     supplies the ``occurrence`` and the event ``context``). Rerunning adds nothing: the key
-    (campaign, profile, occurrence) is unique. Returns how many rows were written."""
+    (campaign, profile, occurrence) is unique. Returns how many rows were written.
+
+    One person is one phone number: of the profiles that share a number, one per campaign occurrence is
+    planned (the lowest profile id among those that pass the checks before it), the others are
+    ``skipped`` as ``duplicate_phone`` — also when the number was planned by an earlier statement. The
+    frequency caps count what the number received, whichever profile it was planned for."""
     variant, choices = _variant_of(campaign, variants)
-    checks: list[tuple[ColumnElement[bool], str, str]] = [
-        (Profile.whatsapp_opt_in.is_(False), "skipped", "not_opted_in"),
-        (Profile.phone.is_(None), "skipped", "no_valid_phone"),
+    occ = occurrence if occurrence is not None else literal("", String)
+    # What the person got: the ledger rows of every profile that has this profile's phone (itself
+    # included). The profiles are found first (``ix_profiles_account_phone``), then each one's rows by the
+    # ledger's keys, in a scalar subquery per profile that the database cannot turn around: a plan that
+    # scanned the campaign's rows for each profile instead would make planning quadratic.
+    same = aliased(Profile, name="same_phone")
+    same_phone = (same.account_id == campaign.account_id, same.phone == Profile.phone)
+
+    def person_has(*conditions: ColumnElement[bool], others_only: bool = False) -> ColumnElement[bool]:
+        row = (
+            select(literal(1))
+            .where(Message.profile_id == same.id, *conditions)
+            .correlate_except(Message)
+            .limit(1)
+            .scalar_subquery()
+        )
+        whose = (*same_phone, same.id != Profile.id) if others_only else same_phone
+        return select(literal(1)).select_from(same).where(*whose, row.is_not(None)).exists()
+
+    checks: list[tuple[ColumnElement[bool], str]] = [
+        (Profile.whatsapp_opt_in.is_(False), "not_opted_in"),
+        (Profile.phone.is_(None), "no_valid_phone"),
     ]
     if campaign.respect_rules and rules.cap_max and rules.cap_hours:
-        sent_lately = (
+        each_lately = (
             select(func.count())
             .where(
-                Message.profile_id == Profile.id,
+                Message.profile_id == same.id,
                 Message.state.in_(LIVE_STATES),
                 Message.created_at >= now - timedelta(hours=rules.cap_hours),
             )
             .scalar_subquery()
         )
-        checks.append((sent_lately >= rules.cap_max, "skipped", "global_frequency_cap"))
+        sent_lately = select(func.sum(each_lately)).select_from(same).where(*same_phone).scalar_subquery()
+        checks.append((sent_lately >= rules.cap_max, "global_frequency_cap"))
     frequency = campaign.frequency or {"rule": "every_time"}
-    if frequency["rule"] in ("once", "min_gap"):
-        earlier = [
-            Message.campaign_id == campaign.id,
-            Message.profile_id == Profile.id,
-            Message.state != "skipped",
-        ]
+    once_per_person = frequency["rule"] in ("once", "min_gap")
+    if once_per_person:
+        earlier = [Message.campaign_id == campaign.id, Message.state != "skipped"]
         if frequency["rule"] == "min_gap":
             earlier.append(Message.created_at >= now - timedelta(hours=frequency["hours"]))
-        checks.append((exists().where(*earlier), "skipped", "campaign_frequency_cap"))
+        checks.append((person_has(*earlier), "campaign_frequency_cap"))
     details: list[tuple[ColumnElement[bool], str]] = []
     for choice in choices:
         required = sorted(set().union(*(required_profile_properties(v) for v in choice.variables)))
@@ -165,48 +187,102 @@ def plan_audience(
                 missing = and_(variant == choice.variant_id, missing)
             details.append((missing, f"Profile.{prop} is missing and has no default"))
     if details:
-        checks.append((or_(*(m for m, _ in details)), "skipped", "missing_personalization"))
+        checks.append((or_(*(m for m, _ in details)), "missing_personalization"))
+    # The number was already planned for this occurrence by an earlier statement, for another profile
+    # (not asked when the campaign has no rows yet, as on a one-time campaign's only planning).
+    if session.scalar(select(Message.id).where(Message.campaign_id == campaign.id).limit(1)) is not None:
+        planned_before = person_has(
+            Message.campaign_id == campaign.id,
+            Message.occurrence == occ,
+            Message.to_phone == same.phone,
+            Message.state != "skipped",
+            others_only=True,
+        )
+        checks.append((planned_before, "duplicate_phone"))
+    controls: list[tuple[ColumnElement[bool], str]] = []
     if campaign.system_control_group and rules.system_control_group_pct:
         in_system = _bucket(*system_salts(campaign.account_id)) < rules.system_control_group_pct
-        checks.append((in_system, "control", "system_control_group"))
+        controls.append((in_system, "system_control_group"))
     if campaign.control_group_pct:
-        checks.append(
+        controls.append(
             (
                 _bucket(*control_salts(campaign.account_id, campaign.id)) < campaign.control_group_pct,
-                "control",
                 "campaign_control_group",
             )
         )
     send_at: Any = literal(now, UTCDateTime())
     dnd = rules.dnd if campaign.respect_rules and rules.dnd and rules.dnd.timezone == "account" else None
     dnd_end = dnd.window_end(now, account_tz) if dnd else None
-    if dnd is not None and dnd_end is not None:
-        if dnd.action == "drop":
-            checks.append((literal(True), "skipped", "dnd"))
-        else:
-            send_at = literal(dnd_end, UTCDateTime())
+    dnd_drop = dnd is not None and dnd_end is not None and dnd.action == "drop"
+    if dnd is not None and dnd_end is not None and not dnd_drop:
+        send_at = literal(dnd_end, UTCDateTime())
 
-    state = case(*((cond, st) for cond, st, _ in checks), else_="queued")
-    reason = case(*((cond, why) for cond, _, why in checks), else_=None)
+    # Per profile (and joined row): the first skip reason of checks 1-5, the control group it falls in.
     detail: Any = case(*details, else_=None) if details else literal(None, String)
+    each = select(
+        Profile.account_id.label("account_id"),
+        Profile.id.label("profile_id"),
+        Profile.phone.label("to_phone"),
+        case(*checks, else_=None).label("skip"),
+        (case(*controls, else_=None) if controls else literal(None, String)).label("control"),
+        detail.label("error_detail"),
+        occ.label("occurrence"),
+        variant.label("variant_id"),
+        (context if context is not None else cast(null(), Json)).label("context"),
+    )
+    each_q = (each.select_from(Profile).join(join[0], join[1]) if join else each).where(
+        Profile.account_id == campaign.account_id, audience
+    )
+    # OFFSET 0: computed once per row, not copied into each use below (PostgreSQL would inline it).
+    row = each_q.offset(0).subquery("planned")
+    # Then, among the profiles that passed those checks, one per phone number and occurrence (and, for a
+    # campaign sent once per person or with a minimum gap, one per phone number in this statement).
+    passed = row.c.skip.is_(None)
+    # dense_rank: the rows of one profile (two joined rows of one occurrence, which the key reduces to
+    # one) rank alike, so one of them never makes the other a duplicate.
+    first_of_phone = func.dense_rank().over(
+        partition_by=(row.c.to_phone, row.c.occurrence, passed), order_by=row.c.profile_id
+    )
+    whens: list[tuple[ColumnElement[bool], Any]] = [
+        (row.c.skip.is_not(None), row.c.skip),
+        (first_of_phone > 1, "duplicate_phone"),
+    ]
+    if once_per_person:
+        first_of_person = func.dense_rank().over(
+            partition_by=(row.c.to_phone, passed), order_by=(row.c.profile_id, row.c.occurrence)
+        )
+        whens.append((first_of_person > 1, "campaign_frequency_cap"))
+    whens.append((row.c.control.is_not(None), row.c.control))
+    if dnd_drop:
+        whens.append((literal(True), "dnd"))
+    # The reason once (each window function once), then the state that goes with it.
+    decided = (
+        select(
+            *(c for c in row.c if c.name not in ("skip", "control")), case(*whens, else_=None).label("reason")
+        )
+        .offset(0)
+        .subquery("decided")
+    )
+    state = case(
+        (decided.c.reason.is_(None), "queued"),
+        (decided.c.reason.in_(CONTROL_REASONS), "control"),
+        else_="skipped",
+    )
     query = select(
-        Profile.account_id,
-        Profile.id,
-        Profile.phone,
+        decided.c.account_id,
+        decided.c.profile_id,
+        decided.c.to_phone,
         state,
-        reason,
-        detail,
+        decided.c.reason,
+        decided.c.error_detail,
         literal(campaign.id, Integer),
-        occurrence if occurrence is not None else literal("", String),
-        variant,
-        context if context is not None else null(),
+        decided.c.occurrence,
+        decided.c.variant_id,
+        decided.c.context,
         literal(0, Integer),
         send_at,
         literal(now, UTCDateTime()),
-    )
-    query = (query.select_from(Profile).join(join[0], join[1]) if join else query).where(
-        Profile.account_id == campaign.account_id, audience
-    )
+    ).where(decided.c.profile_id.is_not(None))  # a WHERE keeps SQLite's INSERT … SELECT … ON CONFLICT plain
     columns = [
         "account_id",
         "profile_id",
@@ -222,9 +298,12 @@ def plan_audience(
         "next_attempt_at",
         "created_at",
     ]
-    result = session.execute(insert_ignoring_conflicts(session, Message).from_select(columns, query))
+    result = session.execute(
+        insert_ignoring_conflicts(session, Message).from_select(columns, query),
+        execution_options={"preserve_rowcount": True},
+    )
     written = int(result.rowcount)  # type: ignore[attr-defined]
-    if written < 0:  # the driver did not say (SQLite for INSERT … SELECT … ON CONFLICT): count them
+    if written < 0:  # the driver did not say: count them (rows of this campaign written at ``now``)
         written = int(
             session.scalar(
                 select(func.count()).where(Message.campaign_id == campaign.id, Message.created_at == now)

@@ -913,12 +913,22 @@ def profiles_by_phone(session: Session, account_id: str, phone: str) -> list[Pro
 
 def set_whatsapp_opt_in_by_phone(session: Session, account_id: str, phone: str, value: bool) -> list[int]:
     """Opt every profile with this phone in to or out of WhatsApp: one person, one number, whatever
-    identities they have. Each goes through ``set_whatsapp_opt_in`` (so an opt-out settles what is still
-    unsent for it). Returns the ids of the profiles it applied to."""
+    identities they have. As ``set_whatsapp_opt_in`` does for one (the column and ``MSG-whatsapp``; an
+    opt-out settles the unsent messages of all of them as skipped ``not_opted_in``, in one statement).
+    Returns the ids of the profiles it applied to."""
     profiles = profiles_by_phone(session, account_id, phone)
+    now = utcnow()
     for profile in profiles:
-        set_whatsapp_opt_in(session, profile, value)
-    return [p.id for p in profiles]
+        profile.whatsapp_opt_in = value
+        profile.properties = {**(profile.properties or {}), WHATSAPP: value}
+        profile.updated_at = now
+    session.flush()
+    ids = [p.id for p in profiles]
+    if not value and ids:
+        from tidings.delivery.service import skip_not_opted_in
+
+        skip_not_opted_in(session, ids)
+    return ids
 
 
 def list_profiles(
