@@ -155,9 +155,10 @@ class Database:
         self.query_timeout = query_timeout
         self._api: Database | None = None
 
-    def for_api(self, timeout: float | None = API_QUERY_TIMEOUT) -> Database:
+    def for_api(self, timeout: float | None = None) -> Database:
         """The same engine and pool, with a statement time-out on every session (what request handlers
-        use); cached, so that a test may lower the time-out of the view an app uses."""
+        use): ``timeout`` seconds, by default :data:`API_QUERY_TIMEOUT` as it is when called."""
+        timeout = API_QUERY_TIMEOUT if timeout is None else timeout
         if self._api is None or self._api.query_timeout != timeout:
             view = copy.copy(self)
             view.query_timeout = timeout
@@ -173,12 +174,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only unit of work: on SQLite a deferred ``BEGIN`` (it does not take the write lock, so a
-        slow read never makes a writer wait), on PostgreSQL ``SET TRANSACTION READ ONLY``. Never write
-        in it: on SQLite a write would have to upgrade the lock and may fail while another writer runs."""
+        """A read-only unit of work on one snapshot: on SQLite a deferred ``BEGIN`` (it does not take the
+        write lock, so a slow read never makes a writer wait), on PostgreSQL a read-only repeatable-read
+        transaction (which never fails to serialize). Never write in it: on SQLite a write would have to
+        upgrade the lock and may fail while another writer runs."""
         with self.read_sessions() as session, session.begin():
             if self.engine.dialect.name == "postgresql":
-                session.execute(text("SET TRANSACTION READ ONLY"))
+                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
             with self._bounded(session):
                 yield session
 
