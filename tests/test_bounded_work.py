@@ -119,10 +119,21 @@ def test_liquid_that_breaks_a_limit_at_render_skips_the_recipient(source: str) -
 def test_liquid_has_a_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     source = "{% for i in (1..10) %}{{ Profile.Name }}{% endfor %}"
     assert Renderer((source,)).render({"Name": "A"}) == ["AAAAAAAAAA"]
+    monkeypatch.setattr(personalization, "_SLOW", {})  # this test's strikes stay its own
     monkeypatch.setattr(personalization, "RENDER_SECONDS", -1.0)  # already spent
+    for _ in range(personalization.SLOW_STRIKES):
+        with pytest.raises(PersonalizationError) as refused_value:
+            Renderer((source,)).render({"Name": "A"})
+        assert refused_value.value.reason == "liquid_timeout"
+    # Out of time too often: not rendered again (its time is not spent again) — even with time to spare.
+    monkeypatch.setattr(personalization, "RENDER_SECONDS", 60.0)
     with pytest.raises(PersonalizationError) as refused_value:
         Renderer((source,)).render({"Name": "A"})
-    assert refused_value.value.reason == "liquid_timeout"
+    assert (
+        refused_value.value.reason == "liquid_timeout" and "no longer rendered" in refused_value.value.detail
+    )
+    personalization._SLOW.clear()
+    assert Renderer((source,)).render({"Name": "A"}) == ["AAAAAAAAAA"]
 
 
 # ---- one segment size limit --------------------------------------------------------------------------

@@ -6,8 +6,10 @@ never a message with a hole in it. Rendered values are made to obey WhatsApp's p
 Rendering is bounded, because every account's variables are rendered by the same claimer: a source is at
 most 4,096 characters; loops run at most 1,000 iterations in all (nested loops multiply), a range at most
 1,000 numbers, the output at most 4 KiB, the local variables at most 16 KiB, and one variable renders in
-at most 0.1 s (checked as it reads values and writes output). A recipient whose value breaks a limit is
-skipped with reason ``liquid_limit`` (``liquid_timeout`` for the time). ``include`` and ``render`` (other
+at most 0.1 s (checked as it reads values and writes output) — a source that runs out of time three
+times in a row is not rendered again by the process, so that one campaign cannot hold the claimer every
+account shares. A recipient whose value breaks a limit is skipped with reason ``liquid_limit``
+(``liquid_timeout`` for the time). ``include`` and ``render`` (other
 templates) are refused when the campaign is created, and so is a range written larger than the limit.
 """
 
@@ -72,6 +74,11 @@ MAX_ITERATIONS = 1000  # loop iterations in all, and the numbers in one range
 MAX_OUTPUT_BYTES = 4096  # raw output of one variable (a value sent is at most 1,024 characters)
 MAX_LOCALS_BYTES = 16_384  # assigned and captured values (sys.getsizeof)
 RENDER_SECONDS = 0.1  # one variable, wall clock
+# A source that ran out of time this many times in a row is not rendered again by this process (its
+# recipients are skipped at once): one campaign cannot hold the claimer, which every account shares, for
+# more than a few budgets.
+SLOW_STRIKES = 3
+_SLOW: dict[str, int] = {}
 
 
 class RenderTimeout(ResourceLimitError):
@@ -260,12 +267,23 @@ class Renderer:
         context = {"Profile": profile, "Event": event or {}}
         values = []
         for index, source in enumerate(self.sources, start=1):
+            if _SLOW.get(source, 0) >= SLOW_STRIKES:
+                raise PersonalizationError(
+                    "liquid_timeout",
+                    f"{{{{{index}}}}}: rendering took longer than {RENDER_SECONDS:g} s {SLOW_STRIKES} "
+                    "times in a row; this source is no longer rendered",
+                )
             try:
                 raw = compile_source(source).render(**context)
             except Aborted as exc:
                 raise PersonalizationError("liquid_aborted", f"{{{{{index}}}}}: {{% abort %}} ran") from exc
             except RenderTimeout as exc:
-                raise PersonalizationError("liquid_timeout", f"{{{{{index}}}}}: {str(exc).splitlines()[0]}") from exc
+                if len(_SLOW) >= 1024:
+                    _SLOW.clear()
+                _SLOW[source] = _SLOW.get(source, 0) + 1
+                raise PersonalizationError(
+                    "liquid_timeout", f"{{{{{index}}}}}: {str(exc).splitlines()[0]}"
+                ) from exc
             except ResourceLimitError as exc:
                 raise PersonalizationError(
                     "liquid_limit", f"{{{{{index}}}}}: {str(exc).splitlines()[0]}"
@@ -279,6 +297,7 @@ class Renderer:
                 raise PersonalizationError(
                     "personalization_error", f"{{{{{index}}}}}: {str(exc).splitlines()[0]}"
                 ) from exc
+            _SLOW.pop(source, None)
             value = clean_param(raw)
             if not value:
                 raise PersonalizationError(
