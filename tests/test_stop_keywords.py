@@ -145,6 +145,27 @@ def test_start_opts_in_again_every_profile_of_the_number(
     assert _opted(db, account) == {"a": True, "b": True, "c": False}
 
 
+def test_the_last_word_holds_when_webhooks_arrive_out_of_order(db: Database, account: NewAccount) -> None:
+    _people(db, account, [("a", phone(1), True), ("b", phone(1), True)])
+    t = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+    def said(text: str, minute: int) -> None:
+        reply = InboundReply(
+            provider_message_id=f"in-{uuid.uuid4().hex}",
+            from_phone=phone(1),
+            timestamp=t.replace(minute=minute),
+            text=text,
+        )
+        _inbound(db, account, reply)
+
+    said("STOP", 5)  # sent at 10:05, arrives first
+    said("START", 1)  # sent at 10:01, arrives late: the later STOP holds
+    assert _opted(db, account) == {"a": False, "b": False}
+    said("Thanks!", 7)  # not a keyword: it does not hide anything
+    said("start", 6)  # at 10:06, after the STOP (a later message that is no keyword does not count)
+    assert _opted(db, account) == {"a": True, "b": True}
+
+
 def test_account_keywords_per_language(client: TestClient, db: Database, account: NewAccount) -> None:
     auth = basic(account)
     keywords = {
