@@ -329,15 +329,14 @@ def _upload(db: Database, account_id: str, records: list[dict[str, Any]], now: d
 
 
 def _outcomes(db: Database, campaign_id: int) -> list[tuple[str, str | None]]:
+    """Each event's outcome, in the order the events were stored (their ids)."""
     with db.session() as session:
-        return [
-            (state, reason)
-            for state, reason in session.execute(
-                select(Message.state, Message.reason)
-                .where(Message.campaign_id == campaign_id)
-                .order_by(Message.id)
-            ).all()
-        ]
+        rows = session.execute(
+            select(Message.occurrence, Message.state, Message.reason).where(
+                Message.campaign_id == campaign_id
+            )
+        ).all()
+    return [(state, reason) for _, state, reason in sorted(rows, key=lambda row: int(row[0][1:]))]
 
 
 def test_a_profiles_events_in_one_upload_are_planned_as_if_one_at_a_time(
@@ -369,15 +368,16 @@ def test_a_profiles_events_in_one_upload_are_planned_as_if_one_at_a_time(
         trigger={"event": "Charged"},
         system_control_group=False,
     )
-    at = T0 + timedelta(minutes=1)
-    records = [_charged("u0", int(at.timestamp()), n=n) for n in range(4)] + [
-        _charged("u1", int(at.timestamp()))
-    ]
-    _upload(db, account.account_id, records, at)
-    _upload(db, capped.account_id, records, at)
-    skipped = ("skipped", "campaign_frequency_cap")
-    assert sorted(_outcomes(db, once)) == sorted(
-        [("queued", None), skipped, skipped, skipped, ("queued", None)]
+    # "twin" shares u0's phone number: one person, whom the account's cap counts once.
+    insert_profiles(db, capped.account_id, [{"identity": "twin", "phone": phone(0)}])
+    at = int((T0 + timedelta(minutes=1)).timestamp())
+    records = [*(_charged("u0", at, n=n) for n in range(4)), _charged("twin", at), _charged("u1", at)]
+    _upload(
+        db, account.account_id, [r for r in records if r["identity"] != "twin"], T0 + timedelta(minutes=1)
     )
+    _upload(db, capped.account_id, records, T0 + timedelta(minutes=1))
+    queued, skipped = ("queued", None), ("skipped", "campaign_frequency_cap")
+    assert _outcomes(db, once) == [queued, skipped, skipped, skipped, queued]
+    # u0's first two events reach the cap of two a person; u0's later ones and the twin's are capped.
     capped_out = ("skipped", "global_frequency_cap")
-    assert sorted(_outcomes(db, capped_campaign)) == sorted([("queued", None)] * 3 + [capped_out, capped_out])
+    assert _outcomes(db, capped_campaign) == [queued, queued, capped_out, capped_out, capped_out, queued]

@@ -254,14 +254,17 @@ def _plan_single_action(
     context: Context,
 ) -> int:
     """The batch's matching events planned in one ``INSERT … SELECT`` (joined to the events), giving the
-    same result as planning them one at a time in order: when a cap counts this campaign's earlier
-    messages, a profile's n-th event of the batch must see its earlier ones, so the events are planned in
-    rounds by their rank within their profile — the first of each profile, then the second… — and only as
-    many rounds as the cap can tell apart (the rest together). Without caps, one round."""
-    profiles = session.scalars(select(Event.profile_id).where(*conditions)).all()
-    if not profiles:
+    same result as planning them one at a time in order: when a cap counts the messages a person (a phone
+    number) got, their n-th event of the batch must see the earlier ones, so the events are planned in
+    rounds by their rank among the events of the same number — the first of each, then the second… — and
+    only as many rounds as the cap can tell apart (the rest together). Without caps, one round."""
+    person = func.coalesce(Profile.phone, literal("#", String) + cast(Profile.id, String))
+    people = session.scalars(
+        select(person).select_from(Event).join(Profile, Profile.id == Event.profile_id).where(*conditions)
+    ).all()
+    if not people:
         return 0
-    deepest = max(Counter(profiles).values())
+    deepest = max(Counter(people).values())
     rules = context.rules
     frequency = (campaign.frequency or {"rule": "every_time"})["rule"]
     if frequency in ("once", "min_gap"):
@@ -276,8 +279,10 @@ def _plan_single_action(
             Event.id,
             Event.profile_id,
             Event.properties,
-            func.row_number().over(partition_by=Event.profile_id, order_by=Event.id).label("nth"),
+            func.row_number().over(partition_by=person, order_by=Event.id).label("nth"),
         )
+        .select_from(Event)
+        .join(Profile, Profile.id == Event.profile_id)
         .where(*conditions)
         .subquery("triggered")
     )
