@@ -192,12 +192,16 @@ def on_events(
             Campaign.kind.in_(("single_action", "inaction")),
         )
     ).all()
+    if not campaigns:
+        return 0
+    names = set(session.scalars(select(Event.name).where(Event.id.in_(event_ids)).distinct()))
     written = 0
-    context = engagement_context(session, account_id) if campaigns else None
+    context = engagement_context(session, account_id)
     for campaign in campaigns:
-        assert context is not None
         if campaign.ends_at is not None and campaign.ends_at <= now:
             continue
+        if (campaign.trigger or {}).get("event") not in names:
+            continue  # no event of this upload can trigger it
         campaign_id = campaign.id
         try:
             with session.begin_nested():
