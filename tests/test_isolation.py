@@ -123,7 +123,8 @@ def test_a_campaign_that_cannot_start_is_paused_and_the_tick_goes_on(
     assert _state(db, broken) == ("running", None)
     assert _planned(db, broken) == 3
     with db.session() as session:
-        assert session.get(Campaign, broken).audience_size == 3  # type: ignore[union-attr]
+        resumed = session.get(Campaign, broken)
+        assert resumed is not None and resumed.audience_size == 3 and resumed.started_at is not None
 
 
 def test_a_live_campaign_that_cannot_be_planned_is_paused_and_the_others_are_planned(

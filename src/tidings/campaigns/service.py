@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
@@ -320,7 +320,8 @@ def start_campaign(session: Session, campaign_id: int, now: datetime) -> int | N
         return None
     if resumed:
         guard = and_(Campaign.state == "running", Campaign.audience_size.is_(None))
-        values: dict[str, Any] = {"audience_size": 0, "note": None}
+        started = func.coalesce(Campaign.started_at, now)
+        values: dict[str, Any] = {"audience_size": 0, "note": None, "started_at": started}
     else:
         guard = and_(Campaign.state == "scheduled", Campaign.scheduled_at <= now)
         values = {"state": "running", "started_at": now, "checked_until": now, "note": None}
