@@ -146,11 +146,12 @@ STALL_SAFETY = 0.03  # a wider margin than the default, so that the stand-in's o
 # (it timestamps what it reads) cannot be taken for a burst: at most 195 slots fit in any second
 
 
-def _send_through_stalls(log: Path, url: str, n: int) -> None:
+def _send_through_stalls(log: Path, url: str, n: int, lead: float = 0.0) -> None:
     """``n`` sends paced at ``STALL_RATE`` over the provider client, as the dispatcher makes them (a slot,
     then the request), while the event loop is made to misbehave between the slot and the write: for a
     second every request awaits 300 ms before it goes (a wait for a pooled connection, a slow hook), and
-    all along the loop stalls for 20 ms every 500 ms (a blocking call in some task)."""
+    all along the loop stalls for 20 ms every 500 ms (a blocking call in some task). ``lead``: each send
+    starts that long ahead of its slot, as the dispatcher's do over this client."""
 
     async def go() -> None:
         client = provider_client()
@@ -172,7 +173,7 @@ def _send_through_stalls(log: Path, url: str, n: int) -> None:
 
         async def one(i: int) -> None:
             async with calls:
-                await pacer.turn()
+                await (pacer.turn(lead) if lead else pacer.turn())
                 body = {"to": f"9198{i:08d}", "biz_opaque_callback_data": str(i), "type": "text"}
                 response = await client.post(f"{url}/v20.0/1555000/messages", json=body)
                 assert response.status_code == 200
@@ -187,14 +188,18 @@ def _send_through_stalls(log: Path, url: str, n: int) -> None:
     asyncio.run(go())
 
 
-def test_a_slot_that_turns_late_before_the_request_is_written_is_given_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lead", [0.0, 0.003], ids=["on-time", "ahead"])
+def test_a_slot_that_turns_late_before_the_request_is_written_is_given_up(
+    tmp_path: Path, lead: float
+) -> None:
     """Timed where it counts, at the receiving end (the stand-in logs when each request arrives): however
     the sender's event loop stalls or waits between taking a slot and writing the request, no one-second
-    window, wherever it starts, holds more than the rate."""
+    window, wherever it starts, holds more than the rate — also when sends start ahead of their slots
+    and wait for them right before the write."""
     n = 600
     standin = start_standin(tmp_path / "standin.log")
     try:
-        _send_through_stalls(tmp_path / "standin.log", standin.url, n)
+        _send_through_stalls(tmp_path / "standin.log", standin.url, n, lead)
     finally:
         standin.stop()
     arrived = [r.at for r in read_log(tmp_path / "standin.log")]

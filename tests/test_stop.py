@@ -27,6 +27,7 @@ from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.delivery import dispatcher as dispatching
+from tidings.delivery import service
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.http import provider_client
 from tidings.delivery.models import Message
@@ -109,7 +110,9 @@ def _wait_for(condition: object, timeout: float = 60) -> None:
 def _states(db: Database, campaign_id: int) -> dict[str, int]:
     with db.session() as session:
         rows = session.execute(
-            select(Message.state, func.count()).where(Message.campaign_id == campaign_id).group_by(Message.state)
+            select(Message.state, func.count())
+            .where(Message.campaign_id == campaign_id)
+            .group_by(Message.state)
         )
         return {state: n for state, n in rows}
 
@@ -169,8 +172,6 @@ def test_a_paused_campaign_stops_at_the_last_look_too(
         _on_standin(db, box, account, standin.url, 300.0)
         with _dispatching(db, settings, box) as dispatcher:
             _wait_for(lambda: standin.stats()["requests"] >= 100)
-            from tidings.delivery import service
-
             with db.session() as session:
                 assert service.pause_campaign(session, campaign_id, "paused by a test")
 

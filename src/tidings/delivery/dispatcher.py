@@ -42,6 +42,7 @@ from tidings.accounts.models import Integration
 from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.delivery import ratelimit, service
+from tidings.delivery.http import paces_at_write
 from tidings.delivery.ratelimit import Limiter, Pacer, make_limiter
 from tidings.delivery.service import Attempt, Claimed
 from tidings.metrics import (
@@ -68,6 +69,7 @@ RECORD_EVERY = 0.05  # seconds between result flushes (or sooner when many are w
 RECORD_AT_ONCE = 500
 SENDER_REFRESH = 5.0  # seconds between re-reads of a sender's integration (rate, tier)
 WATCH_EVERY = 0.025  # seconds between two looks at the state of the campaigns in hand
+PACE_LEAD = 0.003  # seconds a send over the provider client starts ahead of its slot (see Pacer.turn)
 ERROR_OUTCOMES = frozenset({"retry", "failed", "uncertain"})
 lost_slots: dict[str, int] = {}  # per account, for the log line at shutdown
 
@@ -400,7 +402,10 @@ class Dispatcher:
                     self._back.append(item)  # stopped or paused: never called, given back by the watch
                     return
                 if lane.pacer is not None:
-                    waited = await lane.pacer.turn()
+                    # Over the provider client the slot is awaited once more right before the write: the
+                    # send may start ahead by about the time it takes to get there.
+                    lead = PACE_LEAD if paces_at_write(self.pool.http) else 0.0
+                    waited = await lane.pacer.turn(lead)
                     RATE_WAIT_SECONDS.observe(waited)
                     RATE_LOST_SLOTS.inc(lane.pacer.lost)
                     lost_slots[lane.account_id] = lost_slots.get(lane.account_id, 0) + lane.pacer.lost
@@ -629,7 +634,8 @@ class Dispatcher:
             if pending:
                 await asyncio.wait(pending, timeout=30)
             await asyncio.wait_for(recorder, timeout=30)
-            await asyncio.wait_for(watch, timeout=30)
+            with contextlib.suppress(TimeoutError):  # rows not given back are requeued by reconcile
+                await asyncio.wait_for(watch, timeout=30)
             for lane in self._lanes.values():
                 if lane.pacer is not None:
                     log.info(

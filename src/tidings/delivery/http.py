@@ -54,6 +54,12 @@ def pacing_trace() -> aiohttp.TraceConfig:
     return trace
 
 
+def paces_at_write(client: httpx.AsyncClient) -> bool:
+    """True for a client made by ``provider_client``: it holds each request to its rate-limit slot right
+    before writing it (so a send over it may start ahead of its slot: ``Pacer.turn``'s lead)."""
+    return isinstance(getattr(client, "_transport", None), ProviderTransport)
+
+
 def provider_client(timeout: float = 15.0, connections: int = 256) -> httpx.AsyncClient:
     """A kept-alive client for provider calls (create it anywhere; its aiohttp session opens lazily, on
     the event loop of the first request)."""

@@ -170,28 +170,31 @@ class Pacer:
         at, doubt = slot
         return time.monotonic() - (at - doubt) > self.tolerance
 
-    async def _take(self) -> tuple[float, float]:
-        """Wait for the next slot that this send can still make; those it cannot are given up."""
+    async def _take(self, lead: float = 0.0) -> tuple[float, float]:
+        """Wait for the next slot that this send can still make (until ``lead`` before it); those it
+        cannot are given up."""
         while True:
             slot = await self._next_slot()
             at, doubt = slot
             if doubt <= self.tolerance:  # else: no moment is both after the slot and close enough to it
-                delay = at - time.monotonic()
+                delay = at - lead - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if not self.late(slot):
                     return slot
             self.lost += 1
 
-    async def turn(self) -> float:
+    async def turn(self, lead: float = 0.0) -> float:
         """Wait for the next slot and return how long it took; call the provider right after.
 
         The slot stays with the calling task: the first request it then makes over the provider client
         (``tidings.delivery.http``) checks it once more right before its bytes are written
-        (``before_write``), and takes a new slot if it turned late on the way. Call ``sent()`` once the
-        provider call is over."""
+        (``before_write``): it waits there if the slot is still to come, and takes a new slot if it
+        turned late on the way. So a send over that client may start ``lead`` seconds before its slot
+        (the way from here to the write takes about that long), and leaves on time; any other send must
+        use no lead. Call ``sent()`` once the provider call is over."""
         began = time.monotonic()
-        slot = await self._take()
+        slot = await self._take(lead)
         self.used += 1
         _GATE.set(Gate(self, slot))
         return time.monotonic() - began
@@ -210,9 +213,15 @@ class Gate:
     async def leave(self, final: bool) -> None:
         if not self.open:
             return
-        while self.pacer.late(self.slot):
-            self.pacer.lost += 1
-            self.slot = await self.pacer._take()
+        while True:
+            if self.pacer.late(self.slot):
+                self.pacer.lost += 1
+                self.slot = await self.pacer._take()
+                continue
+            early = self.slot[0] - time.monotonic()
+            if early <= 0:
+                break
+            await asyncio.sleep(early)  # started ahead of its slot (``turn``'s lead): never write before it
         if final:
             self.open = False  # the bytes are written right after this: the slot is used
 
@@ -224,8 +233,9 @@ _GATE: ContextVar[Gate | None] = ContextVar("tidings_rate_gate", default=None)
 
 async def before_write(final: bool = True) -> None:
     """The last look before a request's bytes are written: called by the transport's hook, with no await
-    between it and the write. If this task holds a slot that turned late since ``Pacer.turn`` (the event
-    loop stalled, a pooled connection was waited for, …), the slot is given up and a new one awaited.
+    between it and the write. If this task holds a slot that is still to come, it waits for it; if the
+    slot turned late since ``Pacer.turn`` (the event loop stalled, a pooled connection was waited for,
+    …), the slot is given up and a new one awaited.
     ``final``: the write follows at once (``False`` for a step after which the transport may still
     wait, such as aiohttp's headers, which it buffers until the body is written)."""
     gate = _GATE.get()
