@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import delete, select, update
 
@@ -22,6 +23,7 @@ from tidings.campaigns.service import create_campaign, run_live, start_campaign
 from tidings.campaigns.triggers import engagement_context, on_events
 from tidings.conversations.service import record_inbound
 from tidings.db import Database
+from tidings.delivery import planning
 from tidings.delivery.models import Message
 from tidings.delivery.planning import control_bucket, control_salts, plan_audience
 from tidings.profiles.models import Profile
@@ -72,6 +74,15 @@ def _replan(db: Database, campaign_id: int, audience: Any, now: datetime) -> int
         return plan_audience(session, campaign, audience, now, rules=context.rules, account_tz=context.tz)
 
 
+@pytest.fixture(params=["few", "many"])
+def threshold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways of finding shared numbers: per row (a few rows planned), or the account's shared numbers
+    listed first (many rows planned; the threshold lowered so that these small audiences take it)."""
+    if request.param == "many":
+        monkeypatch.setattr(planning, "MANY", 0)
+
+
+@pytest.mark.usefixtures("threshold")
 def test_one_time_campaign_plans_one_row_per_phone(db: Database, account: NewAccount) -> None:
     insert_profiles(
         db,
@@ -109,6 +120,7 @@ def test_one_time_campaign_plans_one_row_per_phone(db: Database, account: NewAcc
     assert sorted(queued) == [phone(1), phone(2), phone(3)]
 
 
+@pytest.mark.usefixtures("threshold")
 def test_control_groups_stay_deterministic_with_shared_phones(db: Database, account: NewAccount) -> None:
     # 120 numbers, three identities each; in every number the lowest identity opted out a third of the time.
     rows = []
@@ -146,6 +158,7 @@ def test_control_groups_stay_deterministic_with_shared_phones(db: Database, acco
     assert _rows(db, campaign_id) == first
 
 
+@pytest.mark.usefixtures("threshold")
 def test_a_number_planned_by_an_earlier_statement_is_not_planned_again(
     db: Database, account: NewAccount
 ) -> None:
@@ -164,6 +177,7 @@ def test_a_number_planned_by_an_earlier_statement_is_not_planned_again(
     assert _rows(db, campaign_id)["third"] == ("queued", None)
 
 
+@pytest.mark.usefixtures("threshold")
 def test_on_date_one_message_per_number_and_date(db: Database, account: NewAccount) -> None:
     flight = "2026-11-27T10:00:00Z"
     insert_profiles(
@@ -203,6 +217,7 @@ def _upload(db: Database, account: NewAccount, records: list[dict[str, Any]], no
         on_events(session, account.account_id, [e.id for e in result.events], now)
 
 
+@pytest.mark.usefixtures("threshold")
 def test_single_action_sent_once_per_person(db: Database, account: NewAccount) -> None:
     """A campaign sent once per user is sent once per number: the same person's second identity does not
     get it again, whether its event comes in the same upload or a later one."""

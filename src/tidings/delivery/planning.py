@@ -13,6 +13,12 @@ Do-Not-Disturb may push back). The checks run in this order, the first that appl
 7. ``dnd`` — inside Do-Not-Disturb hours with the action "drop" (with "delay", queued for the end).
 
 Control groups are users who would have been messaged: only reachable users are counted there.
+
+A user is a phone number: the caps (3, 4) count the messages of every profile with the user's number,
+and right after the INSERT one UPDATE keeps one row per number and occurrence (``_one_per_phone``): of
+the rows that passed, the other profiles' become ``skipped`` ``duplicate_phone`` (or, for a campaign sent
+once per user, ``campaign_frequency_cap``). Every profile in the audience still has its row, so Sent +
+Errors + Control group is the audience.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from tidings.profiles.service import BUCKET_PRIME
 from tidings.types import Json
 
 LIVE_STATES = ("queued", "sending", "sent", "delivered", "read")  # messages that count against caps
-CONTROL_REASONS = ("system_control_group", "campaign_control_group")
+MANY = 5_000  # rows planned at once above which the account's shared numbers are listed first
 
 
 def salts(*parts: object) -> tuple[int, int]:
@@ -132,32 +138,17 @@ def plan_audience(
     (campaign, profile, occurrence) is unique. Returns how many rows were written.
 
     One person is one phone number: of the profiles that share a number, one per campaign occurrence is
-    planned (the lowest profile id among those that pass the checks before it), the others are
-    ``skipped`` as ``duplicate_phone`` — also when the number was planned by an earlier statement. The
-    frequency caps count what the number received, whichever profile it was planned for."""
+    planned, the others are ``skipped`` as ``duplicate_phone`` (see ``_one_per_phone``); the frequency
+    caps count what the number received, whichever of its profiles it was planned for."""
     variant, choices = _variant_of(campaign, variants)
-    occ = occurrence if occurrence is not None else literal("", String)
     # What the person got: the ledger rows of every profile that has this profile's phone (itself
     # included). The profiles are found first (``ix_profiles_account_phone``), then each one's rows by the
-    # ledger's keys, in a scalar subquery per profile that the database cannot turn around: a plan that
-    # scanned the campaign's rows for each profile instead would make planning quadratic.
+    # ledger's own indexes, in a scalar subquery per profile that the database cannot turn around.
     same = aliased(Profile, name="same_phone")
     same_phone = (same.account_id == campaign.account_id, same.phone == Profile.phone)
-
-    def person_has(*conditions: ColumnElement[bool], others_only: bool = False) -> ColumnElement[bool]:
-        row = (
-            select(literal(1))
-            .where(Message.profile_id == same.id, *conditions)
-            .correlate_except(Message)
-            .limit(1)
-            .scalar_subquery()
-        )
-        whose = (*same_phone, same.id != Profile.id) if others_only else same_phone
-        return select(literal(1)).select_from(same).where(*whose, row.is_not(None)).exists()
-
-    checks: list[tuple[ColumnElement[bool], str]] = [
-        (Profile.whatsapp_opt_in.is_(False), "not_opted_in"),
-        (Profile.phone.is_(None), "no_valid_phone"),
+    checks: list[tuple[ColumnElement[bool], str, str]] = [
+        (Profile.whatsapp_opt_in.is_(False), "skipped", "not_opted_in"),
+        (Profile.phone.is_(None), "skipped", "no_valid_phone"),
     ]
     if campaign.respect_rules and rules.cap_max and rules.cap_hours:
         each_lately = (
@@ -167,17 +158,26 @@ def plan_audience(
                 Message.state.in_(LIVE_STATES),
                 Message.created_at >= now - timedelta(hours=rules.cap_hours),
             )
+            .correlate_except(Message)
             .scalar_subquery()
         )
         sent_lately = select(func.sum(each_lately)).select_from(same).where(*same_phone).scalar_subquery()
-        checks.append((sent_lately >= rules.cap_max, "global_frequency_cap"))
+        checks.append((sent_lately >= rules.cap_max, "skipped", "global_frequency_cap"))
     frequency = campaign.frequency or {"rule": "every_time"}
     once_per_person = frequency["rule"] in ("once", "min_gap")
     if once_per_person:
         earlier = [Message.campaign_id == campaign.id, Message.state != "skipped"]
         if frequency["rule"] == "min_gap":
             earlier.append(Message.created_at >= now - timedelta(hours=frequency["hours"]))
-        checks.append((person_has(*earlier), "campaign_frequency_cap"))
+        got = (
+            select(literal(1))
+            .where(Message.profile_id == same.id, *earlier)
+            .correlate_except(Message)
+            .limit(1)
+            .scalar_subquery()
+        )
+        person_got = select(literal(1)).select_from(same).where(*same_phone, got.is_not(None)).exists()
+        checks.append((person_got, "skipped", "campaign_frequency_cap"))
     details: list[tuple[ColumnElement[bool], str]] = []
     for choice in choices:
         required = sorted(set().union(*(required_profile_properties(v) for v in choice.variables)))
@@ -187,102 +187,48 @@ def plan_audience(
                 missing = and_(variant == choice.variant_id, missing)
             details.append((missing, f"Profile.{prop} is missing and has no default"))
     if details:
-        checks.append((or_(*(m for m, _ in details)), "missing_personalization"))
-    # The number was already planned for this occurrence by an earlier statement, for another profile
-    # (not asked when the campaign has no rows yet, as on a one-time campaign's only planning).
-    if session.scalar(select(Message.id).where(Message.campaign_id == campaign.id).limit(1)) is not None:
-        planned_before = person_has(
-            Message.campaign_id == campaign.id,
-            Message.occurrence == occ,
-            Message.to_phone == same.phone,
-            Message.state != "skipped",
-            others_only=True,
-        )
-        checks.append((planned_before, "duplicate_phone"))
-    controls: list[tuple[ColumnElement[bool], str]] = []
+        checks.append((or_(*(m for m, _ in details)), "skipped", "missing_personalization"))
     if campaign.system_control_group and rules.system_control_group_pct:
         in_system = _bucket(*system_salts(campaign.account_id)) < rules.system_control_group_pct
-        controls.append((in_system, "system_control_group"))
+        checks.append((in_system, "control", "system_control_group"))
     if campaign.control_group_pct:
-        controls.append(
+        checks.append(
             (
                 _bucket(*control_salts(campaign.account_id, campaign.id)) < campaign.control_group_pct,
+                "control",
                 "campaign_control_group",
             )
         )
     send_at: Any = literal(now, UTCDateTime())
     dnd = rules.dnd if campaign.respect_rules and rules.dnd and rules.dnd.timezone == "account" else None
     dnd_end = dnd.window_end(now, account_tz) if dnd else None
-    dnd_drop = dnd is not None and dnd_end is not None and dnd.action == "drop"
-    if dnd is not None and dnd_end is not None and not dnd_drop:
-        send_at = literal(dnd_end, UTCDateTime())
+    if dnd is not None and dnd_end is not None:
+        if dnd.action == "drop":
+            checks.append((literal(True), "skipped", "dnd"))
+        else:
+            send_at = literal(dnd_end, UTCDateTime())
 
-    # Per profile (and joined row): the first skip reason of checks 1-5, the control group it falls in.
+    state = case(*((cond, st) for cond, st, _ in checks), else_="queued")
+    reason = case(*((cond, why) for cond, _, why in checks), else_=None)
     detail: Any = case(*details, else_=None) if details else literal(None, String)
-    each = select(
-        Profile.account_id.label("account_id"),
-        Profile.id.label("profile_id"),
-        Profile.phone.label("to_phone"),
-        case(*checks, else_=None).label("skip"),
-        (case(*controls, else_=None) if controls else literal(None, String)).label("control"),
-        detail.label("error_detail"),
-        occ.label("occurrence"),
-        variant.label("variant_id"),
-        (context if context is not None else cast(null(), Json)).label("context"),
-    )
-    each_q = (each.select_from(Profile).join(join[0], join[1]) if join else each).where(
-        Profile.account_id == campaign.account_id, audience
-    )
-    # OFFSET 0: computed once per row, not copied into each use below (PostgreSQL would inline it).
-    row = each_q.offset(0).subquery("planned")
-    # Then, among the profiles that passed those checks, one per phone number and occurrence (and, for a
-    # campaign sent once per person or with a minimum gap, one per phone number in this statement).
-    passed = row.c.skip.is_(None)
-    # dense_rank: the rows of one profile (two joined rows of one occurrence, which the key reduces to
-    # one) rank alike, so one of them never makes the other a duplicate.
-    first_of_phone = func.dense_rank().over(
-        partition_by=(row.c.to_phone, row.c.occurrence, passed), order_by=row.c.profile_id
-    )
-    whens: list[tuple[ColumnElement[bool], Any]] = [
-        (row.c.skip.is_not(None), row.c.skip),
-        (first_of_phone > 1, "duplicate_phone"),
-    ]
-    if once_per_person:
-        first_of_person = func.dense_rank().over(
-            partition_by=(row.c.to_phone, passed), order_by=(row.c.profile_id, row.c.occurrence)
-        )
-        whens.append((first_of_person > 1, "campaign_frequency_cap"))
-    whens.append((row.c.control.is_not(None), row.c.control))
-    if dnd_drop:
-        whens.append((literal(True), "dnd"))
-    # The reason once (each window function once), then the state that goes with it.
-    decided = (
-        select(
-            *(c for c in row.c if c.name not in ("skip", "control")), case(*whens, else_=None).label("reason")
-        )
-        .offset(0)
-        .subquery("decided")
-    )
-    state = case(
-        (decided.c.reason.is_(None), "queued"),
-        (decided.c.reason.in_(CONTROL_REASONS), "control"),
-        else_="skipped",
-    )
     query = select(
-        decided.c.account_id,
-        decided.c.profile_id,
-        decided.c.to_phone,
+        Profile.account_id,
+        Profile.id,
+        Profile.phone,
         state,
-        decided.c.reason,
-        decided.c.error_detail,
+        reason,
+        detail,
         literal(campaign.id, Integer),
-        decided.c.occurrence,
-        decided.c.variant_id,
-        decided.c.context,
+        occurrence if occurrence is not None else literal("", String),
+        variant,
+        context if context is not None else null(),
         literal(0, Integer),
         send_at,
         literal(now, UTCDateTime()),
-    ).where(decided.c.profile_id.is_not(None))  # a WHERE keeps SQLite's INSERT … SELECT … ON CONFLICT plain
+    )
+    query = (query.select_from(Profile).join(join[0], join[1]) if join else query).where(
+        Profile.account_id == campaign.account_id, audience
+    )
     columns = [
         "account_id",
         "profile_id",
@@ -298,21 +244,115 @@ def plan_audience(
         "next_attempt_at",
         "created_at",
     ]
+    before = int(session.scalar(select(func.coalesce(func.max(Message.id), 0))) or 0)
     result = session.execute(
         insert_ignoring_conflicts(session, Message).from_select(columns, query),
         execution_options={"preserve_rowcount": True},
     )
     written = int(result.rowcount)  # type: ignore[attr-defined]
-    if written < 0:  # the driver did not say: count them (rows of this campaign written at ``now``)
+    if written < 0:  # the driver did not say: count them
         written = int(
             session.scalar(
-                select(func.count()).where(Message.campaign_id == campaign.id, Message.created_at == now)
+                select(func.count()).where(Message.campaign_id == campaign.id, Message.id > before)
             )
             or 0
         )
+    if written:
+        _one_per_phone(session, campaign, before, once_per_person, many=written > MANY)
     if written and campaign.respect_rules and rules.dnd and rules.dnd.timezone == "user":
         _dnd_in_user_zones(session, campaign, rules, account_tz, now)
     return written
+
+
+def _one_per_phone(
+    session: Session, campaign: Campaign, before: int, once_per_person: bool, *, many: bool = False
+) -> None:
+    """One message per phone number and campaign occurrence, among the rows just written (ids above
+    ``before``): a row that would be sent or held in a control group gives way, as ``duplicate_phone``,
+    when another profile with the same number has one for the same occurrence that was written by an
+    earlier statement, or by this one for a lower profile id. The number is thus planned for the
+    lowest-id profile among those that passed every check, and each profile's control group is still
+    the one its hash gives. For a campaign sent once per user (or with a minimum gap), one row per
+    number in the statement: the first by (profile id, occurrence); the others ``campaign_frequency_cap``.
+
+    Set-based and cheap when numbers are not shared: each row looks up the profiles of its number
+    (``ix_profiles_account_phone``, usually only its own), then their rows by the ledger's key; for
+    ``many`` rows, the account's shared numbers are listed first (one pass over that index) and only
+    their rows are looked at. No sort of the whole audience (a window function over a million rows
+    spilled to disk on SQLite). Rows of this campaign written concurrently by another transaction are
+    not seen (PostgreSQL): two uploads at the same instant for two profiles of one number may still each
+    plan one."""
+    same = aliased(Profile, name="same_phone")
+    prior = aliased(Message, name="prior")
+    mine = and_(
+        Message.campaign_id == campaign.id,
+        Message.id > before,
+        Message.state.in_(("queued", "control")),
+    )
+    shared: ColumnElement[bool] | None = None
+    if many:
+        phones = (
+            select(Profile.phone)
+            .where(Profile.account_id == campaign.account_id, Profile.phone.is_not(None))
+            .group_by(Profile.phone)
+            .having(func.count() > 1)
+        )
+        shared = Message.to_phone.in_(phones)
+
+    def only_shared(condition: ColumnElement[bool]) -> ColumnElement[bool]:
+        # In a CASE, so that the database tests each row against the list (hashed once) before looking
+        # further, whatever it believes about the rows just written (no statistics on them yet).
+        if shared is None:
+            return condition
+        result: ColumnElement[bool] = case((shared, condition), else_=literal(False))
+        return result
+
+    def number_has(*conditions: ColumnElement[bool], others_only: bool) -> ColumnElement[bool]:
+        row = (
+            select(literal(1))
+            .select_from(prior)
+            .where(
+                prior.profile_id == same.id,
+                prior.campaign_id == campaign.id,
+                prior.state != "skipped",
+                *conditions,
+            )
+            .correlate_except(prior)
+            .limit(1)
+            .scalar_subquery()
+        )
+        whose = [same.account_id == campaign.account_id, same.phone == Message.to_phone]
+        if others_only:
+            whose.append(same.id != Message.profile_id)
+        return select(literal(1)).select_from(same).where(*whose, row.is_not(None)).exists()
+
+    duplicate = number_has(
+        prior.occurrence == Message.occurrence,
+        prior.to_phone == Message.to_phone,
+        or_(prior.id <= before, prior.profile_id < Message.profile_id),
+        others_only=True,
+    )
+    session.execute(
+        update(Message)
+        .where(mine, only_shared(duplicate))
+        .values(state="skipped", reason="duplicate_phone")
+        .execution_options(synchronize_session=False)
+    )
+    if once_per_person:
+        first = number_has(
+            prior.id > before,
+            or_(
+                prior.profile_id < Message.profile_id,
+                and_(prior.profile_id == Message.profile_id, prior.occurrence < Message.occurrence),
+            ),
+            others_only=False,
+        )
+        session.execute(
+            update(Message)
+            .where(mine, first)  # per row always: one profile's two occurrences share no number with another
+            .values(state="skipped", reason="campaign_frequency_cap")
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _dnd_in_user_zones(
