@@ -5,8 +5,7 @@ case-folded, accents removed, punctuation, symbols and emoji turned into spaces,
 polite words around it dropped ("stop please", "Stop.", "STOP!!", "ok stop", "baja por favor"). What is
 left must be a keyword exactly: "don't stop", "stopwatch" or "non-stop deals" are not. A tapped button is
 examined by its label and by its payload (``STOP_PROMOTIONS`` and ``StopPromotions`` read as "stop
-promotions"), so Meta's
-"Stop promotions" quick-reply button of marketing templates opts out too.
+promotions"), so Meta's "Stop promotions" quick-reply button of marketing templates opts out too.
 
 Besides the built-in English keywords, an account may add its own per language in ``accounts.settings``::
 
