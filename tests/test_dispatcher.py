@@ -123,8 +123,22 @@ def test_only_the_claims_holder_can_dispatch_and_only_once(db: Database, account
 
 def test_the_pair_rate_holds_back_a_user_just_messaged(db: Database, account: NewAccount) -> None:
     same = phone(7)
-    _campaign(db, account, [same, same, phone(8)])
+    first = _campaign(db, account, [same, phone(8)])
+    with db.session() as session:  # a second campaign reaches the same user (one message per campaign each)
+        template_id = session.get(Campaign, first).template_id
+        second = create_campaign(
+            session,
+            account.account_id,
+            name="d",
+            template_id=template_id,
+            variables=[],
+            target={"conditions": [{"property": "Phone", "op": "equals", "value": same}]},
+            system_control_group=False,
+        ).id
+    with db.session() as session:
+        start_campaign(session, second, utcnow())
     claimed = _claim(db)
+    assert len(claimed) == 3
     decided = _mark(db, account, claimed, pair_interval=6.0)
     assert len(decided.go) == 2 and len(decided.waiting) == 1  # the second message to the same user waits
     [(waiting_id, until)] = decided.waiting.items()
