@@ -69,7 +69,7 @@ RECORD_EVERY = 0.05  # seconds between result flushes (or sooner when many are w
 RECORD_AT_ONCE = 500
 SENDER_REFRESH = 5.0  # seconds between re-reads of a sender's integration (rate, tier)
 WATCH_EVERY = 0.025  # seconds between two looks at the state of the campaigns in hand
-PACE_LEAD = 0.003  # seconds a send over the provider client starts ahead of its slot (see Pacer.turn)
+PACE_LEAD = 0.010  # seconds a send over the provider client starts ahead of its slot (see Pacer.turn)
 ERROR_OUTCOMES = frozenset({"retry", "failed", "uncertain"})
 lost_slots: dict[str, int] = {}  # per account, for the log line at shutdown
 

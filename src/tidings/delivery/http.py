@@ -38,8 +38,14 @@ class ProviderTransport(AiohttpTransport):
             ) from exc.__cause__
 
 
-async def _headers_ready(*_: object) -> None:
-    await ratelimit.before_write(final=False)  # a body, if any, is written later (and looked at again)
+async def _headers_ready(
+    _session: object, _ctx: object, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    # With a body, aiohttp writes the headers together with it, later (and looks again then); without
+    # one, they are written right after this.
+    headers = params.headers
+    body = headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
+    await ratelimit.before_write(final=not body)
 
 
 async def _body_ready(*_: object) -> None:

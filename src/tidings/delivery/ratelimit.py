@@ -14,11 +14,11 @@ await in between, so everything that happens after the slot was taken (a stalled
 pooled connection, a slow hook) is covered. A slot found late at either point is given up and a new one
 is taken, rather than send late and bunch up with the next sends — this worker's or another's.
 
-An answer from Redis is "your first slot is d µs after I read my clock", and Redis read its clock
-somewhere between our asking and the answer's arrival, at least half the shortest round trip seen lately
-after the one and before the other: an answer that comes back late (a stalled event loop, a slow network)
-leaves its slot in doubt by the extra time it took. Lateness is judged from the earliest the slot can be,
-and a reservation in doubt by more than the tolerance is given up at once.
+Slots reserved in Redis are placed on this process's clock from Redis' own (``RedisLimiter``: the
+offset between the clocks is estimated from the quickest recent answers, NTP-style), not from the moment
+an answer arrives: an answer that comes back late (a stalled event loop, a slow network) does not push
+its slots later than they are — they are late, and given up. Lateness is judged from the earliest a slot
+can be, and a reservation in doubt by more than the tolerance is given up at once.
 
 In one process the TAT lives in memory (``MemoryLimiter``). With ``TIDINGS_REDIS_URL`` it lives in Redis
 (``RedisLimiter``): one Lua script reserves slots atomically on Redis' own clock and answers "your first
@@ -36,10 +36,13 @@ from contextvars import ContextVar
 from typing import NamedTuple
 
 REDIS_PREFIX = "tidings:pace:"
+# Slots reserved in Redis start at least a round trip and this much after the reservation: time for the
+# answer to be read (by a busy process too) before its first slot.
+REDIS_LEAD = 0.005
 
 # KEYS[1] the sender's TAT (µs, Redis clock); ARGV[1] the interval (µs), ARGV[2] how many slots, ARGV[3]
 # the lead (µs): no slot sooner than that from now, so that the answer is back before its first slot.
-# Returns the delay (µs) from now to the first reserved slot.
+# Returns the delay (µs) from now to the first reserved slot, and now (Redis' clock: seconds, µs).
 GCRA_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -49,7 +52,7 @@ local n = tonumber(ARGV[2])
 local start = math.max(tat, now + tonumber(ARGV[3] or '0'))
 local after = start + n * interval
 redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', math.floor((after - now) / 1000) + 60000)
-return math.floor(start - now)
+return {math.floor(start - now), clock[1], clock[2]}
 """
 
 
@@ -87,37 +90,56 @@ class MemoryLimiter(Limiter):
 
 
 class RedisLimiter(Limiter):
-    """The pace of each sender, shared by every process that uses the same Redis."""
+    """The pace of each sender, shared by every process that uses the same Redis.
+
+    Redis answers on its own clock; where a slot falls on ours is estimated from the answers, as NTP
+    does: an answer read Redis' clock somewhere between our asking and its arrival, and the answer that
+    came back quickest (of the last ones) pins the offset between the clocks best — assuming its two
+    ways took about as long, each at least half the shortest round trip seen. Every slot is placed with
+    that offset, so an answer that comes back late (its process busy, a slow network) does not move its
+    slots later than they are: they are just late, and given up if too late. An answer the estimate
+    cannot explain (a clock that was stepped) starts the estimate afresh."""
 
     def __init__(self, url: str) -> None:
         import redis.asyncio as aioredis
 
         self.redis = aioredis.Redis.from_url(url)
         self._script = self.redis.register_script(GCRA_SCRIPT)
-        self._trips: deque[float] = deque(maxlen=64)  # the last round trips: the shortest is the floor
+        self._floor = math.inf  # the shortest round trip seen
+        self._samples: deque[tuple[float, float]] = deque(maxlen=64)  # (round trip, Redis' clock - ours)
         self._connected = False
 
     async def reserve(self, key: str, interval: float, n: int) -> Slots:
+        lead = self._floor + REDIS_LEAD if self._samples else 0.002 + REDIS_LEAD
         asked = time.monotonic()
-        delay_us = await self._call(key, interval, n)
+        delay_us, now_us = await self._call(key, interval, n, lead)
         answered = time.monotonic()
         trip = answered - asked
-        if self._connected:  # the first trip also opened the connection: it is no measure of the way
-            self._trips.append(trip)
-        self._connected = True
-        leg = min(self._trips) / 2 if self._trips else 0.0  # each way takes at least about this long
-        # Redis read its clock between ``asked + leg`` and ``answered - leg``: the slot is at the latest at
-        # ``answered - leg + delay`` (never send before that), and may be ``trip - 2 leg`` earlier (lateness
-        # is judged from that).
-        return Slots(answered - leg + delay_us / 1e6, max(0.0, trip - 2 * leg))
+        redis_now = now_us / 1e6
+        sample = (trip, redis_now - (asked + answered) / 2)
+        if not self._connected:  # the first trip also opened the connection: it is no measure of the way
+            self._connected = True
+            return Slots(answered + delay_us / 1e6, trip)
+        self._floor = min(self._floor, trip)
+        if self._samples:
+            best_trip, offset = min(self._samples)
+            read_at = redis_now - offset  # when, on our clock, the estimate says Redis read its clock
+            if not asked - best_trip / 2 <= read_at <= answered + best_trip / 2:
+                self._samples.clear()  # the clocks moved apart: start again from this answer
+        self._samples.append(sample)
+        best_trip, offset = min(self._samples)
+        # The estimate's own error: the best answer's round trip beyond the two shortest ways.
+        doubt = max(0.0, best_trip - self._floor)
+        first = redis_now + delay_us / 1e6 - offset
+        return Slots(first + doubt / 2, doubt)
 
-    async def _call(self, key: str, interval: float, n: int) -> int:
-        """The script's answer: the delay (µs) from Redis' now to the first reserved slot, which is at least
-        a round trip away (the shortest seen lately, and a little more), so that the answer, back after
-        half of one, is in time for it."""
-        lead = min(self._trips) + 0.0005 if self._trips else 0.002
+    async def _call(self, key: str, interval: float, n: int, lead: float) -> tuple[int, int]:
+        """The script's answer: the delay (µs) from Redis' now to the first reserved slot — at least
+        ``lead`` (a round trip, the shortest seen, and ``REDIS_LEAD``: the answer is back and read in time
+        for it) — and Redis' now (µs)."""
         args = [math.ceil(interval * 1e6), n, math.ceil(lead * 1e6)]
-        return int(await self._script(keys=[REDIS_PREFIX + key], args=args))
+        delay, seconds, micros = await self._script(keys=[REDIS_PREFIX + key], args=args)
+        return int(delay), int(seconds) * 1_000_000 + int(micros)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -218,12 +240,13 @@ class Gate:
                 self.pacer.lost += 1
                 self.slot = await self.pacer._take()
                 continue
+            if not final:
+                return  # more awaits come before the write: it waits for its slot at the last step
             early = self.slot[0] - time.monotonic()
             if early <= 0:
                 break
             await asyncio.sleep(early)  # started ahead of its slot (``turn``'s lead): never write before it
-        if final:
-            self.open = False  # the bytes are written right after this: the slot is used
+        self.open = False  # the bytes are written right after this: the slot is used
 
 
 # The slot of the send this task is making (contexts are per task, and the tasks a request starts —
@@ -236,8 +259,9 @@ async def before_write(final: bool = True) -> None:
     between it and the write. If this task holds a slot that is still to come, it waits for it; if the
     slot turned late since ``Pacer.turn`` (the event loop stalled, a pooled connection was waited for,
     …), the slot is given up and a new one awaited.
-    ``final``: the write follows at once (``False`` for a step after which the transport may still
-    wait, such as aiohttp's headers, which it buffers until the body is written)."""
+    ``final``: the write follows at once; ``False`` for a step after which the transport may still wait
+    (aiohttp's headers, which it buffers until the body is written): a slot turned late is given up
+    there already, but one still to come is waited for at the last step only."""
     gate = _GATE.get()
     if gate is not None:
         await gate.leave(final)
