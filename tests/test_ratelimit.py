@@ -232,9 +232,10 @@ class _LateRedis(RedisLimiter):
 
 
 @needs_redis
-def test_a_late_answer_from_redis_is_judged_from_when_it_was_asked() -> None:
-    """Two workers share a pace; one gets every third answer 30 ms late (more than the tolerance): those
-    slots are given up rather than trusted, and together they stay within the rate in every window."""
+def test_a_late_answer_from_redis_leaves_its_slots_where_they_are() -> None:
+    """Two workers share a pace; one gets every third answer 30 ms late (more than the tolerance): its
+    slots are placed on Redis' clock, not after the answer's arrival, so they are found late and given up
+    rather than sent late, and together the workers stay within the rate in every window."""
     assert REDIS_URL
     key = f"test-{uuid.uuid4().hex}"
     rate = 200.0
@@ -293,3 +294,37 @@ def test_serve_with_several_processes_refuses_to_pace_each_on_its_own(tmp_path: 
     assert refused.returncode == 2, refused.stderr
     assert "TIDINGS_REDIS_URL" in refused.stderr and "--no-worker" in refused.stderr
     assert not database.exists()  # nothing was migrated, nothing served
+
+
+@needs_redis
+def test_a_stepped_redis_clock_restarts_the_estimate() -> None:
+    """Redis' clock jumps two seconds ahead (a wall clock stepped): the offset estimated before cannot
+    explain the next answer, so it is estimated afresh — slots are not placed two seconds away."""
+    assert REDIS_URL
+    key = f"test-{uuid.uuid4().hex}"
+
+    class Stepped(RedisLimiter):
+        step = 0
+
+        async def _call(self, key: str, interval: float, n: int, lead: float) -> tuple[int, int]:
+            delay, now = await super()._call(key, interval, n, lead)
+            if self.step:
+                await asyncio.sleep(0.002)  # slower than the answers before: those stay the quickest
+            return delay, now + self.step
+
+    async def go() -> list[float]:
+        limiter = Stepped(REDIS_URL)
+        try:
+            ahead = []
+            for i in range(10):
+                if i == 5:
+                    limiter.step = 2_000_000  # µs
+                got = await limiter.reserve(key, 0.001, 1)
+                ahead.append(got.first - time.monotonic())
+            return ahead
+        finally:
+            await limiter.redis.delete(REDIS_PREFIX + key)
+            await limiter.aclose()
+
+    ahead = asyncio.run(go())
+    assert all(-0.05 < a < 0.05 for a in ahead), ahead  # each first slot within a few ms, step or not
