@@ -27,6 +27,8 @@ ERRORS = {
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return error_responses(ERRORS, *statuses)
+
+
 log = logging.getLogger(__name__)
 STOP_WAIT = 10.0  # seconds POST …/stop waits at most for the workers to let go of the campaign
 STOP_POLL = 0.02
