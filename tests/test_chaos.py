@@ -87,6 +87,18 @@ def _ledger(db: Database, campaign_id: int) -> Counter[str]:
         return Counter({state: n for state, n in rows})
 
 
+def _rows_of(db: Database, campaign_id: int, phones: set[str]) -> list[tuple[object, ...]]:
+    """The ledger rows of these recipients, to say why they got nothing."""
+    columns = (Message.id, Message.to_phone, Message.state, Message.reason, Message.attempts)
+    with db.session() as session:
+        rows = session.execute(
+            select(*columns, Message.error_detail, Message.dispatched_at, Message.sent_at).where(
+                Message.campaign_id == campaign_id, Message.to_phone.in_(sorted(phones)[:20])
+            )
+        )
+        return [tuple(row) for row in rows]
+
+
 def test_chaos(
     db: Database,
     box: SecretBox,
@@ -177,7 +189,9 @@ def test_chaos(
     refused = [r for r in log if r.status != 200]
     # Exactly one message at the provider per recipient, and for the right ledger row.
     per_phone = Counter(r.to for r in accepted)
-    assert len(per_phone) == N and max(per_phone.values()) == 1
+    missing = {phone(i) for i in range(N)} - {f"+{to}" for to in per_phone}
+    assert not missing, f"no message reached {len(missing)} recipients: {_rows_of(db, campaign_id, missing)}"
+    assert max(per_phone.values()) == 1
     assert {r.to for r in accepted} == {phone(i).removeprefix("+") for i in range(N)}
     assert len({r.ref for r in accepted}) == N
     assert refused, "the stand-in should have refused some calls"

@@ -43,8 +43,11 @@ def _campaign(http: httpx.Client, auth: dict[str, str], template_name: str) -> i
     assert created.status_code == 201, created.text
     campaign_id: int = created.json()["id"]
     deadline = time.monotonic() + 120
-    while http.get(f"/api/v1/campaigns/{campaign_id}", headers=auth).json()["state"] != "completed":
-        assert time.monotonic() < deadline, "the campaign did not finish"
+    while (campaign := http.get(f"/api/v1/campaigns/{campaign_id}", headers=auth).json())["state"] != (
+        "completed"
+    ):
+        progress = http.get(f"/api/v1/campaigns/{campaign_id}/progress", headers=auth).json()
+        assert time.monotonic() < deadline, f"the campaign did not finish: {campaign}, {progress}"
         time.sleep(0.1)
     return campaign_id
 

@@ -69,7 +69,6 @@ RECORD_EVERY = 0.05  # seconds between result flushes (or sooner when many are w
 RECORD_AT_ONCE = 500
 SENDER_REFRESH = 5.0  # seconds between re-reads of a sender's integration (rate, tier)
 WATCH_EVERY = 0.025  # seconds between two looks at the state of the campaigns in hand
-PACE_LEAD = 0.010  # seconds a send over the provider client starts ahead of its slot (see Pacer.turn)
 ERROR_OUTCOMES = frozenset({"retry", "failed", "uncertain"})
 lost_slots: dict[str, int] = {}  # per account, for the log line at shutdown
 
@@ -402,10 +401,8 @@ class Dispatcher:
                     self._back.append(item)  # stopped or paused: never called, given back by the watch
                     return
                 if lane.pacer is not None:
-                    # Over the provider client the slot is awaited once more right before the write: the
-                    # send may start ahead by about the time it takes to get there.
-                    lead = PACE_LEAD if paces_at_write(self.pool.http) else 0.0
-                    waited = await lane.pacer.turn(lead)
+                    # Over the provider client the slot is checked once more right before the write.
+                    waited = await lane.pacer.turn(at_write=paces_at_write(self.pool.http))
                     RATE_WAIT_SECONDS.observe(waited)
                     RATE_LOST_SLOTS.inc(lane.pacer.lost)
                     lost_slots[lane.account_id] = lost_slots.get(lane.account_id, 0) + lane.pacer.lost

@@ -3,10 +3,10 @@ and aiohttp underneath (``httpx-aiohttp``) instead of httpcore, whose connection
 more CPU per request (bench/throughput.py measures both; docs/benchmarks.md has the figures).
 
 The session carries one aiohttp trace hook, the rate limiter's last look: aiohttp calls
-``on_request_chunk_sent`` right before it writes a request's bytes (headers and body go out together in
-one write, with no await in between), and there ``ratelimit.before_write`` gives up the send's rate-limit
-slot if it turned late since it was taken, and waits for a new one — so the time a request leaves is the
-time its slot was checked (``on_request_headers_sent`` does the same for a request without a body).
+``on_request_headers_sent`` when the request is about to be written (the headers are buffered and go out
+with the body, in the task aiohttp starts right after), and there ``ratelimit.check_before_write`` — with
+no await — refuses a request whose slot is still to come, turned late since it was taken, or would put
+more than the rate in a window; the transport then waits, outside aiohttp, and makes the request again.
 
 Providers keep speaking httpx (``tidings.providers``); only the transport changes. Its errors are mapped
 so that a provider can tell "the request never left" (``ConnectError``/``ConnectTimeout``: safe to retry)
@@ -26,37 +26,33 @@ _NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 class ProviderTransport(AiohttpTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await super().handle_async_request(request)
-        except httpx.ConnectTimeout as exc:
-            # httpx-aiohttp maps every aiohttp.ClientConnectionError to ConnectTimeout, including a server
-            # that hung up after the request was written: only a failed connect is "never sent".
-            if isinstance(exc.__cause__, _NEVER_SENT):
-                raise
-            raise httpx.ReadError(
-                str(exc) or type(exc.__cause__).__name__, request=request
-            ) from exc.__cause__
+        while True:
+            try:
+                return await super().handle_async_request(request)
+            except ratelimit.SlotMissed:
+                # The last look refused the write (nothing was written): wait for the send's moment, here
+                # and not inside aiohttp, then make the request again.
+                await ratelimit.wait_for_write()
+            except httpx.ConnectTimeout as exc:
+                # httpx-aiohttp maps every aiohttp.ClientConnectionError to ConnectTimeout, including a
+                # server that hung up after the request was written: only a failed connect is "never sent".
+                if isinstance(exc.__cause__, _NEVER_SENT):
+                    raise
+                raise httpx.ReadError(
+                    str(exc) or type(exc.__cause__).__name__, request=request
+                ) from exc.__cause__
 
 
-async def _headers_ready(
-    _session: object, _ctx: object, params: aiohttp.TraceRequestHeadersSentParams
-) -> None:
-    # With a body, aiohttp writes the headers together with it, later (and looks again then); without
-    # one, they are written right after this.
-    headers = params.headers
-    body = headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
-    await ratelimit.before_write(final=not body)
-
-
-async def _body_ready(*_: object) -> None:
-    await ratelimit.before_write(final=True)  # nothing awaits between this and the write
+async def _headers_ready(*_: object) -> None:
+    # aiohttp buffers the headers and writes them with the body, in a task it starts right after this
+    # hook; nothing here awaits (waiting inside aiohttp's write path left requests unanswered).
+    ratelimit.check_before_write()
 
 
 def pacing_trace() -> aiohttp.TraceConfig:
-    """The hooks that hold a request to its rate-limit slot up to the moment it is written."""
+    """The hook that holds a request to its rate-limit slot up to the moment it is written."""
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_headers_ready)
-    trace.on_request_chunk_sent.append(_body_ready)
     return trace
 
 

@@ -7,12 +7,16 @@ so no one-second window ever holds more than ``rate`` sends, however the window 
 each send leaves within ``safety`` seconds of its slot. The achieved rate is ``rate / (1 + safety)``
 (98.8 % with the default 0.012 s).
 
-"Leaves" means the moment the request's bytes are written to the socket, and a slot is checked for
-lateness twice: when ``Pacer.turn`` wakes up for it, and once more right before the write — the transport
-(``tidings.delivery.http``) calls ``before_write`` from aiohttp's last hook before it writes, with no
-await in between, so everything that happens after the slot was taken (a stalled event loop, a wait for a
-pooled connection, a slow hook) is covered. A slot found late at either point is given up and a new one
-is taken, rather than send late and bunch up with the next sends — this worker's or another's.
+"Leaves" means the moment the request's bytes are written to the socket, and a slot is checked twice:
+when ``Pacer.turn`` wakes up for it, and once more right before the write — the transport
+(``tidings.delivery.http``) calls ``check_before_write`` from aiohttp's hook as the request is about to
+be written, with no await in between, so what happens after the slot was taken (a stalled event loop, a
+wait for a pooled connection) is covered; a refused write is made again once it may go (one event-loop
+hop, to the task in which aiohttp writes the buffered headers with the body, is not covered). A slot
+found late is given up and a new one taken, rather than send late and bunch up with the next sends —
+this worker's or another's. A pacer alone on its sender (the in-memory limiter) sees every write and
+keeps late slots instead: each write waits until the last ``floor(rate)`` writes span a second and the
+tolerance, which holds every window exactly and loses no slot when the event loop is busy.
 
 Slots reserved in Redis are placed on this process's clock from Redis' own (``RedisLimiter``: the
 offset between the clocks is estimated from the quickest recent answers, NTP-style), not from the moment
@@ -162,6 +166,16 @@ class Pacer:
         self.rate = rate
         self.interval = (1.0 + safety) / rate
         self.tolerance = max(0.001, safety / 2)  # how late a send may leave after its slot
+        # Alone on its sender (the in-memory limiter: one process), a pacer that sees every write (sends
+        # over the provider client, ``turn(lead)``) keeps a late slot: the write waits instead until the
+        # last ``_burst`` writes span ``_span`` — exact for any window, and no slot is given up when the
+        # event loop is busy (under load, giving up every late slot could leave a sender sending nothing).
+        self.exact = isinstance(limiter, MemoryLimiter)
+        self._burst = max(1, math.floor(rate))
+        # ``_burst`` + 1 writes never within one second (within ``1 / rate`` below one a second), with the
+        # tolerance to spare for the way to the provider.
+        self._span = max(1.0, 1.0 / rate) + self.tolerance
+        self._written: deque[float] = deque(maxlen=self._burst)
         self.chunk = max(1, min(64, int(rate * 0.005)))  # at most ~5 ms of slots per reservation
         self.lost = 0  # slots given up because the send woke up too late
         self.used = 0
@@ -187,12 +201,22 @@ class Pacer:
         finally:
             self._hungry -= 1
 
-    def late(self, slot: tuple[float, float]) -> bool:
-        """True when a send leaving now would leave more than ``tolerance`` after ``slot``."""
+    def late(self, slot: tuple[float, float], exact: bool = False) -> bool:
+        """True when a send leaving now would leave more than ``tolerance`` after ``slot`` (never for an
+        ``exact`` send: its write is checked against the writes before it instead)."""
         at, doubt = slot
-        return time.monotonic() - (at - doubt) > self.tolerance
+        return not exact and time.monotonic() - (at - doubt) > self.tolerance
 
-    async def _take(self, lead: float = 0.0) -> tuple[float, float]:
+    def room_at(self) -> float:
+        """When the next write fits: ``_burst`` writes may not span less than ``_span`` (exact pacers)."""
+        if len(self._written) < self._burst:
+            return 0.0
+        return self._written[0] + self._span
+
+    def wrote(self) -> None:
+        self._written.append(time.monotonic())
+
+    async def _take(self, lead: float = 0.0, exact: bool = False) -> tuple[float, float]:
         """Wait for the next slot that this send can still make (until ``lead`` before it); those it
         cannot are given up."""
         while True:
@@ -202,69 +226,83 @@ class Pacer:
                 delay = at - lead - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if not self.late(slot):
+                if not self.late(slot, exact):
                     return slot
             self.lost += 1
 
-    async def turn(self, lead: float = 0.0) -> float:
+    async def turn(self, lead: float = 0.0, at_write: bool = False) -> float:
         """Wait for the next slot and return how long it took; call the provider right after.
 
         The slot stays with the calling task: the first request it then makes over the provider client
-        (``tidings.delivery.http``) checks it once more right before its bytes are written
-        (``before_write``): it waits there if the slot is still to come, and takes a new slot if it
-        turned late on the way. So a send over that client may start ``lead`` seconds before its slot
-        (the way from here to the write takes about that long), and leaves on time; any other send must
-        use no lead. Call ``sent()`` once the provider call is over."""
+        (``tidings.delivery.http``) is checked once more right before its bytes are written
+        (``check_before_write``, synchronous, no await between it and the write): a request whose slot
+        is still to come, turned late on the way, or (alone on the sender) would make more than the rate
+        in a window, is not written; the transport waits (``wait_for_write``) and tries again.
+        ``at_write`` (or a ``lead``, for a send that starts that much ahead of its slot): the send goes
+        over that client. Call ``sent()`` once the provider call is over."""
         began = time.monotonic()
-        slot = await self._take(lead)
+        exact = self.exact and (at_write or lead > 0)
+        slot = await self._take(lead, exact)
         self.used += 1
-        _GATE.set(Gate(self, slot))
+        _GATE.set(Gate(self, slot, exact))
         return time.monotonic() - began
+
+
+class SlotMissed(Exception):
+    """Raised by the transport's last look: this request must not be written now (see ``Gate.check``)."""
 
 
 class Gate:
     """The slot a send holds between ``Pacer.turn`` and the moment its request is written."""
 
-    __slots__ = ("open", "pacer", "slot")
+    __slots__ = ("exact", "open", "pacer", "slot")
 
-    def __init__(self, pacer: Pacer, slot: tuple[float, float]) -> None:
+    def __init__(self, pacer: Pacer, slot: tuple[float, float], exact: bool = False) -> None:
         self.pacer = pacer
         self.slot = slot
+        self.exact = exact  # the write is checked against this pacer's last writes, not the slot's lateness
         self.open = True
 
-    async def leave(self, final: bool) -> None:
-        if not self.open:
-            return
-        while True:
-            if self.pacer.late(self.slot):
-                self.pacer.lost += 1
-                self.slot = await self.pacer._take()
-                continue
-            if not final:
-                return  # more awaits come before the write: it waits for its slot at the last step
-            early = self.slot[0] - time.monotonic()
-            if early <= 0:
-                break
-            await asyncio.sleep(early)  # started ahead of its slot (``turn``'s lead): never write before it
-        self.open = False  # the bytes are written right after this: the slot is used
+    def ready_at(self) -> float:
+        """The earliest this send may be written (``time.monotonic()``)."""
+        return max(self.slot[0], self.pacer.room_at() if self.exact else 0.0)
+
+    def check(self) -> None:
+        """The last look, right before the write: it may go now (the slot is used), or ``SlotMissed``."""
+        if time.monotonic() < self.ready_at() or self.pacer.late(self.slot, self.exact):
+            raise SlotMissed
+        self.open = False
+        if self.exact:
+            self.pacer.wrote()
+
+    async def wait(self) -> None:
+        """After ``SlotMissed``: a slot that turned late is given up for a new one; then wait until the
+        send may be written."""
+        if self.pacer.late(self.slot, self.exact):
+            self.pacer.lost += 1
+            self.slot = await self.pacer._take(exact=self.exact)
+        delay = self.ready_at() - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
-# The slot of the send this task is making (contexts are per task, and the tasks a request starts —
-# aiohttp writes a request's body from a task of its own — copy it).
+# The slot of the send this task is making (contexts are per task, and the tasks a request starts copy it).
 _GATE: ContextVar[Gate | None] = ContextVar("tidings_rate_gate", default=None)
 
 
-async def before_write(final: bool = True) -> None:
-    """The last look before a request's bytes are written: called by the transport's hook, with no await
-    between it and the write. If this task holds a slot that is still to come, it waits for it; if the
-    slot turned late since ``Pacer.turn`` (the event loop stalled, a pooled connection was waited for,
-    …), the slot is given up and a new one awaited.
-    ``final``: the write follows at once; ``False`` for a step after which the transport may still wait
-    (aiohttp's headers, which it buffers until the body is written): a slot turned late is given up
-    there already, but one still to come is waited for at the last step only."""
+def check_before_write() -> None:
+    """The transport's last look before a request's bytes are written, with no await between it and the
+    write: raises ``SlotMissed`` when this task's slot does not allow the write now."""
     gate = _GATE.get()
-    if gate is not None:
-        await gate.leave(final)
+    if gate is not None and gate.open:
+        gate.check()
+
+
+async def wait_for_write() -> None:
+    """After ``SlotMissed``: wait until this task's send may be written (a new slot if it turned late)."""
+    gate = _GATE.get()
+    if gate is not None and gate.open:
+        await gate.wait()
 
 
 def sent() -> None:
