@@ -15,8 +15,8 @@ wait for a pooled connection) is covered; a refused write is made again once it 
 hop, to the task in which aiohttp writes the buffered headers with the body, is not covered). A slot
 found late is given up and a new one taken, rather than send late and bunch up with the next sends —
 this worker's or another's. A pacer alone on its sender (the in-memory limiter) sees every write and
-keeps late slots instead: each write waits until the last ``floor(rate)`` writes span a second and the
-tolerance, which holds every window exactly and loses no slot when the event loop is busy.
+keeps late slots instead: each write waits until the last ``floor(rate)`` writes span a second and two
+safety margins, which holds every window exactly and loses no slot when the event loop is busy.
 
 Slots reserved in Redis are placed on this process's clock from Redis' own (``RedisLimiter``: the
 offset between the clocks is estimated from the quickest recent answers, NTP-style), not from the moment
@@ -172,9 +172,10 @@ class Pacer:
         # event loop is busy (under load, giving up every late slot could leave a sender sending nothing).
         self.exact = isinstance(limiter, MemoryLimiter)
         self._burst = max(1, math.floor(rate))
-        # ``_burst`` + 1 writes never within one second (within ``1 / rate`` below one a second), with the
-        # tolerance to spare for the way to the provider.
-        self._span = max(1.0, 1.0 / rate) + self.tolerance
+        # ``_burst`` + 1 writes never within one second (within ``1 / rate`` below one a second), with two
+        # safety margins to spare for the way from the check to the provider (the hop to aiohttp's write
+        # task; at 1,000/s one margin still let 1,003 arrive within a second at a busy stand-in).
+        self._span = max(1.0, 1.0 / rate) + 2 * safety
         self._written: deque[float] = deque(maxlen=self._burst)
         self.chunk = max(1, min(64, int(rate * 0.005)))  # at most ~5 ms of slots per reservation
         self.lost = 0  # slots given up because the send woke up too late
