@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.helpers import insert_profiles, phone
 from tidings.accounts.models import Integration
@@ -58,10 +58,15 @@ def _claimed(db: Database, account: NewAccount, n: int) -> tuple[int, list[Claim
         campaign_id = create_campaign(
             session, account.account_id, name="c", template_id=template.id, variables=[], target={"all": True}
         ).id
+    # Due an hour from now, in the planning transaction: a worker running beside the test (``live``) never
+    # takes them; the test claims them as of then.
+    later = utcnow() + timedelta(hours=1)
     with db.session() as session:
         start_campaign(session, campaign_id, utcnow())
+        planned = update(Message).where(Message.campaign_id == campaign_id)
+        session.execute(planned.values(next_attempt_at=later))
     with db.session() as session:
-        return campaign_id, claim_batch(session, n, timedelta(seconds=60), utcnow())
+        return campaign_id, claim_batch(session, n, timedelta(seconds=60), later)
 
 
 def _sent_messages(db: Database, account: NewAccount, n: int) -> tuple[int, list[tuple[int, str]]]:
