@@ -14,9 +14,9 @@ be written, with no await in between, so what happens after the slot was taken (
 wait for a pooled connection) is covered; a refused write is made again once it may go (one event-loop
 hop, to the task in which aiohttp writes the buffered headers with the body, is not covered). A slot
 found late is given up and a new one taken, rather than send late and bunch up with the next sends —
-this worker's or another's. A pacer alone on its sender (the in-memory limiter) sees every write and
-keeps late slots instead: each write waits until the last ``floor(rate)`` writes span a second and two
-safety margins, which holds every window exactly and loses no slot when the event loop is busy.
+this worker's or another's. (A pacer alone on its sender could keep late slots and hold every window by
+its last writes instead — ``EXACT_WHEN_ALONE`` — but that is off: measured, the kept-late writes still
+bunched at the provider.)
 
 Slots reserved in Redis are placed on this process's clock from Redis' own (``RedisLimiter``: the
 offset between the clocks is estimated from the quickest recent answers, NTP-style), not from the moment
