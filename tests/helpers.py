@@ -48,3 +48,26 @@ def refused(r: Any, status: int, code: str) -> str:
     assert body["code"] == code, body
     message: str = body["message"]
     return message
+
+
+def running_campaign(db: Database, account_id: str, phones: list[str]) -> int:
+    """A running one-time campaign (template ``a:b``, no control group) with one queued recipient per
+    phone (a profile ``u<i>`` each; numbers may repeat)."""
+    from tidings.campaigns.service import create_campaign, start_campaign
+    from tidings.templates.service import create_template
+
+    insert_profiles(db, account_id, [{"identity": f"u{i}", "phone": p} for i, p in enumerate(phones)])
+    with db.session() as session:
+        template = create_template(session, account_id, name="a:b", body="Hi", category="UTILITY")
+        campaign_id = create_campaign(
+            session,
+            account_id,
+            name="c",
+            template_id=template.id,
+            variables=[],
+            target={"all": True},
+            system_control_group=False,
+        ).id
+    with db.session() as session:
+        start_campaign(session, campaign_id, utcnow())
+    return int(campaign_id)

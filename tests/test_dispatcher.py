@@ -15,7 +15,7 @@ from sqlalchemy import select, text, update
 
 from bench.cluster import start_standin
 from tests.conftest import basic
-from tests.helpers import insert_profiles, phone
+from tests.helpers import insert_profiles, phone, running_campaign
 from tidings.accounts import integrations
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.models import Campaign
@@ -29,28 +29,13 @@ from tidings.delivery.service import Attempt, claim_batch, mark_dispatched, reco
 from tidings.providers.base import SendResult, Status, StatusUpdate
 from tidings.providers.pool import ProviderPool
 from tidings.secrets import SecretBox
-from tidings.templates.service import create_template
 
 LEASE = timedelta(seconds=60)
 
 
 def _campaign(db: Database, account: NewAccount, phones: list[str]) -> int:
     """A running one-time campaign whose recipients are queued, one per phone (numbers may repeat)."""
-    insert_profiles(db, account.account_id, [{"identity": f"u{i}", "phone": p} for i, p in enumerate(phones)])
-    with db.session() as session:
-        template = create_template(session, account.account_id, name="a:b", body="Hi", category="UTILITY")
-        campaign_id = create_campaign(
-            session,
-            account.account_id,
-            name="c",
-            template_id=template.id,
-            variables=[],
-            target={"all": True},
-            system_control_group=False,
-        ).id
-    with db.session() as session:
-        start_campaign(session, campaign_id, utcnow())
-    return campaign_id
+    return running_campaign(db, account.account_id, phones)
 
 
 def _claim(db: Database, n: int = 100, token: str = "w1-1") -> list[service.Claimed]:

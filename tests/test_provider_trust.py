@@ -25,17 +25,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.conftest import basic
-from tests.helpers import insert_profiles, phone, refused
+from tests.helpers import phone, refused, running_campaign
 from tests.standins.meta import MetaStandIn, Scripted, envelope, meta_template, signed, status_change
 from tests.standins.vonage import VonageStandIn, accepted, rsa_key_pair
 from tidings.accounts import integrations
 from tidings.accounts.service import NewAccount, get_integration
 from tidings.accounts.testsend import send_test_message
 from tidings.campaigns.models import Campaign
-from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings, parse_provider_hosts
 from tidings.conversations.models import InboundMessage
-from tidings.db import Database, utcnow
+from tidings.db import Database
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.models import Message
 from tidings.delivery.service import UNCERTAIN_CODES
@@ -98,21 +97,7 @@ def _save(db: Database, box: SecretBox, account: NewAccount, body: dict[str, Any
 
 
 def _campaign(db: Database, account: NewAccount, n: int) -> int:
-    insert_profiles(db, account.account_id, [{"identity": f"u{i}", "phone": phone(i)} for i in range(n)])
-    with db.session() as session:
-        template = create_template(session, account.account_id, name="a:b", body="Hi", category="UTILITY")
-        campaign_id = create_campaign(
-            session,
-            account.account_id,
-            name="c",
-            template_id=template.id,
-            variables=[],
-            target={"all": True},
-            system_control_group=False,
-        ).id
-    with db.session() as session:
-        start_campaign(session, campaign_id, utcnow())
-    return campaign_id
+    return running_campaign(db, account.account_id, [phone(i) for i in range(n)])
 
 
 def _rows(db: Database, campaign_id: int) -> list[Message]:

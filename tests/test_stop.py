@@ -19,11 +19,10 @@ from sqlalchemy import func, select
 
 from bench.cluster import StandIn, read_log, start_standin
 from tests.conftest import basic
-from tests.helpers import insert_profiles, phone
+from tests.helpers import phone, running_campaign
 from tidings.accounts import integrations
 from tidings.accounts.models import Integration
 from tidings.accounts.service import NewAccount
-from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.delivery import dispatcher as dispatching
@@ -33,26 +32,11 @@ from tidings.delivery.http import provider_client
 from tidings.delivery.models import Message
 from tidings.providers.pool import ProviderPool
 from tidings.secrets import SecretBox
-from tidings.templates.service import create_template
 
 
 def _campaign(db: Database, account: NewAccount, n: int) -> int:
     """A running one-time campaign with ``n`` recipients queued."""
-    insert_profiles(db, account.account_id, [{"identity": f"u{i}", "phone": phone(i)} for i in range(n)])
-    with db.session() as session:
-        template = create_template(session, account.account_id, name="a:b", body="Hi", category="UTILITY")
-        campaign_id = create_campaign(
-            session,
-            account.account_id,
-            name="c",
-            template_id=template.id,
-            variables=[],
-            target={"all": True},
-            system_control_group=False,
-        ).id
-    with db.session() as session:
-        start_campaign(session, campaign_id, utcnow())
-    return campaign_id
+    return running_campaign(db, account.account_id, [phone(i) for i in range(n)])
 
 
 def _on_standin(db: Database, box: SecretBox, account: NewAccount, url: str, rate: float | None) -> None:
