@@ -31,6 +31,7 @@ from sqlalchemy import insert, select, text
 from bench.cluster import start_standin
 from tidings.accounts.integrations import configure
 from tidings.accounts.service import create_account
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
@@ -89,11 +90,13 @@ def planning(url: str, n: int, box: SecretBox) -> None:
         campaign_id = create_campaign(
             session,
             account_id,
-            name="bench",
-            template_id=template_id,
-            variables=["{{ Profile.Name }}"],
-            control_group_pct=10,
-            send_at=now,
+            CampaignCreate(
+                name="bench",
+                template_id=template_id,
+                variables=["{{ Profile.Name }}"],
+                control_group_pct=10,
+                send_at=now,
+            ),
         ).id
     before = _peak_mb()
     started = time.perf_counter()
@@ -153,12 +156,14 @@ def trigger_latency(count: int, workdir: Path) -> None:
             campaign_id = create_campaign(
                 session,
                 new.account_id,
-                name="live",
-                kind="single_action",
-                template_id=template_id,
-                variables=["{{ Event.Item }}"],
-                trigger={"event": "Charged"},
-                system_control_group=False,
+                CampaignCreate(
+                    name="live",
+                    kind="single_action",
+                    template_id=template_id,
+                    variables=["{{ Event.Item }}"],
+                    trigger={"event": "Charged"},
+                    system_control_group=False,
+                ),
             ).id
         with db.session() as session:
             start_campaign(session, campaign_id, utcnow())

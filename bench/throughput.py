@@ -27,6 +27,7 @@ from bench.cluster import start_standin, start_worker, stop, tidings_env
 from tidings.accounts import integrations
 from tidings.accounts.models import Integration
 from tidings.accounts.service import create_account
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Base, Database, utcnow
@@ -113,12 +114,14 @@ def plan(db: Database, box: SecretBox, standin_url: str, n: int, rate: float | N
         campaign = create_campaign(
             session,
             account_id,
-            name="bench",
-            template_id=template.id,
-            variables=['{{ Profile.Name | default: "friend" }}'],
-            target={"all": True},
-            system_control_group=False,
-            send_at=now,
+            CampaignCreate(
+                name="bench",
+                template_id=template.id,
+                variables=['{{ Profile.Name | default: "friend" }}'],
+                target={"all": True},
+                system_control_group=False,
+                send_at=now,
+            ),
         )
         campaign_id = campaign.id
     return account_id, campaign_id

@@ -53,6 +53,7 @@ def refused(r: Any, status: int, code: str) -> str:
 def running_campaign(db: Database, account_id: str, phones: list[str]) -> int:
     """A running one-time campaign (template ``a:b``, no control group) with one queued recipient per
     phone (a profile ``u<i>`` each; numbers may repeat)."""
+    from tidings.campaigns.schemas import CampaignCreate
     from tidings.campaigns.service import create_campaign, start_campaign
     from tidings.templates.service import create_template
 
@@ -62,11 +63,13 @@ def running_campaign(db: Database, account_id: str, phones: list[str]) -> int:
         campaign_id = create_campaign(
             session,
             account_id,
-            name="c",
-            template_id=template.id,
-            variables=[],
-            target={"all": True},
-            system_control_group=False,
+            CampaignCreate(
+                name="c",
+                template_id=template.id,
+                variables=[],
+                target={"all": True},
+                system_control_group=False,
+            ),
         ).id
     with db.session() as session:
         start_campaign(session, campaign_id, utcnow())

@@ -17,6 +17,7 @@ from tests.conftest import basic, clevertap, new_account
 from tests.helpers import insert_profiles, phone, refused
 from tidings.accounts.models import Account
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.campaigns.triggers import on_events
 from tidings.db import Database, utcnow
@@ -49,7 +50,9 @@ def _live(db: Database, account_id: str, now: datetime, **kwargs: Any) -> int:
     kwargs.setdefault("variables", ['{{ Profile.Name | default: "there" }}'])
     with db.session() as session:
         campaign_id = create_campaign(
-            session, account_id, name="live", template_id=_template(db, account_id), send_at=now, **kwargs
+            session,
+            account_id,
+            CampaignCreate(name="live", template_id=_template(db, account_id), send_at=now, **kwargs),
         ).id
     with db.session() as session:
         start_campaign(session, campaign_id, now)
@@ -88,7 +91,9 @@ def test_unbounded_liquid_is_refused_when_the_campaign_is_created(
 ) -> None:
     template_id = _template(db, account.account_id)
     with db.session() as session, pytest.raises(Invalid) as caught:
-        create_campaign(session, account.account_id, name="c", template_id=template_id, variables=[source])
+        create_campaign(
+            session, account.account_id, CampaignCreate(name="c", template_id=template_id, variables=[source])
+        )
     assert caught.value.code == "invalid_liquid" and says in caught.value.message
     answer = client.post(
         "/api/v1/campaigns",

@@ -9,6 +9,7 @@ from sqlalchemy import delete, select
 from tests.helpers import insert_profiles, phone
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.models import Campaign
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.campaigns.triggers import engagement_context
 from tidings.db import Database, utcnow
@@ -30,7 +31,9 @@ def _campaign(db: Database, account: NewAccount, **kwargs: Any) -> int:
         )
         kwargs.setdefault("variables", ['{{ Profile.Name | default: "there" }}', "{{ Profile.ticket }}"])
         campaign = create_campaign(
-            session, account.account_id, name="c", template_id=template.id, target={"all": True}, **kwargs
+            session,
+            account.account_id,
+            CampaignCreate(name="c", template_id=template.id, target={"all": True}, **kwargs),
         )
         return campaign.id
 
@@ -134,11 +137,9 @@ def _campaign_named(db: Database, account: NewAccount, name: str, **kwargs: Any)
         campaign = create_campaign(
             session,
             account.account_id,
-            name=name,
-            template_id=template_id,
-            variables=["x", "y"],
-            target={"all": True},
-            **kwargs,
+            CampaignCreate(
+                name=name, template_id=template_id, variables=["x", "y"], target={"all": True}, **kwargs
+            ),
         )
         return campaign.id
 
@@ -159,15 +160,17 @@ def test_target_conditions_select_the_audience(db: Database, account: NewAccount
         campaign = create_campaign(
             session,
             account.account_id,
-            name="adults in Pune",
-            template_id=template.id,
-            variables=[],
-            target={
-                "conditions": [
-                    {"property": "City", "op": "equals", "value": "Pune"},
-                    {"property": "Age", "op": "gte", "value": 18},
-                ]
-            },
+            CampaignCreate(
+                name="adults in Pune",
+                template_id=template.id,
+                variables=[],
+                target={
+                    "conditions": [
+                        {"property": "City", "op": "equals", "value": "Pune"},
+                        {"property": "Age", "op": "gte", "value": 18},
+                    ]
+                },
+            ),
         )
         campaign_id = campaign.id
     with db.session() as session:

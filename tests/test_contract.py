@@ -141,7 +141,7 @@ def test_a_start_time_without_a_zone_is_refused(client: Any, auth: dict[str, str
     zoned_at = {**campaign, "send_at": "2030-01-01T09:00:00+05:30", "draft": True}
     zoned = client.post("/api/v1/campaigns", json=zoned_at, headers=auth)
     assert zoned.status_code == 201, zoned.text
-    assert zoned.json()["scheduled_at"].startswith("2030-01-01T03:30:00")
+    assert zoned.json()["send_at"].startswith("2030-01-01T03:30:00")
 
 
 HUGE = "99999999999999999999"  # past 2^63
@@ -352,7 +352,7 @@ def test_the_openapi_document_lists_every_error_status(app: FastAPI) -> None:
 def test_a_frequency_cap_too_long_for_a_datetime_is_refused(client: Any, auth: dict[str, str]) -> None:
     for cap in ({"max": 1, "hours": int(HUGE)}, {"max": 2**63, "hours": 24}):
         r = client.patch("/api/v1/account", json={"settings": {"frequency_cap": cap}}, headers=auth)
-        assert "frequency_cap" in refused(r, 422, "invalid")
+        assert refused(r, 422, "validation_error").startswith("settings.frequency_cap.")
     fine = {"settings": {"frequency_cap": {"max": 3, "hours": 24}}}
     ok = client.patch("/api/v1/account", json=fine, headers=auth)
     assert ok.status_code == 200, ok.text

@@ -19,6 +19,7 @@ from tests.helpers import insert_profiles, phone, running_campaign
 from tidings.accounts import integrations
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.models import Campaign
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
@@ -114,11 +115,13 @@ def test_the_pair_rate_holds_back_a_user_just_messaged(db: Database, account: Ne
         second = create_campaign(
             session,
             account.account_id,
-            name="d",
-            template_id=template_id,
-            variables=[],
-            target={"conditions": [{"property": "Phone", "op": "equals", "value": same}]},
-            system_control_group=False,
+            CampaignCreate(
+                name="d",
+                template_id=template_id,
+                variables=[],
+                target={"conditions": [{"property": "Phone", "op": "equals", "value": same}]},
+                system_control_group=False,
+            ),
         ).id
     with db.session() as session:
         start_campaign(session, second, utcnow())

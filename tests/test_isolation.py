@@ -15,6 +15,7 @@ from tests.conftest import basic, clevertap, new_account
 from tests.helpers import insert_profiles, phone, refused
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.models import Campaign, CampaignTrigger
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, run_live, scheduler_tick, start_campaign
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
@@ -52,7 +53,7 @@ def _campaign(db: Database, account_id: str, name: str, **kwargs: Any) -> int:
         kwargs["template_id"] = _template(db, account_id)
     kwargs.setdefault("variables", ['{{ Profile.Name | default: "there" }}'])
     with db.session() as session:
-        return create_campaign(session, account_id, name=name, **kwargs).id
+        return create_campaign(session, account_id, CampaignCreate(name=name, **kwargs)).id
 
 
 def _people(db: Database, account_id: str, n: int, prefix: str = "u") -> None:

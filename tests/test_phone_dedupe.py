@@ -19,6 +19,7 @@ from tests.helpers import insert_profiles, phone
 from tidings.accounts.models import Account
 from tidings.accounts.service import NewAccount
 from tidings.campaigns.models import Campaign
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, run_live, start_campaign
 from tidings.campaigns.triggers import engagement_context, on_events
 from tidings.conversations.service import record_inbound
@@ -48,7 +49,7 @@ def _campaign(db: Database, account: NewAccount, start: bool = True, **kwargs: A
         kwargs.setdefault("send_at", T0)
         kwargs.setdefault("target", {"all": True})
         campaign_id = create_campaign(
-            session, account.account_id, name="c", template_id=template.id, **kwargs
+            session, account.account_id, CampaignCreate(name="c", template_id=template.id, **kwargs)
         ).id
     if start:
         with db.session() as session:

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from tests.conftest import new_account
 from tests.helpers import insert_profiles, phone
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, scheduler_tick, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
@@ -45,12 +46,14 @@ def _dispatched(
         campaign_id = create_campaign(
             session,
             account.account_id,
-            name="c",
-            template_id=template.id,
-            variables=[],
-            target={"all": True},
-            system_control_group=False,
-            send_at=at,
+            CampaignCreate(
+                name="c",
+                template_id=template.id,
+                variables=[],
+                target={"all": True},
+                system_control_group=False,
+                send_at=at,
+            ),
         ).id
     with db.session() as session:
         start_campaign(session, campaign_id, at)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from tests.test_segments_property import Person, store
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign, stop_campaign
 from tidings.db import Database
 from tidings.delivery.models import Message
@@ -111,11 +112,13 @@ def _campaign(db: Database, account_id: str, target: dict[str, Any]) -> int:
         return create_campaign(
             session,
             account_id,
-            name="loyal",
-            template_id=template.id,
-            variables=[],
-            target=target,
-            send_at=NOW - timedelta(hours=1),
+            CampaignCreate(
+                name="loyal",
+                template_id=template.id,
+                variables=[],
+                target=target,
+                send_at=NOW - timedelta(hours=1),
+            ),
         ).id
 
 

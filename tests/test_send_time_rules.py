@@ -19,6 +19,7 @@ from tests.helpers import insert_profiles, phone
 from tests.test_dispatcher import _on_standin
 from tidings.accounts.models import Account
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.conversations.service import record_inbound
@@ -56,13 +57,15 @@ def _campaign(db: Database, account: NewAccount, now: datetime, name: str = "c",
         campaign_id = create_campaign(
             session,
             account.account_id,
-            name=name,
-            template_id=template,
-            variables=[],
-            target={"all": True},
-            system_control_group=False,
-            send_at=now,
-            **kw,
+            CampaignCreate(
+                name=name,
+                template_id=template,
+                variables=[],
+                target={"all": True},
+                system_control_group=False,
+                send_at=now,
+                **kw,
+            ),
         ).id
     with db.session() as session:
         assert start_campaign(session, campaign_id, now) is not None

@@ -340,15 +340,15 @@ def test_the_openapi_document_describes_the_routes_and_the_answers(
 ) -> None:
     doc = client.get("/openapi.json").json()
     assert set(doc["paths"][URL]) == {"get", "post"}
-    assert set(doc["paths"][URL + "/{template_id}"]) == {"get", "patch", "delete"}
-    for path in (URL, URL + "/{template_id}"):
+    assert set(doc["paths"][URL + "/{ref}"]) == {"get", "patch", "delete"}
+    for path in (URL, URL + "/{ref}"):
         for operation in doc["paths"][path].values():
             assert operation["tags"] == ["templates"]
     post = doc["paths"][URL]["post"]
     assert "201" in post["responses"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TemplateCreate")
     assert "409" in post["responses"]
-    assert "204" in doc["paths"][URL + "/{template_id}"]["delete"]["responses"]
+    assert "204" in doc["paths"][URL + "/{ref}"]["delete"]["responses"]
 
     schemas = doc["components"]["schemas"]
     out = schemas["TemplateOut"]

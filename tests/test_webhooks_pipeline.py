@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from tests.helpers import insert_profiles, phone
 from tidings.accounts.models import Integration
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
@@ -56,7 +57,9 @@ def _claimed(db: Database, account: NewAccount, n: int) -> tuple[int, list[Claim
     with db.session() as session:
         template = create_template(session, account.account_id, name="a:b", body="Hi", category="UTILITY")
         campaign_id = create_campaign(
-            session, account.account_id, name="c", template_id=template.id, variables=[], target={"all": True}
+            session,
+            account.account_id,
+            CampaignCreate(name="c", template_id=template.id, variables=[], target={"all": True}),
         ).id
     # Due an hour from now, in the planning transaction: a worker running beside the test (``live``) never
     # takes them; the test claims them as of then.

@@ -77,12 +77,19 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": list(err.get("loc", ())), "message": err.get("msg", "")} for err in exc.errors()]
+        errors = exc.errors()
+        details = [
+            {"loc": list(err.get("loc", ())), "message": str(err.get("msg", "")).removeprefix("Value error, ")}
+            for err in errors
+        ]
         first = details[0] if details else {"loc": [], "message": "invalid request"}
         where = ".".join(str(p) for p in first["loc"][1:]) or "body"
+        # A model may refuse with a code of its own (tidings.errors.refusal).
+        code = (
+            (errors[0].get("ctx") or {}).get("api_code", "validation_error") if errors else "validation_error"
+        )
         return JSONResponse(
-            {"code": "validation_error", "message": f"{where}: {first['message']}", "details": details},
-            status_code=422,
+            {"code": code, "message": f"{where}: {first['message']}", "details": details}, status_code=422
         )
 
     @app.exception_handler(StarletteHTTPException)

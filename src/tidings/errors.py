@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
+from pydantic_core import PydanticCustomError
 
 
 class ApiError(Exception):
@@ -47,6 +48,12 @@ class Invalid(ApiError):
 class Conflict(ApiError):
     def __init__(self, message: str, code: str = "conflict") -> None:
         super().__init__(409, code, message)
+
+
+def refusal(code: str, message: str) -> PydanticCustomError:
+    """A refusal raised inside a request model's validation that the API answers (422) with its own
+    ``code`` instead of ``validation_error``."""
+    return PydanticCustomError(code, message, {"api_code": code})
 
 
 class ErrorBody(BaseModel):

@@ -12,9 +12,7 @@ from pydantic import BaseModel, Field
 from tidings.accounts import integrations
 from tidings.accounts.models import Account
 from tidings.accounts.service import get_integration
-from tidings.campaigns.rules import parse_rules
-from tidings.campaigns.schemas import AccountOut, AccountUpdate
-from tidings.conversations.keywords import validate_keywords
+from tidings.campaigns.rules import AccountOut, AccountUpdate, Rules
 from tidings.deps import CurrentAccount, Db, get_box, get_settings
 from tidings.errors import Invalid
 
@@ -112,19 +110,18 @@ account_router = APIRouter(prefix="/api/v1/account", tags=["account"])
 
 
 def _account_out(account: Account) -> AccountOut:
-    return AccountOut(
-        id=account.id, name=account.name, timezone=account.timezone, settings=account.settings or {}
-    )
+    settings = Rules.model_validate(account.settings or {})
+    return AccountOut(id=account.id, name=account.name, timezone=account.timezone, settings=settings)
 
 
-@account_router.get("", response_model=AccountOut)
+@account_router.get("", response_model=AccountOut, response_model_exclude_unset=True)
 def read_account(account: CurrentAccount) -> AccountOut:
     """The account: name, time zone, its engagement rules (system control group, frequency cap, DND) and
     its own consent keywords per language (``settings.keywords``)."""
     return _account_out(account)
 
 
-@account_router.patch("", response_model=AccountOut)
+@account_router.patch("", response_model=AccountOut, response_model_exclude_unset=True)
 def update_account(body: AccountUpdate, account: CurrentAccount, db: Db) -> AccountOut:
     with db.session() as session:
         row = session.get(Account, account.id)
@@ -138,8 +135,6 @@ def update_account(body: AccountUpdate, account: CurrentAccount, db: Db) -> Acco
                 raise Invalid(f"timezone {body.timezone!r} is not an IANA time zone") from exc
             row.timezone = body.timezone
         if body.settings is not None:
-            parse_rules(body.settings)
-            validate_keywords(body.settings.get("keywords"))
-            row.settings = body.settings
+            row.settings = body.settings.stored()
         session.flush()
         return _account_out(row)

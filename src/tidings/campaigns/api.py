@@ -1,18 +1,12 @@
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
-from fastapi import APIRouter
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Response
 
 from tidings.bounds import Id
 from tidings.campaigns import service
-from tidings.campaigns.models import Campaign
-from tidings.campaigns.schemas import CampaignCreate, CampaignOut, CampaignStats, VariantOut
-from tidings.db import utcnow
-from tidings.delivery import service as delivery
+from tidings.campaigns.schemas import CampaignCreate, CampaignOut, CampaignStats
 from tidings.deps import CurrentAccount, Db
 from tidings.errors import error_responses
 from tidings.stats.service import campaign_stats
@@ -22,6 +16,9 @@ router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 ERRORS = {
     404: "`not_found`: no such campaign, or the template or segment it names is not in this account.",
     409: "`conflict`: the campaign's state does not allow it (`message` says which states do).",
+    422: "`not_allowed_on_whatsapp`: a recurring or multi-date campaign; `variables_mismatch`, "
+    "`invalid_liquid`, `invalid_segment`, `segment_not_found`, `template_ambiguous`; `validation_error` "
+    "for a malformed campaign (`message` names the field).",
 }
 
 
@@ -29,62 +26,45 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return error_responses(ERRORS, *statuses)
 
 
-log = logging.getLogger(__name__)
-STOP_WAIT = 10.0  # seconds POST …/stop waits at most for the workers to let go of the campaign
-STOP_POLL = 0.02
-
-
-def _out(session: Session, campaign: Campaign) -> CampaignOut:
-    out = CampaignOut.model_validate(campaign)
-    out.variants = [VariantOut.model_validate(v) for v in service.variants_of(session, campaign.id)]
-    return out
-
-
-@router.post("", status_code=201, response_model=CampaignOut, responses=_errors(404))
+@router.post("", status_code=201, response_model=CampaignOut, responses=_errors(404, 422))
 def create(body: CampaignCreate, account: CurrentAccount, db: Db) -> CampaignOut:
     """Create a campaign of one of the four kinds (scheduled for `send_at`, or a draft)."""
     with db.session() as session:
-        campaign = service.create_campaign(
-            session,
-            account.id,
-            name=body.name,
-            kind=body.kind,
-            template_id=body.template_id,
-            variables=body.variables,
-            variants=[service.VariantIn(**v.model_dump()) for v in body.variants],
-            split=body.split,
-            target=body.target,
-            trigger=body.trigger,
-            control_group_pct=body.control_group_pct,
-            system_control_group=body.system_control_group,
-            respect_rules=body.respect_rules,
-            frequency=body.frequency,
-            conversion=body.conversion,
-            send_at=body.send_at,
-            ends_at=body.ends_at,
-            draft=body.draft,
-            schedule=body.schedule,
-        )
-        return _out(session, campaign)
+        return service.described(session, service.create_campaign(session, account.id, body))
 
 
 @router.get("", response_model=list[CampaignOut])
 def list_(account: CurrentAccount, db: Db) -> list[CampaignOut]:
     with db.read() as session:
-        return [_out(session, c) for c in service.list_campaigns(session, account.id)]
+        return [service.described(session, c) for c in service.list_campaigns(session, account.id)]
 
 
 @router.get("/{campaign_id}", response_model=CampaignOut)
 def read(campaign_id: Id, account: CurrentAccount, db: Db) -> CampaignOut:
     with db.read() as session:
-        return _out(session, service.get_campaign(session, account.id, campaign_id))
+        return service.described(session, service.get_campaign(session, account.id, campaign_id))
+
+
+@router.put("/{campaign_id}", response_model=CampaignOut, responses=_errors(404, 409, 422))
+def update(campaign_id: Id, body: CampaignCreate, account: CurrentAccount, db: Db) -> CampaignOut:
+    """Rewrite a draft: the body is the whole campaign, as at creation (what `GET` shows, by the same
+    names); it stays a draft with `draft: true`, and is scheduled otherwise. 409 once it is not a draft."""
+    with db.session() as session:
+        return service.described(session, service.update_draft(session, account.id, campaign_id, body))
+
+
+@router.delete("/{campaign_id}", status_code=204, response_class=Response, responses=_errors(409))
+def delete(campaign_id: Id, account: CurrentAccount, db: Db) -> None:
+    """Delete a draft. 409 once it is scheduled or later (stop it instead: its messages stay counted)."""
+    with db.session() as session:
+        service.delete_draft(session, account.id, campaign_id)
 
 
 @router.post("/{campaign_id}/schedule", response_model=CampaignOut, responses=_errors(409))
 def schedule(campaign_id: Id, account: CurrentAccount, db: Db) -> CampaignOut:
     """A draft becomes scheduled: it starts at its start time."""
     with db.session() as session:
-        return _out(session, service.schedule_campaign(session, account.id, campaign_id))
+        return service.described(session, service.schedule_campaign(session, account.id, campaign_id))
 
 
 @router.post("/{campaign_id}/stop", response_model=CampaignOut, responses=_errors(409))
@@ -93,19 +73,7 @@ def stop(campaign_id: Id, account: CurrentAccount, db: Db) -> CampaignOut:
     10 seconds): workers see the stop within a few milliseconds and give back what they have not
     sent, and the provider calls already started are answered and recorded. From then on no message of
     the campaign reaches the provider; the ones not sent stay queued, unsent."""
-    with db.session() as session:
-        service.stop_campaign(session, account.id, campaign_id)
-    deadline = time.monotonic() + STOP_WAIT
-    while True:
-        with db.read() as session:
-            if not delivery.in_hand(session, campaign_id, utcnow()):
-                break
-        if time.monotonic() >= deadline:  # a worker that hangs (its lease will run out): not waited for
-            log.warning("campaign %s stopped with messages still in a worker's hands", campaign_id)
-            break
-        time.sleep(STOP_POLL)
-    with db.read() as session:
-        return _out(session, service.get_campaign(session, account.id, campaign_id))
+    return service.stop_and_wait(db, account.id, campaign_id)
 
 
 @router.get("/{campaign_id}/stats", response_model=CampaignStats)

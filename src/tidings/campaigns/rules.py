@@ -1,30 +1,49 @@
-"""The account's engagement rules: system control group, WhatsApp frequency cap, Do-Not-Disturb hours.
-
-Stored in ``accounts.settings``::
+"""The account's engagement rules (``accounts.settings``): system control group, WhatsApp frequency cap,
+Do-Not-Disturb hours, and the account's own consent keywords. One model, :class:`Rules`, read and written
+by ``GET/PATCH /api/v1/account`` and used when planning and sending; stored as its
+``model_dump(mode="json", exclude_unset=True)``, so the settings are read back as they were given::
 
     {"system_control_group_pct": 3,                        # 0 (none) or 2-5 % of all profiles
      "frequency_cap": {"max": 3, "hours": 168},            # at most 3 WhatsApp messages a user a week
      "dnd": {"start": "22:00", "end": "08:00",             # local time; the window may cross midnight
              "timezone": "account" | "user",                # "user": the profile's Tz property, else account
-             "action": "drop" | "delay"}}                   # drop the message, or send when DND ends
+             "action": "drop" | "delay"},                   # drop the message, or send when DND ends
+     "keywords": {"es": {"opt_out": ["BAJA"], "opt_in": ["ALTA"]}}}   # see conversations.keywords
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, time, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tidings.errors import Invalid
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from tidings.campaigns.schemas import ClockTime
+from tidings.conversations.keywords import AccountKeywords
 
 
-@dataclass(frozen=True)
-class Dnd:
-    start: time
-    end: time
-    timezone: str  # "account" or "user"
-    action: str  # "drop" or "delay"
+class FrequencyCap(BaseModel):
+    """At most `max` WhatsApp messages to a phone number in `hours`, across campaigns."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Beyond these, the send-time window would not fit a datetime.
+    max: StrictInt = Field(ge=1, le=10_000, examples=[3])
+    hours: StrictInt = Field(ge=1, le=8760, description="At most 8760 (a year).", examples=[168])
+
+
+class Dnd(BaseModel):
+    """Do-Not-Disturb hours, in local time (the window may cross midnight)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: ClockTime = Field(examples=["22:00"])
+    end: ClockTime = Field(examples=["08:00"])
+    timezone: Literal["account", "user"] = Field(
+        "account", description="`user`: the profile's `Tz` property, else the account's zone."
+    )
+    action: Literal["drop", "delay"] = Field("delay", description="Drop the message, or send when DND ends.")
 
     def window_end(self, at: datetime, tz: ZoneInfo) -> datetime | None:
         """When the DND window containing ``at`` ends (UTC), or None when ``at`` is outside DND."""
@@ -47,12 +66,36 @@ class Dnd:
         return zone(user_zone, account_tz.key) if self.timezone == "user" else account_tz
 
 
-@dataclass(frozen=True)
-class Rules:
-    system_control_group_pct: int = 0
-    cap_max: int | None = None
-    cap_hours: int | None = None
+def _system_pct(value: int) -> int:
+    if not (value == 0 or 2 <= value <= 5):
+        raise ValueError("must be 0 (none) or 2 to 5")
+    return value
+
+
+class Rules(BaseModel):
+    """The account's engagement rules (``accounts.settings``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system_control_group_pct: Annotated[StrictInt, AfterValidator(_system_pct)] = Field(
+        default=0,
+        description="0 (none) or 2-5 % of all profiles, the same users for every campaign.",
+    )
+    frequency_cap: FrequencyCap | None = None
     dnd: Dnd | None = None
+    keywords: AccountKeywords | None = None
+
+    @property
+    def cap_max(self) -> int | None:
+        return self.frequency_cap.max if self.frequency_cap else None
+
+    @property
+    def cap_hours(self) -> int | None:
+        return self.frequency_cap.hours if self.frequency_cap else None
+
+    def stored(self) -> dict[str, Any]:
+        """What ``accounts.settings`` holds: the settings as given."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 def zone(name: str | None, fallback: str = "UTC") -> ZoneInfo:
@@ -65,54 +108,25 @@ def zone(name: str | None, fallback: str = "UTC") -> ZoneInfo:
     return ZoneInfo("UTC")
 
 
-def _clock(value: Any, where: str) -> time:
-    try:
-        return time.fromisoformat(str(value))
-    except ValueError as exc:
-        raise Invalid(f"{where} must be a time of day like 22:00") from exc
-
-
-def parse_rules(settings: dict[str, Any]) -> Rules:
-    """Validate ``accounts.settings``; ``Invalid`` names the faulty part."""
-    # "keywords" (consent keywords) is validated by tidings.conversations.keywords.validate_keywords.
-    unknown = sorted(set(settings) - {"system_control_group_pct", "frequency_cap", "dnd", "keywords"})
-    if unknown:
-        raise Invalid(f"settings: unknown key(s) {', '.join(unknown)}")
-    pct = settings.get("system_control_group_pct", 0)
-    if not isinstance(pct, int) or isinstance(pct, bool) or not (pct == 0 or 2 <= pct <= 5):
-        raise Invalid("settings.system_control_group_pct must be 0 (none) or 2 to 5")
-    cap_max = cap_hours = None
-    cap = settings.get("frequency_cap")
-    if cap is not None:
-        if not isinstance(cap, dict) or set(cap) != {"max", "hours"}:
-            raise Invalid('settings.frequency_cap must be {"max": N, "hours": H}')
-        cap_max, cap_hours = cap["max"], cap["hours"]
-        if not isinstance(cap_max, int) or cap_max < 1 or not isinstance(cap_hours, int) or cap_hours < 1:
-            raise Invalid("settings.frequency_cap.max and .hours must be positive whole numbers")
-        if cap_max > 10_000 or cap_hours > 8760:  # beyond, the send-time window would not fit a datetime
-            raise Invalid("settings.frequency_cap: max is at most 10000, hours at most 8760 (a year)")
-    dnd = None
-    raw = settings.get("dnd")
-    if raw is not None:
-        if not isinstance(raw, dict):
-            raise Invalid("settings.dnd must be an object")
-        if raw.get("timezone", "account") not in ("account", "user"):
-            raise Invalid('settings.dnd.timezone must be "account" or "user"')
-        if raw.get("action", "delay") not in ("drop", "delay"):
-            raise Invalid('settings.dnd.action must be "drop" or "delay"')
-        dnd = Dnd(
-            start=_clock(raw.get("start"), "settings.dnd.start"),
-            end=_clock(raw.get("end"), "settings.dnd.end"),
-            timezone=raw.get("timezone", "account"),
-            action=raw.get("action", "delay"),
-        )
-    return Rules(system_control_group_pct=pct, cap_max=cap_max, cap_hours=cap_hours, dnd=dnd)
-
-
 def account_rules(settings: dict[str, Any] | None) -> Rules:
     """The rules of ``accounts.settings`` as stored (validated when saved); a setting that no longer
     parses counts as no rule rather than stopping every send of the account."""
     try:
-        return parse_rules(settings or {})
-    except Invalid:
+        return Rules.model_validate(settings or {})
+    except ValidationError:
         return Rules()
+
+
+class AccountOut(BaseModel):
+    id: str
+    name: str
+    timezone: str
+    settings: Rules = Field(description="The engagement rules, as they were given.")
+
+
+class AccountUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    timezone: str | None = Field(None, description="IANA zone, e.g. Asia/Kolkata.")
+    settings: Rules | None = Field(None, description="The engagement rules, replaced as a whole.")

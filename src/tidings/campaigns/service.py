@@ -10,222 +10,173 @@ started or planned: one campaign's failure never stops the others — see :func:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from pydantic import BaseModel
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
+from tidings.campaigns.schemas import CampaignCreate, CampaignOut, Trigger
 from tidings.campaigns.triggers import (
-    LIVE_KINDS,
     engagement_context,
     isolated,
     plan_due_inaction,
     plan_on_date,
     set_aside,
-    validate_trigger,
 )
 from tidings.db import Database, utcnow
 from tidings.delivery import planning
 from tidings.delivery import service as delivery
 from tidings.delivery.models import Message
-from tidings.errors import ApiError, Conflict, Invalid, NotFound
+from tidings.errors import Conflict, Invalid, NotFound
 from tidings.personalization.service import check_sources
+from tidings.profiles.models import Event
+from tidings.segments.compiler import properties_condition
 from tidings.segments.service import profile_condition, resolve_target, validate_target
-from tidings.templates.service import get_template
+from tidings.templates.service import get_template, template_by_ref
 
 log = logging.getLogger(__name__)
-
-KINDS = ("one_time", *LIVE_KINDS)
-MAX_VARIANTS = 50  # CleverTap: up to 50 variants by property value, plus the default
-NOT_ON_WHATSAPP = ApiError(
-    422,
-    "not_allowed_on_whatsapp",
-    "WhatsApp does not allow recurring or multi-date campaigns (to prevent spam): use one time, single "
-    "action, inaction within time, or on a date/time",
-)
-
-
-@dataclass
-class VariantIn:
-    template_id: int
-    variables: list[str] = field(default_factory=list)
-    key: str | None = None
-    weight: int | None = None
-    match_value: str | None = None
+STOP_WAIT = 10.0  # seconds a stop waits at most for the workers to let go of the campaign
+STOP_POLL = 0.02
 
 
 def _check_values(
-    session: Session, account_id: str, template_id: int, variables: list[str], where: str
-) -> None:
-    template = get_template(session, account_id, template_id)
-    if len(variables) != template.variable_count:
+    session: Session, account_id: str, template: int | str, variables: list[str], where: str
+) -> int:
+    """The template's id, once its variables are checked against the values given."""
+    found = template_by_ref(session, account_id, template)
+    if len(variables) != found.variable_count:
         raise Invalid(
-            f"{where}: template {template.name} has {template.variable_count} variable(s); "
+            f"{where}: template {found.name} has {found.variable_count} variable(s); "
             f"{len(variables)} value(s) given",
             code="variables_mismatch",
         )
     problems = check_sources(variables)
     if problems:
         raise Invalid(f"{where}: " + "; ".join(problems), code="invalid_liquid")
+    return found.id
 
 
-def _check_variants(split: dict[str, Any] | None, variants: list[VariantIn]) -> None:
-    if not isinstance(split, dict) or split.get("by") not in ("percentage", "property"):
-        raise Invalid('split must be {"by": "percentage"} or {"by": "property", "property": "…"}')
-    if len(variants) < 2:
-        raise Invalid("a multivariate campaign needs at least two variants")
-    if split["by"] == "percentage":
-        if set(split) != {"by"}:
-            raise Invalid('split: {"by": "percentage"} takes no other key')
-        if (
-            any(v.weight is None or v.weight < 1 for v in variants)
-            or sum(v.weight or 0 for v in variants) != 100
-        ):
-            raise Invalid("variants: each weight must be at least 1 and the weights must add up to 100")
-        if any(v.match_value is not None for v in variants):
-            raise Invalid("variants: match_value is for a split by property")
-        if len(variants) > MAX_VARIANTS:
-            raise Invalid(f"at most {MAX_VARIANTS} variants")
-        return
-    if (
-        not isinstance(split.get("property"), str)
-        or not split["property"]
-        or set(split) != {"by", "property"}
-    ):
-        raise Invalid('split: {"by": "property"} needs "property", the profile property to split on')
-    defaults = [v for v in variants if v.match_value is None]
-    if len(defaults) != 1:
-        raise Invalid("variants: exactly one variant must be the default (no match_value)")
-    values = [v.match_value for v in variants if v.match_value is not None]
-    if len(set(values)) != len(values):
-        raise Invalid("variants: each match_value must be different")
-    if len(values) > MAX_VARIANTS:
-        raise Invalid(f"at most {MAX_VARIANTS} variants by property value, plus the default")
-    if any(v.weight is not None for v in variants):
-        raise Invalid("variants: weight is for a split by percentage")
+def _check_where(trigger: Trigger | None) -> None:
+    """The trigger's conditions on event properties, in the segment language (``Invalid`` names the part)."""
+    for key in ("where", "absent_where"):
+        where = getattr(trigger, key, None)
+        if where is not None:
+            properties_condition(where, Event.__table__.c.properties, utcnow(), root=f"trigger.{key}")
 
 
-def _check_frequency(frequency: dict[str, Any] | None) -> None:
-    if frequency is None:
-        return
-    rule = frequency.get("rule")
-    if rule in ("every_time", "once") and set(frequency) == {"rule"}:
-        return
-    if rule == "min_gap" and set(frequency) == {"rule", "hours"}:
-        hours = frequency["hours"]
-        if isinstance(hours, int | float) and not isinstance(hours, bool) and 5 / 60 <= hours <= 720:
-            return
-        raise Invalid("frequency.hours must be between 0.083 (5 minutes) and 720 (30 days)")
-    raise Invalid(
-        'frequency must be {"rule": "every_time"}, {"rule": "once"} or {"rule": "min_gap", "hours": N}'
-    )
-
-
-def _check_conversion(conversion: dict[str, Any] | None) -> tuple[str | None, int | None]:
-    if conversion is None:
-        return None, None
-    event, hours = conversion.get("event"), conversion.get("within_hours")
-    if set(conversion) != {"event", "within_hours"} or not isinstance(event, str) or not event:
-        raise Invalid('conversion must be {"event": "Charged", "within_hours": 168}')
-    if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 2160:
-        raise Invalid("conversion.within_hours must be a whole number of hours from 1 to 2160 (90 days)")
-    return event, hours
-
-
-def create_campaign(
-    session: Session,
-    account_id: str,
-    *,
-    name: str,
-    template_id: int | None = None,
-    variables: list[str] | None = None,
-    target: dict[str, Any] | None = None,
-    control_group_pct: int = 0,
-    send_at: datetime | None = None,
-    kind: str = "one_time",
-    variants: list[VariantIn] | None = None,
-    split: dict[str, Any] | None = None,
-    trigger: dict[str, Any] | None = None,
-    ends_at: datetime | None = None,
-    frequency: dict[str, Any] | None = None,
-    conversion: dict[str, Any] | None = None,
-    system_control_group: bool = True,
-    respect_rules: bool = True,
-    draft: bool = False,
-    schedule: Any = None,
-) -> Campaign:
-    """A campaign of one of the four kinds; ``Invalid`` names what is wrong."""
-    if schedule is not None or kind not in KINDS:
-        if schedule is not None or any(w in kind.lower() for w in ("recur", "repeat", "multi", "dates")):
-            raise NOT_ON_WHATSAPP
-        raise Invalid(f"kind must be one of {', '.join(KINDS)}")
-    variants = variants or []
-    variables = list(variables or [])
-    if variants:
-        _check_variants(split, variants)
-        for i, v in enumerate(variants):
-            _check_values(session, account_id, v.template_id, v.variables, f"variants[{i}]")
-        template_id = template_id or variants[0].template_id
-        if template_id != variants[0].template_id or variables:
-            raise Invalid("a multivariate campaign sets template_id and variables per variant only")
-    else:
-        if split is not None:
-            raise Invalid("split needs variants")
-        if template_id is None:
-            raise Invalid("template_id is required (or variants, for a multivariate campaign)")
-        _check_values(session, account_id, template_id, variables, "variables")
-    target = target or {"all": True}
-    resolve_target(session, account_id, target)
-    validate_target(target)
-    if not 0 <= control_group_pct <= 99:
-        raise Invalid("control_group_pct must be between 0 and 99")
-    if kind == "one_time":
-        if trigger is not None:
-            raise Invalid("a one_time campaign has no trigger")
-    else:
-        validate_trigger(kind, trigger)
-    _check_frequency(frequency)
-    conversion_event, conversion_hours = _check_conversion(conversion)
-    start = send_at or utcnow()
-    if ends_at is not None and ends_at <= start:
-        raise Invalid("ends_at must be after the start")
-    campaign = Campaign(
-        account_id=account_id,
-        name=name,
-        kind=kind,
-        state="draft" if draft else "scheduled",
-        template_id=template_id,
-        variables=variables,
-        target=target,
-        control_group_pct=control_group_pct,
-        scheduled_at=start,
-        ends_at=ends_at,
-        trigger=trigger,
-        frequency=frequency,
-        split=split if variants else None,
-        system_control_group=system_control_group,
-        respect_rules=respect_rules,
-        conversion_event=conversion_event,
-        conversion_window_hours=conversion_hours,
-    )
-    session.add(campaign)
-    session.flush()
-    for i, v in enumerate(variants):
-        session.add(
+def _columns(
+    session: Session, account_id: str, spec: CampaignCreate
+) -> tuple[dict[str, Any], list[CampaignVariant]]:
+    """The campaign's columns and its variants (without ``campaign_id``), from a checked ``spec``: what the
+    model could not check alone (templates and their variables, the target's saved segments) is checked
+    here; ``Invalid`` names what is wrong."""
+    variants = []
+    for i, v in enumerate(spec.variants):
+        template_id = _check_values(session, account_id, v.template_id, v.variables, f"variants[{i}]")
+        variants.append(
             CampaignVariant(
-                campaign_id=campaign.id,
                 key=v.key or (chr(ord("A") + i) if i < 26 else f"V{i + 1}"),
-                template_id=v.template_id,
+                template_id=template_id,
                 variables=list(v.variables),
                 weight=v.weight,
                 match_value=v.match_value,
             )
         )
+    if variants:
+        template_id = variants[0].template_id
+    else:
+        assert spec.template_id is not None  # the model requires it without variants
+        template_id = _check_values(session, account_id, spec.template_id, spec.variables, "variables")
+    target = spec.raw_target()
+    resolve_target(session, account_id, target)
+    validate_target(target)
+    _check_where(spec.trigger)
+    start = spec.send_at or utcnow()
+    if spec.ends_at is not None and spec.ends_at <= start:
+        raise Invalid("ends_at must be after the start")
+
+    def dump(model: BaseModel | None) -> dict[str, Any] | None:
+        return model.model_dump(mode="json") if model is not None else None
+
+    columns = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "state": "draft" if spec.draft else "scheduled",
+        "template_id": template_id,
+        "variables": list(spec.variables),
+        "target": target,
+        "control_group_pct": spec.control_group_pct,
+        "scheduled_at": start,
+        "ends_at": spec.ends_at,
+        "trigger": dump(spec.trigger),
+        "frequency": dump(spec.frequency),
+        "split": dump(spec.split),
+        "system_control_group": spec.system_control_group,
+        "respect_rules": spec.respect_rules,
+        "conversion_event": spec.conversion.event if spec.conversion else None,
+        "conversion_window_hours": spec.conversion.within_hours if spec.conversion else None,
+    }
+    return columns, variants
+
+
+def _add_variants(session: Session, campaign_id: int, variants: list[CampaignVariant]) -> None:
+    for variant in variants:
+        variant.campaign_id = campaign_id
+        session.add(variant)
     session.flush()
+
+
+def create_campaign(session: Session, account_id: str, spec: CampaignCreate) -> Campaign:
+    """A campaign of one of the four kinds, scheduled for ``spec.send_at`` or saved as a draft."""
+    columns, variants = _columns(session, account_id, spec)
+    campaign = Campaign(account_id=account_id, **columns)
+    session.add(campaign)
+    session.flush()
+    _add_variants(session, campaign.id, variants)
     return campaign
+
+
+def _not_draft(campaign: Campaign, doing: str) -> Conflict:
+    return Conflict(f"campaign is {campaign.state}; only a draft can be {doing}")
+
+
+def update_draft(session: Session, account_id: str, campaign_id: int, spec: CampaignCreate) -> Campaign:
+    """Rewrite a draft with ``spec``, checked as at creation (``spec.draft`` false schedules it). 409 once
+    it is no longer a draft: the change is one guarded UPDATE, so it cannot reach a campaign that a
+    concurrent request scheduled."""
+    campaign = get_campaign(session, account_id, campaign_id)
+    columns, variants = _columns(session, account_id, spec)
+    changed = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.state == "draft")
+        .values(**columns)
+        .execution_options(synchronize_session=False)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        raise _not_draft(campaign, "changed")
+    session.execute(delete(CampaignVariant).where(CampaignVariant.campaign_id == campaign.id))
+    _add_variants(session, campaign.id, variants)
+    session.refresh(campaign)
+    return campaign
+
+
+def delete_draft(session: Session, account_id: str, campaign_id: int) -> None:
+    """Delete a draft (it has sent nothing); 409 for any other state (stop a campaign instead)."""
+    campaign = get_campaign(session, account_id, campaign_id)
+    deleted = session.execute(
+        delete(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.state == "draft")
+        .execution_options(synchronize_session=False)
+    )
+    if not deleted.rowcount:  # type: ignore[attr-defined]
+        raise _not_draft(campaign, "deleted")
+    # (PostgreSQL deletes them with the campaign; SQLite when it enforces foreign keys)
+    session.execute(delete(CampaignVariant).where(CampaignVariant.campaign_id == campaign.id))
+    session.expunge(campaign)
 
 
 def get_campaign(session: Session, account_id: str, campaign_id: int) -> Campaign:
@@ -289,6 +240,31 @@ def stop_campaign(session: Session, account_id: str, campaign_id: int) -> Campai
         completed_at=utcnow(),
         note="stopped by a user",
     )
+
+
+def stop_and_wait(db: Database, account_id: str, campaign_id: int) -> CampaignOut:
+    """Stop the campaign, then wait (at most ``STOP_WAIT`` seconds) until none of its messages is in a
+    worker's hands: workers see the stop within a few milliseconds and give back what they have not
+    sent, and the provider calls already started are answered and recorded. A worker that hangs is not
+    waited for (its lease will run out)."""
+    with db.session() as session:
+        stop_campaign(session, account_id, campaign_id)
+    deadline = time.monotonic() + STOP_WAIT
+    while True:
+        with db.read() as session:
+            if not delivery.in_hand(session, campaign_id, utcnow()):
+                break
+        if time.monotonic() >= deadline:
+            log.warning("campaign %s stopped with messages still in a worker's hands", campaign_id)
+            break
+        time.sleep(STOP_POLL)
+    with db.read() as session:
+        return described(session, get_campaign(session, account_id, campaign_id))
+
+
+def described(session: Session, campaign: Campaign) -> CampaignOut:
+    """The campaign as the API shows it, with its variants."""
+    return CampaignOut.of(campaign, variants_of(session, campaign.id))
 
 
 def _templates_approved(session: Session, campaign: Campaign) -> str | None:

@@ -23,8 +23,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, String, and_, cast, exists, func, literal, select, update
@@ -32,80 +31,26 @@ from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
 from tidings.campaigns.models import Campaign, CampaignTrigger, CampaignVariant
-from tidings.campaigns.rules import Rules, parse_rules, zone
+from tidings.campaigns.rules import Rules, zone
+from tidings.campaigns.schemas import InactionTrigger, OnDateTrigger, Trigger, trigger_of
 from tidings.db import insert_ignoring_conflicts, transient
 from tidings.delivery.planning import plan_audience
-from tidings.errors import ApiError, Invalid
+from tidings.errors import ApiError
 from tidings.profiles.models import Event, Profile
 from tidings.segments.compiler import iso, properties_condition
 from tidings.segments.service import profile_condition, resolve_target
 
 log = logging.getLogger(__name__)
 
-LIVE_KINDS = ("single_action", "inaction", "on_date")
 MAX_EVENT_AGE = timedelta(hours=2)
 MAX_EVENT_LEAD = timedelta(minutes=2)
-MAX_WAIT = timedelta(days=30)
 
 
-def _event_name(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 255:
-        raise Invalid(f"{where} must be an event name")
-    return value
-
-
-def _where(trigger: dict[str, Any], key: str, path: str) -> None:
-    if trigger.get(key) is not None:
-        properties_condition(
-            trigger[key], Event.__table__.c.properties, datetime.now(UTC), root=f"{path}.{key}"
-        )
-
-
-def validate_trigger(kind: str, trigger: dict[str, Any] | None) -> dict[str, Any]:
-    """The trigger of a live campaign, checked; ``Invalid`` names the faulty part."""
-    if not isinstance(trigger, dict):
-        raise Invalid(f"a {kind} campaign needs a trigger object")
-    path = "trigger"
-    if kind == "single_action":
-        allowed = {"event", "where"}
-        _event_name(trigger.get("event"), f"{path}.event")
-        _where(trigger, "where", path)
-    elif kind == "inaction":
-        allowed = {"event", "where", "absent_event", "absent_where", "within_minutes"}
-        _event_name(trigger.get("event"), f"{path}.event")
-        _event_name(trigger.get("absent_event"), f"{path}.absent_event")
-        _where(trigger, "where", path)
-        _where(trigger, "absent_where", path)
-        minutes = trigger.get("within_minutes")
-        if (
-            not isinstance(minutes, int)
-            or isinstance(minutes, bool)
-            or not 1 <= minutes <= MAX_WAIT.total_seconds() / 60
-        ):
-            raise Invalid(
-                f"{path}.within_minutes must be a whole number of minutes from 1 to 43200 (30 days)"
-            )
-    elif kind == "on_date":
-        allowed = {"property", "event", "offset_minutes", "at_time", "timezone"}
-        if not isinstance(trigger.get("property"), str) or not trigger["property"]:
-            raise Invalid(f"{path}.property must name a date property")
-        if trigger.get("event") is not None:
-            _event_name(trigger["event"], f"{path}.event")
-        offset = trigger.get("offset_minutes", 0)
-        if not isinstance(offset, int) or isinstance(offset, bool) or abs(offset) > 366 * 1440:
-            raise Invalid(f"{path}.offset_minutes must be a whole number of minutes within a year")
-        if trigger.get("at_time") is not None:
-            try:
-                time.fromisoformat(str(trigger["at_time"]))
-            except ValueError as exc:
-                raise Invalid(f"{path}.at_time must be a time of day like 09:00") from exc
-        if trigger.get("timezone", "account") not in ("account", "user"):
-            raise Invalid(f'{path}.timezone must be "account" or "user"')
-    else:
-        raise Invalid(f"kind {kind!r} has no trigger")
-    unknown = sorted(set(trigger) - allowed)
-    if unknown:
-        raise Invalid(f"{path}: unknown key(s) {', '.join(unknown)}")
+def _trigger(campaign: Campaign) -> Trigger:
+    """The live campaign's trigger, as the model of its kind."""
+    trigger = trigger_of(campaign.kind, campaign.trigger)
+    if trigger is None:
+        raise ValueError(f"this {campaign.kind} campaign has no trigger")
     return trigger
 
 
@@ -134,7 +79,7 @@ class Context:
 def engagement_context(session: Session, account_id: str) -> Context:
     account = session.get(Account, account_id)
     assert account is not None
-    return Context(rules=parse_rules(account.settings or {}), tz=zone(account.timezone))
+    return Context(rules=Rules.model_validate(account.settings or {}), tz=zone(account.timezone))
 
 
 # --- one campaign's failure stays its own ------------------------------------------------------------
@@ -200,7 +145,7 @@ def on_events(
     for campaign in campaigns:
         if campaign.ends_at is not None and campaign.ends_at <= now:
             continue
-        if (campaign.trigger or {}).get("event") not in names:
+        if (campaign.trigger or {}).get("event") not in names:  # (read as stored: a cheap first look)
             continue  # no event of this upload can trigger it
         campaign_id = campaign.id
         try:
@@ -216,23 +161,24 @@ def on_events(
 def _on_events_of(
     session: Session, campaign: Campaign, event_ids: Sequence[int], now: datetime, context: Context
 ) -> int:
-    trigger = campaign.trigger or {}
+    trigger = _trigger(campaign)
+    assert not isinstance(trigger, OnDateTrigger)  # (on_date campaigns are not planned at ingest)
     conditions = [
         Event.id.in_(event_ids),
-        Event.name == trigger.get("event"),
+        Event.name == trigger.event,
         Event.ts >= now - MAX_EVENT_AGE,
         Event.ts <= now + MAX_EVENT_LEAD,
     ]
-    if trigger.get("where") is not None:
-        conditions.append(properties_condition(trigger["where"], Event.__table__.c.properties, now))
-    if campaign.kind == "single_action":
+    if trigger.where is not None:
+        conditions.append(properties_condition(trigger.where, Event.__table__.c.properties, now))
+    if not isinstance(trigger, InactionTrigger):
         return _plan_single_action(session, campaign, conditions, now, context)
     matching = session.execute(
         select(Event.id, Event.profile_id, Event.ts, Event.properties).where(*conditions).order_by(Event.id)
     ).all()
     if not matching:
         return 0
-    wait = timedelta(minutes=trigger["within_minutes"])
+    wait = timedelta(minutes=trigger.within_minutes)
     rows = [
         {
             "account_id": campaign.account_id,
@@ -320,7 +266,8 @@ def plan_due_inaction(session: Session, campaign: Campaign, now: datetime, conte
     claimed ones are planned and marked ``done``: a candidate committed by an upload in between is left
     waiting for the next tick, never marked done without being planned. (``planning`` is never seen by
     another transaction: the three statements commit together.)"""
-    trigger = campaign.trigger or {}
+    trigger = _trigger(campaign)
+    assert isinstance(trigger, InactionTrigger)
     session.execute(
         update(CampaignTrigger)
         .where(
@@ -334,12 +281,12 @@ def plan_due_inaction(session: Session, campaign: Campaign, now: datetime, conte
     due = and_(CampaignTrigger.campaign_id == campaign.id, CampaignTrigger.state == "planning")
     followed_by = [
         Event.profile_id == CampaignTrigger.profile_id,
-        Event.name == trigger.get("absent_event"),
+        Event.name == trigger.absent_event,
         Event.ts > CampaignTrigger.event_ts,
         Event.ts <= CampaignTrigger.due_at,
     ]
-    if trigger.get("absent_where") is not None:
-        followed_by.append(properties_condition(trigger["absent_where"], Event.__table__.c.properties, now))
+    if trigger.absent_where is not None:
+        followed_by.append(properties_condition(trigger.absent_where, Event.__table__.c.properties, now))
     did_b = exists().where(*followed_by)
     written = plan_audience(
         session,
@@ -359,7 +306,7 @@ def plan_due_inaction(session: Session, campaign: Campaign, now: datetime, conte
     return written
 
 
-def _due(value: str, trigger: dict[str, Any], tz: ZoneInfo) -> datetime | None:
+def _due(value: str, trigger: OnDateTrigger, tz: ZoneInfo) -> datetime | None:
     """When a date value's message is due (UTC)."""
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -367,10 +314,9 @@ def _due(value: str, trigger: dict[str, Any], tz: ZoneInfo) -> datetime | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    due = moment + timedelta(minutes=trigger.get("offset_minutes", 0))
-    if trigger.get("at_time"):
-        at = time.fromisoformat(str(trigger["at_time"]))
-        due = datetime.combine(due.astimezone(tz).date(), at, tzinfo=tz)
+    due = moment + timedelta(minutes=trigger.offset_minutes)
+    if trigger.at_time is not None:
+        due = datetime.combine(due.astimezone(tz).date(), trigger.at_time, tzinfo=tz)
     return due.astimezone(UTC)
 
 
@@ -378,22 +324,23 @@ def plan_on_date(session: Session, campaign: Campaign, now: datetime, context: C
     """Users whose date (+ offset, at the time of day) fell in (last sweep, now]: planned once per user and
     date (the date is the occurrence). Candidates are narrowed in SQL to dates within a day of the window,
     then the exact time is computed per user (time zones), and the chosen are planned set-based."""
-    trigger = campaign.trigger or {}
+    trigger = _trigger(campaign)
+    assert isinstance(trigger, OnDateTrigger)
     since = campaign.checked_until or campaign.started_at or now
     if since >= now:
         return 0
-    offset = timedelta(minutes=trigger.get("offset_minutes", 0))
+    offset = timedelta(minutes=trigger.offset_minutes)
     low, high = iso(since - offset - timedelta(days=1)), iso(now - offset + timedelta(days=1))
-    prop = trigger["property"]
-    by_user_zone = trigger.get("timezone", "account") == "user"
-    if trigger.get("event"):
+    prop = trigger.property
+    by_user_zone = trigger.timezone == "user"
+    if trigger.event:
         value = Event.properties[prop].as_string()
         rows = session.execute(
             select(Event.id, value, Profile.properties["Tz"].as_string())
             .join(Profile, Profile.id == Event.profile_id)
             .where(
                 Event.account_id == campaign.account_id,
-                Event.name == trigger["event"],
+                Event.name == trigger.event,
                 value >= low,
                 value <= high,
             )
@@ -416,7 +363,7 @@ def plan_on_date(session: Session, campaign: Campaign, now: datetime, context: C
     variants = _variants(session, campaign)
     for start in range(0, len(chosen), 1000):
         ids = chosen[start : start + 1000]
-        if trigger.get("event"):
+        if trigger.event:
             written += plan_audience(
                 session,
                 campaign,

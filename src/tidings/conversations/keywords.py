@@ -23,9 +23,9 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from tidings.errors import Invalid
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # As written by people, after normalising (see ``normalize``).
 BUILTIN_OPT_OUT = frozenset(
@@ -155,44 +155,56 @@ def account_keywords(settings: Mapping[str, Any] | None) -> Keywords:
     return Keywords(frozenset(opt_out), frozenset(opt_in - opt_out))
 
 
-def validate_keywords(raw: Any) -> None:
-    """Check ``settings["keywords"]``; ``Invalid`` names the faulty part."""
-    if raw is None:
-        return
-    where = "settings.keywords"
-    if not isinstance(raw, Mapping):
-        raise Invalid(f'{where} must be an object like {{"es": {{"opt_out": ["BAJA"], "opt_in": ["ALTA"]}}}}')
-    if len(raw) > MAX_LANGUAGES:
-        raise Invalid(f"{where} may list at most {MAX_LANGUAGES} languages")
+def _language(code: str) -> str:
+    if not _LANGUAGE.match(code):
+        raise ValueError(f"{code!r} is not a language code like es or pt_BR")
+    return code
+
+
+def _keyword(word: str) -> str:
+    if not keyword_form(word):
+        raise ValueError(f"{word!r} has no letters or digits")
+    return word
+
+
+Keyword = Annotated[str, Field(min_length=1, max_length=MAX_KEYWORD), AfterValidator(_keyword)]
+
+
+class LanguageKeywords(BaseModel):
+    """One language's own keywords (either list or both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    opt_out: list[Keyword] = Field(default_factory=list, max_length=MAX_KEYWORDS, examples=[["BAJA"]])
+    opt_in: list[Keyword] = Field(default_factory=list, max_length=MAX_KEYWORDS, examples=[["ALTA"]])
+
+
+def _one_way(keywords: dict[str, LanguageKeywords]) -> dict[str, LanguageKeywords]:
+    """A keyword cannot both opt out and opt in (the built-in ones included), after normalising."""
     seen: dict[str, tuple[str, str]] = {
         **{k: ("opt_in", "built-in") for k in BUILTIN_OPT_IN},
         **{k: ("opt_out", "built-in") for k in BUILTIN_OPT_OUT},
     }
-    for language, entry in raw.items():
-        here = f"{where}.{language}"
-        if not isinstance(language, str) or not _LANGUAGE.match(language):
-            raise Invalid(f"{where}: {language!r} is not a language code like es or pt_BR")
-        if not isinstance(entry, Mapping) or not entry or set(entry) - {"opt_out", "opt_in"}:
-            raise Invalid(f'{here} must be {{"opt_out": [...], "opt_in": [...]}} (either or both)')
+    for language, entry in keywords.items():
         for direction in ("opt_out", "opt_in"):
-            words = entry.get(direction, [])
-            if not isinstance(words, list) or len(words) > MAX_KEYWORDS:
-                raise Invalid(f"{here}.{direction} must be a list of at most {MAX_KEYWORDS} keywords")
-            for word in words:
-                if not isinstance(word, str) or not 0 < len(word) <= MAX_KEYWORD:
-                    raise Invalid(
-                        f"{here}.{direction}: each keyword is text of 1 to {MAX_KEYWORD} characters"
-                    )
+            for word in getattr(entry, direction):
                 form = keyword_form(word)
-                if not form:
-                    raise Invalid(f"{here}.{direction}: {word!r} has no letters or digits")
                 other = seen.get(form)
                 if other is not None and other[0] != direction:
-                    raise Invalid(
-                        f"{here}.{direction}: {word!r} is also an {other[0]} keyword ({other[1]}); "
+                    raise ValueError(
+                        f"{language}.{direction}: {word!r} is also an {other[0]} keyword ({other[1]}); "
                         "a keyword cannot both opt out and opt in"
                     )
                 seen[form] = (direction, language)
+    return keywords
+
+
+# ``settings.keywords``: the account's own keywords per language.
+AccountKeywords = Annotated[
+    dict[Annotated[str, AfterValidator(_language)], LanguageKeywords],
+    Field(max_length=MAX_LANGUAGES, description="Per language code (es, pt_BR): the account's own keywords."),
+    AfterValidator(_one_way),
+]
 
 
 def consent_change(text: str | None, payload: str | None, keywords: Keywords) -> bool | None:

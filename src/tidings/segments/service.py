@@ -24,6 +24,7 @@ from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tidings.campaigns.models import Campaign
 from tidings.db import is_postgres, utcnow
 from tidings.errors import Conflict, Invalid, NotFound
 from tidings.profiles.models import Profile
@@ -278,12 +279,22 @@ def update_segment(
     return segment
 
 
+def _open_campaigns(session: Session, account_id: str) -> list[Campaign]:
+    """The account's campaigns that are not finished (their targets are still to be resolved), newest
+    first. Read from the campaigns table directly: the campaigns service calls this module."""
+    return list(
+        session.scalars(
+            select(Campaign)
+            .where(Campaign.account_id == account_id, Campaign.state.in_(_OPEN_CAMPAIGN_STATES))
+            .order_by(Campaign.id.desc())
+        )
+    )
+
+
 def _check_dependents(session: Session, account_id: str, segment: Segment, changed: dict[int, Any]) -> None:
     """The saved segments, and the campaigns still to run, that refer to ``segment`` must stay valid with
     its new definition (limits of the inlined whole), so that a campaign accepted at creation never fails
     to resolve when it starts."""
-    from tidings.campaigns.service import list_campaigns  # campaigns call this module: import when used
-
     for other in list_segments(session, account_id):
         if other.id == segment.id or not _referenced_ids(other.definition):
             continue
@@ -296,8 +307,8 @@ def _check_dependents(session: Session, account_id: str, segment: Segment, chang
                 f"segment {other.name!r} refers to this segment and would become invalid: {exc.message}",
                 code=exc.code,
             ) from exc
-    for campaign in list_campaigns(session, account_id):
-        if campaign.state not in _OPEN_CAMPAIGN_STATES or not _referenced_ids(campaign.target):
+    for campaign in _open_campaigns(session, account_id):
+        if not _referenced_ids(campaign.target):
             continue
         try:
             _resolve(session, account_id, campaign.target, "target", allow_empty=True, overrides=changed)
@@ -311,8 +322,6 @@ def _check_dependents(session: Session, account_id: str, segment: Segment, chang
 def delete_segment(session: Session, account_id: str, segment_id: int) -> None:
     """Delete a segment; refused (409 ``segment_in_use``, naming them all) while another segment, or a
     campaign that is not finished (draft, scheduled, running or paused), refers to it."""
-    from tidings.campaigns.service import list_campaigns  # campaigns call this module: import when used
-
     _lock_account_segments(session, account_id)
     segment = get_segment(session, account_id, segment_id)
     for other in list_segments(session, account_id):
@@ -321,11 +330,7 @@ def delete_segment(session: Session, account_id: str, segment_id: int) -> None:
                 f"segment {segment.name!r} is used by segment {other.name!r} and cannot be deleted",
                 code="segment_in_use",
             )
-    users = [
-        campaign
-        for campaign in list_campaigns(session, account_id)
-        if campaign.state in _OPEN_CAMPAIGN_STATES and segment.id in _referenced_ids(campaign.target)
-    ]
+    users = [c for c in _open_campaigns(session, account_id) if segment.id in _referenced_ids(c.target)]
     if users:
         named = ", ".join(f"campaign {c.name!r} ({c.state})" for c in users[:20])
         more = f" and {len(users) - 20} more" if len(users) > 20 else ""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from tidings.bounds import Id
 from tidings.deps import CurrentAccount, Db
 from tidings.errors import error_responses
 from tidings.templates import service
@@ -23,7 +22,8 @@ ERRORS = {
     "(Meta refused the token), `credentials_unreadable`, `untrusted_base_url`.",
     502: "`provider_error`: the provider failed or could not be reached during template sync; `message` "
     "gives its code and a one-line summary.",
-    422: "Refused input: `validation_error` for a malformed request (missing field, wrong type, unknown "
+    422: "Refused input: `template_ambiguous` for a name the account has in several languages, "
+    "`validation_error` for a malformed request (missing field, wrong type, unknown "
     "field), or `invalid_<field>` (`invalid_name`, `invalid_body`, `invalid_language`, "
     "`invalid_category`, `invalid_status`, `invalid_provider_template_id`) for a value the template "
     "rules refuse; `message` says why.",
@@ -58,29 +58,36 @@ def list_templates(
         return [TemplateOut.model_validate(t) for t in templates]
 
 
-@router.get("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 422))
-def get_template(template_id: Id, db: Db, account: CurrentAccount) -> TemplateOut:
+# A template in a path: its id, or its full name `<namespace>:<name>`.
+Ref = Annotated[
+    str,
+    Path(
+        max_length=512,
+        description="The template's id, or its name `<namespace>:<name>` (422 `template_ambiguous` when the "
+        "account has that name in several languages).",
+    ),
+]
+
+
+@router.get("/{ref}", response_model=TemplateOut, responses=_errors(401, 404, 422))
+def get_template(ref: Ref, db: Db, account: CurrentAccount) -> TemplateOut:
     with db.read() as session:
-        return TemplateOut.model_validate(service.get_template(session, account.id, template_id))
+        return TemplateOut.model_validate(service.template_by_ref(session, account.id, ref))
 
 
-@router.patch("/{template_id}", response_model=TemplateOut, responses=_errors(401, 404, 409, 422))
-def update_template(
-    template_id: Id, payload: TemplateUpdate, db: Db, account: CurrentAccount
-) -> TemplateOut:
+@router.patch("/{ref}", response_model=TemplateOut, responses=_errors(401, 404, 409, 422))
+def update_template(ref: Ref, payload: TemplateUpdate, db: Db, account: CurrentAccount) -> TemplateOut:
     """Change the fields sent; the template is validated again (a new body gives a new `variable_count`)."""
     with db.session() as session:
-        template = service.update_template(session, account.id, template_id, **payload.changes())
+        template = service.update_template(session, account.id, ref, **payload.changes())
         return TemplateOut.model_validate(template)
 
 
-@router.delete(
-    "/{template_id}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 422)
-)
-def delete_template(template_id: Id, db: Db, account: CurrentAccount) -> None:
+@router.delete("/{ref}", status_code=204, response_class=Response, responses=_errors(401, 404, 409, 422))
+def delete_template(ref: Ref, db: Db, account: CurrentAccount) -> None:
     """Delete a template; refused with `template_in_use` while a campaign uses it."""
     with db.session() as session:
-        service.delete_template(session, account.id, template_id)
+        service.delete_template(session, account.id, ref)
 
 
 @router.post("/sync", responses=_errors(401, 409, 502))

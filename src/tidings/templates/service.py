@@ -125,6 +125,35 @@ def get_template(session: Session, account_id: str, template_id: int) -> Templat
     return template
 
 
+def template_by_ref(session: Session, account_id: str, ref: int | str) -> Template:
+    """The account's template by its id or its full name ``<namespace>:<name>`` (a number in a string is an
+    id). A name that the account has in several languages is refused (422 ``template_ambiguous``): which
+    one was meant cannot be told, and its id can."""
+    if isinstance(ref, int) or (ref.isascii() and ref.isdigit()):
+        return get_template(session, account_id, int(ref) if len(str(ref)) < 20 else 0)
+    try:
+        rules.parse_template_name(ref)
+    except ValueError:
+        raise NotFound("template") from None
+    found = list(
+        session.scalars(
+            select(Template)
+            .where(Template.account_id == account_id, Template.name == ref)
+            .order_by(Template.language)
+            .limit(10)
+        )
+    )
+    if not found:
+        raise NotFound("template")
+    if len(found) > 1:
+        languages = ", ".join(t.language for t in found)
+        raise Invalid(
+            f"template {ref} exists in several languages ({languages}): refer to it by its id",
+            code="template_ambiguous",
+        )
+    return found[0]
+
+
 def find_template(
     session: Session, account_id: str, name: str, language: str | None = None
 ) -> Template | None:
@@ -156,16 +185,17 @@ def list_templates(
     return list(session.scalars(query.order_by(Template.name, Template.language, Template.id)))
 
 
-def update_template(session: Session, account_id: str, template_id: int, **changes: Any) -> Template:
-    """Change some fields; the template is validated again as a whole (a new body gives a new
-    ``variable_count``). Only ``provider_template_id`` may be set to None."""
+def update_template(session: Session, account_id: str, ref: int | str, **changes: Any) -> Template:
+    """Change some fields of the template ``ref`` (its id or name: :func:`template_by_ref`); it is
+    validated again as a whole (a new body gives a new ``variable_count``). Only ``provider_template_id``
+    may be set to None."""
     unknown = sorted(set(changes) - set(_FIELDS))
     if unknown:
         raise Invalid(f"cannot change {', '.join(unknown)}", code="invalid_field")
     for field, value in changes.items():
         if value is None and field != "provider_template_id":
             raise Invalid(f"{field} cannot be null", code=f"invalid_{field}")
-    template = get_template(session, account_id, template_id)
+    template = template_by_ref(session, account_id, ref)
     current = {field: getattr(template, field) for field in _FIELDS}
     values = _validated(**{**current, **changes})
     if (values["name"], values["language"]) != (template.name, template.language) and _taken(
@@ -179,9 +209,9 @@ def update_template(session: Session, account_id: str, template_id: int, **chang
     return template
 
 
-def delete_template(session: Session, account_id: str, template_id: int) -> None:
-    """Delete a template; refused (409 ``template_in_use``) while a campaign uses it."""
-    template = get_template(session, account_id, template_id)
+def delete_template(session: Session, account_id: str, ref: int | str) -> None:
+    """Delete a template (by id or name); refused (409 ``template_in_use``) while a campaign uses it."""
+    template = template_by_ref(session, account_id, ref)
     name, language = template.name, template.language
     try:
         _write(session, lambda: session.delete(template))
