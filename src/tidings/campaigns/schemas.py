@@ -224,7 +224,9 @@ class CampaignCreate(_Strict):
         description='Who may receive it: a segment definition (docs/segments.md), e.g. `{"segment_id": N}`.',
     )
     trigger: SkipValidation[Trigger | None] = Field(
-        None, description="For the live kinds: the model of the campaign's kind (none for one_time)."
+        None,
+        validate_default=True,  # a live kind without one is refused
+        description="For the live kinds: the model of the campaign's kind (none for one_time).",
     )
     control_group_pct: int = Field(0, ge=0, le=99, description="Share of the audience held back (0-99 %).")
     system_control_group: bool = Field(True, description="Hold back the account's system control group too.")
