@@ -21,7 +21,6 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,13 +129,14 @@ def trigger_latency(count: int, workdir: Path) -> None:
         db = _fresh(url)
         sock = bind()
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = replace(
-            Settings.from_env(),
-            data_dir=workdir,
-            database_url=url,
-            public_url=base,
-            secret_key=None,
-            poll_interval=0.2,
+        settings = Settings().model_copy(
+            update={
+                "data_dir": workdir,
+                "database_url": url,
+                "public_url": base,
+                "secret_key": None,
+                "poll_interval": 0.2,
+            }
         )
         box = SecretBox.from_settings(None, workdir)
         with db.session() as session:

@@ -150,7 +150,7 @@ def end_to_end(
 ) -> tuple[float, float]:
     """(messages a second recorded in the ledger, seconds) for N messages sent by ``workers`` processes;
     the ledger is polled every ``poll`` seconds to see the end (the polls cost the database some CPU)."""
-    settings = Settings.from_env()
+    settings = Settings()
     key = Fernet.generate_key().decode()
     box = SecretBox.from_settings(key, workdir)
     db = Database(database_url)
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary folder")
     parser.add_argument("--workers", type=int, action="append", help="worker processes (repeatable)")
-    parser.add_argument("--concurrency", type=int, default=Settings.from_env().dispatch_concurrency)
+    parser.add_argument("--concurrency", type=int, default=Settings().dispatch_concurrency)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"

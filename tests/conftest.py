@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,7 +126,7 @@ def auth(account: NewAccount) -> dict[str, str]:
 
 
 def with_public_url(settings: Settings, url: str) -> Settings:
-    return replace(settings, public_url=url)
+    return settings.model_copy(update={"public_url": url})
 
 
 @pytest.fixture

@@ -330,7 +330,9 @@ def test_a_campaign_pauses_itself_when_most_sends_fail_and_resumes(
 ) -> None:
     campaign_id = _campaign(db, account, [phone(i) for i in range(200)])
     standin = start_standin(tmp_path / "standin.log", "--fail", "1.0", "--retry-after", "0")
-    settings = replace(settings, pause_min_attempts=30, retry_base=0.01, retry_cap=0.05, max_attempts=50)
+    settings = settings.model_copy(
+        update={"pause_min_attempts": 30, "retry_base": 0.01, "retry_cap": 0.05, "max_attempts": 50}
+    )
     try:
         _on_standin(db, box, account, standin.url, rate=None)
 

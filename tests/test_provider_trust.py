@@ -13,7 +13,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -144,7 +143,7 @@ def _dispatch_until(
 @pytest.fixture
 def fast(settings: Settings) -> Settings:
     """Retries far in the future (a requeued row stays queued), and the error-rate brake out of reach."""
-    return replace(settings, retry_base=600.0, retry_cap=600.0, pause_min_attempts=10_000)
+    return settings.model_copy(update={"retry_base": 600.0, "retry_cap": 600.0, "pause_min_attempts": 10_000})
 
 
 @pytest.fixture
@@ -208,7 +207,7 @@ def test_a_loopback_stand_in_needs_an_extra_host(
 
     port = _dead_port()
     for extra, status in (((), 422), (("127.0.0.1:1",), 422), ((f"127.0.0.1:{port}",), 200)):
-        app = create_app(replace(settings, extra_provider_hosts=extra), db)
+        app = create_app(settings.model_copy(update={"extra_provider_hosts": extra}), db)
         with TestClient(asgi_app(app)) as client:
             answer = client.put(URL, headers=basic(account), json=_meta(f"http://127.0.0.1:{port}"))
         assert answer.status_code == status, (extra, answer.text)
@@ -254,7 +253,7 @@ def test_the_token_is_never_sent_to_a_host_that_is_not_the_providers(
     made: the send fails with a reason and nothing reaches that host."""
     campaign_id = _campaign(db, account, 3)
     _save(db, box, account, _meta(meta_standin.base_url or ""))
-    strict = replace(fast, extra_provider_hosts=())
+    strict = fast.model_copy(update={"extra_provider_hosts": ()})
     pool = ProviderPool(db, strict, box)
     assert isinstance(pool.get(account.account_id), UnusableProvider)
     asyncio.run(pool.aclose())

@@ -5,7 +5,6 @@ settings. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from fastapi.testclient import TestClient
@@ -177,11 +176,13 @@ def test_the_worker_reconciles_with_its_settings_and_reports_the_waiting(
 ) -> None:
     at = utcnow() - timedelta(hours=1)
     _, [lost] = _dispatched(db, account, 1, at)
-    worker = Worker(db, replace(settings, reconcile_seconds=300), box)
+    worker = Worker(db, settings.model_copy(update={"reconcile_seconds": 300}), box)
     worker.tick()
     assert _state(db, lost) == ("sending", None)  # no proof: kept
     assert REGISTRY.get_sample_value("tidings_reconcile_waiting_for_proof") == 1
-    strict = Worker(db, replace(settings, reconcile_seconds=300, unknown_outcome="fail"), box)
+    strict = Worker(
+        db, settings.model_copy(update={"reconcile_seconds": 300, "unknown_outcome": "fail"}), box
+    )
     strict.tick()
     assert _state(db, lost) == ("failed", "outcome_unknown")
     worker.tick()

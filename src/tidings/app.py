@@ -27,7 +27,7 @@ def create_app(
     settings: Settings | None = None, db: Database | None = None, run_worker: bool = False
 ) -> FastAPI:
     """Build the app. The database must already be migrated (``tidings serve`` and the tests do it)."""
-    settings = settings or Settings.from_env()
+    settings = settings or Settings()
     db = db or Database(settings.database_url)
     box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
 
@@ -78,10 +78,9 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        details = [
-            {"loc": list(err.get("loc", ())), "message": str(err.get("msg", "")).removeprefix("Value error, ")}
-            for err in errors
-        ]
+        # (pydantic prefixes a model's own refusals with "Value error, ": the field's path says enough)
+        said = [str(err.get("msg", "")).removeprefix("Value error, ") for err in errors]
+        details = [{"loc": list(e.get("loc", ())), "message": m} for e, m in zip(errors, said, strict=True)]
         first = details[0] if details else {"loc": [], "message": "invalid request"}
         where = ".".join(str(p) for p in first["loc"][1:]) or "body"
         # A model may refuse with a code of its own (tidings.errors.refusal).
@@ -159,6 +158,6 @@ def app_from_env() -> WebhookLane:
 
     from tidings.metrics import setup_logging
 
-    settings = Settings.from_env()
+    settings = Settings()
     setup_logging(os.environ.get("TIDINGS_SERVE_LOG_LEVEL", "info"), settings.log_format)
     return asgi_app(create_app(settings, run_worker=os.environ.get("TIDINGS_SERVE_WORKER") == "1"))

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +29,7 @@ console = Console()
 def _setup_logging(level: str) -> None:
     from tidings.metrics import setup_logging
 
-    setup_logging(level, Settings.from_env().log_format)
+    setup_logging(level, Settings().log_format)
 
 
 @app.command()
@@ -52,7 +51,7 @@ def serve(
     from tidings.app import asgi_app, create_app
 
     _setup_logging(log_level)
-    settings = Settings.from_env()
+    settings = Settings()
     if processes > 1 and not no_worker and not settings.redis_url:
         # Each process's worker would pace every sender on its own: N times the sender's rate.
         typer.echo(
@@ -96,7 +95,7 @@ def worker(
     from tidings.worker import Worker
 
     _setup_logging(log_level)
-    settings = Settings.from_env()
+    settings = Settings()
     db = Database(settings.database_url)
     db.migrate()
     box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
@@ -132,7 +131,7 @@ def account_create(
     """Create an account; its passcode is shown only now."""
     from tidings.accounts.service import create_account
 
-    settings = Settings.from_env()
+    settings = Settings()
     db = Database(settings.database_url)
     db.migrate()
     box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
@@ -145,7 +144,7 @@ def account_create(
 
 
 def _context() -> tuple[Settings, Database, SecretBox]:
-    settings = Settings.from_env()
+    settings = Settings()
     db = Database(settings.database_url)
     db.migrate()
     return settings, db, SecretBox.from_settings(settings.secret_key, settings.data_dir)
@@ -197,7 +196,7 @@ def db_upgrade() -> None:
     """Apply the migrations (serve, worker and demo do it themselves)."""
     from tidings.secrets import private_folder
 
-    settings = Settings.from_env()
+    settings = Settings()
     Database(settings.database_url).migrate()
     if settings.data_dir.exists():
         private_folder(settings.data_dir)  # as serve and worker leave it: readable by its owner only
@@ -219,13 +218,14 @@ def demo(
     from tidings.demo import run_demo
 
     folder = data_dir or Path(tempfile.mkdtemp(prefix="tidings-demo-"))
-    base = Settings.from_env()
-    settings = replace(
-        base,
-        data_dir=folder,
-        database_url=database_url or f"sqlite:///{folder / 'tidings.db'}",
-        secret_key=None,
-        sandbox=replace(base.sandbox, seed=seed),
+    base = Settings()
+    settings = base.model_copy(
+        update={
+            "data_dir": folder,
+            "database_url": database_url or f"sqlite:///{folder / 'tidings.db'}",
+            "secret_key": None,
+            "sandbox": base.sandbox.model_copy(update={"seed": seed}),
+        }
     )
     ok = run_demo(settings, profiles=profiles, console=console)
     raise typer.Exit(0 if ok else 1)

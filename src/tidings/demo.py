@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -79,7 +78,7 @@ def run_demo(settings: Settings, *, profiles: int, console: Console) -> bool:
     db.migrate()
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    settings = replace(settings, public_url=f"http://127.0.0.1:{port}")
+    settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
     app = create_app(settings, db, run_worker=True)
     box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
     console.print(f"[bold]Tidings demo[/] — data in {settings.data_dir}, server on {settings.public_url}")

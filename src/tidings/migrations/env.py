@@ -12,7 +12,7 @@ if engine is None:  # plain `alembic` command line: build the engine from TIDING
     from tidings.config import Settings
     from tidings.db import make_engine
 
-    engine = make_engine(Settings.from_env().database_url)
+    engine = make_engine(Settings().database_url)
 
 with engine.connect() as connection:
     context.configure(
