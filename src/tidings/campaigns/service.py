@@ -2,7 +2,9 @@
 
 Four kinds and no others: ``one_time`` (the segment is evaluated once, at the start), ``single_action``,
 ``inaction`` and ``on_date`` (live; see ``campaigns.triggers``). WhatsApp forbids recurring and
-multi-date campaigns, so they are refused. States: draft → scheduled → running → completed | stopped
+multi-date campaigns, so the campaign model refuses them (``campaigns.schemas``, which checks everything a
+campaign says on its own; what needs the database is checked here). A draft may be rewritten or deleted;
+nothing else is. States: draft → scheduled → running → completed | stopped
 (``paused`` by the delivery engine when errors pile up, and by the scheduler when a campaign cannot be
 started or planned: one campaign's failure never stops the others — see :func:`scheduler_tick`).
 """
