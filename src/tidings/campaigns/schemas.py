@@ -10,7 +10,7 @@ target's saved segments). Stored JSON is the model's ``model_dump(mode="json")``
 from __future__ import annotations
 
 from datetime import datetime, time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -36,8 +36,8 @@ from tidings.segments.schemas import Definition, SegmentEventNode
 if TYPE_CHECKING:
     from tidings.campaigns.models import Campaign, CampaignVariant
 
-KINDS = ("one_time", "single_action", "inaction", "on_date")
-LIVE_KINDS = KINDS[1:]
+CampaignKind = Literal["one_time", "single_action", "inaction", "on_date"]
+KINDS = get_args(CampaignKind)
 MAX_VARIANTS = 50  # CleverTap: up to 50 variants by property value, plus the default
 MAX_WAIT_MINUTES = 30 * 24 * 60  # an inaction campaign waits at most 30 days for the absent event
 NOT_ON_WHATSAPP = (
@@ -195,7 +195,7 @@ def _kind(value: Any) -> Any:
     return value
 
 
-Kind = Annotated[Literal["one_time", "single_action", "inaction", "on_date"], BeforeValidator(_kind)]
+Kind = Annotated[CampaignKind, BeforeValidator(_kind)]
 
 
 class CampaignCreate(_Strict):
