@@ -8,9 +8,9 @@ Planning: one ``INSERT … SELECT`` writes every recipient's ledger row (opt-in,
 check, control group, state); the figure is the time of ``start_campaign`` and the process's peak
 memory before and after it (flat: no row passes through Python).
 Trigger: a single-action campaign on the sandbox-free path — the account's provider is the fast Meta
-stand-in (bench/standin.py) — the real server with its worker on loopback, one ``POST /1/upload`` of
-one event at a time; latency = the stand-in's arrival time of the message minus the moment the upload
-answered (ingest committed), matched by the ledger id the message carries.
+stand-in (tests/standins/fast_meta.py) — the real server with its worker on loopback, one
+``POST /1/upload`` of one event at a time; latency = the stand-in's arrival time of the message minus
+the moment the upload answered (ingest committed), matched by the ledger id the message carries.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import insert, select, text
 
-from bench.cluster import start_standin
+from tests.cluster import start_standin
 from tidings.accounts.integrations import configure
 from tidings.accounts.service import create_account
 from tidings.campaigns.schemas import CampaignCreate

@@ -14,8 +14,8 @@ import tempfile
 from bisect import bisect_left
 from pathlib import Path
 
-from bench.cluster import max_in_window, per_second, read_log, start_standin
 from bench.throughput import end_to_end
+from tests.cluster import max_in_window, per_second, read_log, start_standin
 
 
 def measure(database_url: str | None, rate: float, seconds: float, workers: int) -> dict[str, float]:

@@ -17,16 +17,19 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import uvloop
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
-from bench.cluster import start_standin, start_worker, stop, tidings_env
+from tests.cluster import start_standin, start_worker, stop, tidings_env
 from tidings.accounts import integrations
 from tidings.accounts.models import Integration
 from tidings.accounts.service import create_account
+from tidings.campaigns.models import Campaign
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
@@ -77,7 +80,8 @@ def reset(db: Database) -> None:
 
 
 def plan(db: Database, box: SecretBox, standin_url: str, n: int, rate: float | None) -> tuple[str, int]:
-    """An account on the stand-in, N opted-in profiles, and a one-time campaign planned (all queued)."""
+    """An account on the stand-in, N opted-in profiles, and a one-time campaign scheduled a day ahead, so
+    that a worker started meanwhile leaves it alone until ``start_now``."""
     with db.session() as session:
         account_id = create_account(session, box, "bench").account_id
         integrations.configure(
@@ -120,11 +124,21 @@ def plan(db: Database, box: SecretBox, standin_url: str, n: int, rate: float | N
                 variables=['{{ Profile.Name | default: "friend" }}'],
                 target={"all": True},
                 system_control_group=False,
-                send_at=now,
+                send_at=now + timedelta(days=1),
             ),
         )
         campaign_id = campaign.id
     return account_id, campaign_id
+
+
+def start_now(session: Session, campaign_id: int) -> None:
+    """Start the campaign of ``plan`` (its audience all queued at once): moved to now and claimed in one
+    transaction, so a worker's own scheduler cannot claim it first."""
+    campaign = session.get(Campaign, campaign_id)
+    assert campaign is not None
+    campaign.scheduled_at = utcnow()
+    session.flush()
+    assert start_campaign(session, campaign_id, utcnow())
 
 
 def open_rows(db: Database, campaign_id: int) -> int:
@@ -163,7 +177,7 @@ def end_to_end(
     try:
         time.sleep(3)  # let them start (and find nothing to do yet)
         with db.session() as session:
-            start_campaign(session, campaign_id, utcnow())  # n rows queued at once
+            start_now(session, campaign_id)
         began = time.perf_counter()
         while open_rows(db, campaign_id):
             time.sleep(poll)

@@ -21,11 +21,10 @@ import uvloop
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
-from bench.cluster import free_port, start_server, stop, tidings_env
 from bench.loadgen import blast, http_request
-from bench.throughput import plan, reset
+from bench.throughput import plan, reset, start_now
+from tests.cluster import free_port, start_server, stop, tidings_env
 from tidings.accounts.models import Integration
-from tidings.campaigns.service import start_campaign
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
 from tidings.delivery.service import Attempt, claim_batch, record_attempts
@@ -52,7 +51,7 @@ def sent_messages(db: Database, box: SecretBox, n: int, meta: bool) -> tuple[str
         else:
             integration.kind, integration.settings = "sandbox", {}
             integration.secrets = box.seal({"signature_secret": SECRET})
-        start_campaign(session, campaign_id, utcnow())
+        start_now(session, campaign_id)
     sent: list[tuple[int, str]] = []
     while True:
         with db.session() as session:

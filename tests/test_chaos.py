@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from bench.cluster import (
+from tests.cluster import (
     free_port,
     max_in_window,
     per_second,

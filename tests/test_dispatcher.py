@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
-from bench.cluster import start_standin
+from tests.cluster import start_standin
 from tests.conftest import basic
 from tests.helpers import insert_profiles, phone, running_campaign
 from tidings.accounts import integrations

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from bench.cluster import TIDINGS, read_log, start_standin, tidings_env
+from tests.cluster import TIDINGS, read_log, start_standin, tidings_env
 from tidings.delivery.http import provider_client
 from tidings.delivery.ratelimit import REDIS_PREFIX, MemoryLimiter, Pacer, RedisLimiter, Slots
 

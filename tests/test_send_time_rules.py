@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from bench.cluster import read_log, start_standin
+from tests.cluster import read_log, start_standin
 from tests.conftest import clevertap
 from tests.helpers import insert_profiles, phone
 from tests.test_dispatcher import _on_standin

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from bench.cluster import StandIn, read_log, start_standin
+from tests.cluster import StandIn, read_log, start_standin
 from tests.conftest import basic
 from tests.helpers import phone, running_campaign
 from tidings.accounts import integrations

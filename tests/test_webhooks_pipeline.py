@@ -312,7 +312,7 @@ def test_serve_with_two_processes_shares_the_port(
     db: Database, box: SecretBox, account: NewAccount, settings: Settings, tmp_path: Path
 ) -> None:
     """``tidings serve --processes 2``: two web processes on one port, applying what they receive."""
-    from bench.cluster import free_port, reaped, start_server, stop, tidings_env
+    from tests.cluster import free_port, reaped, start_server, stop, tidings_env
 
     _campaign_id, sent = _sent_messages(db, account, 40)
     secret = _secret(db, box, account)

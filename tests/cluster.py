@@ -1,5 +1,6 @@
-"""Processes on loopback for the benchmarks and the chaos tests: the fast stand-in provider, ``tidings
-serve --no-worker`` and ``tidings worker``, each a real OS process that can be killed with SIGKILL."""
+"""Processes on loopback for the tests that run the real thing and for the benchmarks (``bench/`` uses
+them from here, so that the tests stand alone): the fast stand-in provider (``tests.standins.fast_meta``),
+``tidings serve --no-worker`` and ``tidings worker``, each a real OS process that SIGKILL can kill."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class StandIn:
 
 def start_standin(log: Path, *args: str) -> StandIn:
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.standin", "--log", str(log), *args],
+        [sys.executable, "-m", "tests.standins.fast_meta", "--log", str(log), *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

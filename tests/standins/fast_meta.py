@@ -10,7 +10,7 @@ id) to ``--log``, can answer a share of requests with 429 (code 130429, ``Retry-
 statuses a POST) and signed with ``X-Hub-Signature-256``, carrying our reference in
 ``biz_opaque_callback_data`` as Meta does::
 
-    python -m bench.standin --port 0 --log /tmp/standin.log --fail 0.1 --slow 0.05 \\
+    python -m tests.standins.fast_meta --port 0 --log /tmp/standin.log --fail 0.1 --slow 0.05 \\
         --webhook http://127.0.0.1:8000/webhooks/meta/TID-… --app-secret s3cret
 
 It prints ``READY <port>`` once it listens, and flushes its log on SIGTERM/SIGINT.
