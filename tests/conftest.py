@@ -1,6 +1,6 @@
 """Fixtures: every test that touches the database runs on SQLite and, when
 ``TIDINGS_TEST_DATABASE_URL`` is set (CI sets it), on PostgreSQL too. In CI a missing PostgreSQL fails
-the run instead of skipping it."""
+the run instead of skipping it; elsewhere the summary says loudly what was not tested, and how to."""
 
 from __future__ import annotations
 
@@ -25,6 +25,34 @@ if os.environ.get("CI") and not PG_URL:
     raise pytest.UsageError("CI must set TIDINGS_TEST_DATABASE_URL: the suite runs on PostgreSQL too")
 
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL")  # the Redis tests skip without it (fail in CI)
+_ON_SQLITE_ONLY = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[_ON_SQLITE_ONLY] = 0 if PG_URL else sum("database" in i.fixturenames for i in items)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A run without PostgreSQL or Redis passes without testing them: say so, in red, so that
+    a green run on a developer's machine is not taken for CI's."""
+    untested = []
+    on_sqlite_only = terminalreporter.config.stash.get(_ON_SQLITE_ONLY, 0)
+    if on_sqlite_only:
+        untested.append(
+            f"{on_sqlite_only} database tests ran on SQLite only: their PostgreSQL runs were not generated "
+            "(set TIDINGS_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        )
+    skipped = terminalreporter.stats.get("skipped", [])
+    no_redis = sum("TIDINGS_TEST_REDIS_URL" in str(report.longrepr) for report in skipped)
+    if no_redis and not REDIS_URL:
+        untested.append(
+            f"{no_redis} Redis tests were skipped (set TIDINGS_TEST_REDIS_URL=redis://127.0.0.1:6379/15)"
+        )
+    if untested:
+        terminalreporter.section("NOT TESTED here (CI runs them: bash .ci/run)", sep="!", red=True, bold=True)
+        for line in untested:
+            terminalreporter.write_line(line, red=True, bold=True)
 
 # The provider stand-ins (tests/standins/) listen on loopback: allowed as provider hosts for the tests, for
 # code that reads the environment (integrations.configure called directly, worker processes) and for the
