@@ -29,8 +29,9 @@ REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL")  # the Redis tests skip wit
 _ON_SQLITE_ONLY = pytest.StashKey[int]()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.stash[_ON_SQLITE_ONLY] = 0 if PG_URL else sum("database" in i.fixturenames for i in items)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    on_sqlite_only = 0 if PG_URL else sum("database" in item.fixturenames for item in session.items)
+    session.config.stash[_ON_SQLITE_ONLY] = on_sqlite_only
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -53,6 +54,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("NOT TESTED here (CI runs them: bash .ci/run)", sep="!", red=True, bold=True)
         for line in untested:
             terminalreporter.write_line(line, red=True, bold=True)
+
 
 # The provider stand-ins (tests/standins/) listen on loopback: allowed as provider hosts for the tests, for
 # code that reads the environment (integrations.configure called directly, worker processes) and for the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -45,14 +45,18 @@ def _claim(db: Database, n: int = 100, token: str = "w1-1") -> list[service.Clai
 
 
 def _mark(
-    db: Database, account: NewAccount, claimed: list[service.Claimed], **kw: object
+    db: Database,
+    account: NewAccount,
+    claimed: list[service.Claimed],
+    now: datetime | None = None,
+    **kw: object,
 ) -> service.Dispatch:
     with db.session() as session:
         return mark_dispatched(
             session,
             account.account_id,
             [(c.id, c.token, c.to) for c in claimed],
-            utcnow(),
+            now or utcnow(),
             lease=LEASE,
             **kw,  # type: ignore[arg-type]
         )
@@ -91,9 +95,13 @@ def _prove_webhooks(db: Database, account: NewAccount) -> int:
         return row.id
 
 
-def _record(db: Database, attempts: list[Attempt], max_attempts: int = 5) -> None:
+def _record(
+    db: Database, attempts: list[Attempt], max_attempts: int = 5, now: datetime | None = None
+) -> None:
     with db.session() as session:
-        record_attempts(session, attempts, utcnow(), max_attempts=max_attempts, retry_base=1, retry_cap=60)
+        record_attempts(
+            session, attempts, now or utcnow(), max_attempts=max_attempts, retry_base=1, retry_cap=60
+        )
 
 
 def test_only_the_claims_holder_can_dispatch_and_only_once(db: Database, account: NewAccount) -> None:
@@ -127,13 +135,14 @@ def test_the_pair_rate_holds_back_a_user_just_messaged(db: Database, account: Ne
         start_campaign(session, second, utcnow())
     claimed = _claim(db)
     assert len(claimed) == 3
-    decided = _mark(db, account, claimed, pair_interval=6.0)
+    at = utcnow()
+    decided = _mark(db, account, claimed, at, pair_interval=6.0)
     assert len(decided.go) == 2 and len(decided.waiting) == 1  # the second message to the same user waits
     [(waiting_id, until)] = decided.waiting.items()
     row = _row(db, waiting_id)
     assert row.state == "queued" and row.attempts == 0  # not an attempt
     assert row.next_attempt_at is not None and row.next_attempt_at == until
-    assert timedelta(seconds=5) < until - utcnow() <= timedelta(seconds=6)
+    assert until == at + timedelta(seconds=6)  # six seconds after the first message to that user
 
 
 def test_the_messaging_limit_tier_skips_new_users_beyond_it(db: Database, account: NewAccount) -> None:
@@ -216,14 +225,17 @@ def test_an_uncertain_answer_is_reconciled_never_resent_blindly(db: Database, ac
     _mark(db, account, claimed)
     timeout = SendResult.retry("timeout", "ReadTimeout")
     refused = SendResult.retry("130429", "throughput", retry_after=30)
-    _record(db, [Attempt(claimed[0], "meta", result=timeout), Attempt(claimed[1], "meta", result=refused)])
+    at = utcnow()
+    _record(
+        db, [Attempt(claimed[0], "meta", result=timeout), Attempt(claimed[1], "meta", result=refused)], now=at
+    )
     uncertain = _row(db, claimed[0].id)
     assert (
         uncertain.state == "sending" and uncertain.lease_until is None and uncertain.dispatched_at is not None
     )
     retried = _row(db, claimed[1].id)
     assert retried.state == "queued" and retried.dispatched_at is None
-    assert retried.next_attempt_at is not None and retried.next_attempt_at >= utcnow() + timedelta(seconds=29)
+    assert retried.next_attempt_at is not None and retried.next_attempt_at >= at + timedelta(seconds=30)
     # A late status for the uncertain one (it did reach the provider) settles it; nothing is resent.
     with db.session() as session:
         service.apply_status(
@@ -392,9 +404,10 @@ def test_lease_renewal_moves_its_own_claims_and_never_waits_for_a_busy_row(
     mine, theirs = _claim(db, 2, token="w-a"), _claim(db, 1, token="w-b")
     assert (len(mine), len(theirs)) == (2, 1)  # a claim takes no more rows than asked for
     before = _row(db, theirs[0].id).lease_until
+    at = utcnow()
     with db.session() as session:
-        assert service.renew_leases(session, ["w-a"], utcnow(), timedelta(minutes=10)) == 2
-    assert all(_row(db, c.id).lease_until > utcnow() + timedelta(minutes=9) for c in mine)  # type: ignore[operator]
+        assert service.renew_leases(session, ["w-a"], at, timedelta(minutes=10)) == 2
+    assert all(_row(db, c.id).lease_until == at + timedelta(minutes=10) for c in mine)
     assert _row(db, theirs[0].id).lease_until == before
     if db.engine.dialect.name != "postgresql":
         return  # SQLite has one writer at a time: no other transaction can hold a row

@@ -11,16 +11,17 @@ import os
 import subprocess
 import time
 import uuid
-from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.cluster import TIDINGS, read_log, start_standin, tidings_env
+from tests.cluster import TIDINGS, max_in_window, read_log, start_standin, tidings_env
+from tidings.delivery import ratelimit
 from tidings.delivery.http import provider_client
 from tidings.delivery.ratelimit import REDIS_PREFIX, MemoryLimiter, Pacer, RedisLimiter, Slots
 
@@ -28,12 +29,6 @@ REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL")
 if os.environ.get("CI") and not REDIS_URL:
     raise pytest.UsageError("CI must set TIDINGS_TEST_REDIS_URL: the shared rate limit is tested on Redis")
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="TIDINGS_TEST_REDIS_URL is not set")
-
-
-def max_in_window(times: list[float], width: float = 1.0) -> int:
-    """The most events in any window [t, t + width), wherever it starts."""
-    times = sorted(times)
-    return max((bisect_left(times, t + width) - i for i, t in enumerate(times)), default=0)
 
 
 async def _run(pacers: list[Pacer], n: int) -> list[float]:
@@ -48,7 +43,13 @@ async def _run(pacers: list[Pacer], n: int) -> list[float]:
     return sent
 
 
-def test_the_memory_limiter_spaces_reservations_per_key() -> None:
+def _frozen_clock(monkeypatch: pytest.MonkeyPatch, now: list[float]) -> None:
+    """The limiter reads its clock from ``now[0]``: the test moves it (asyncio keeps the real one)."""
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
+
+def test_the_memory_limiter_spaces_reservations_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    _frozen_clock(monkeypatch, [100.0])
     limiter = MemoryLimiter()
 
     async def go() -> tuple[float, float, float]:
@@ -59,8 +60,9 @@ def test_the_memory_limiter_spaces_reservations_per_key() -> None:
         return a.first, b.first, c.first
 
     a, b, c = asyncio.run(go())
+    assert a == 100.0  # now: nothing was reserved before
     assert b == pytest.approx(a + 0.3)  # after the three slots reserved before it
-    assert c <= a + 0.01  # another sender is not held back
+    assert c == 100.0  # another sender is not held back
 
 
 def test_a_pacer_never_exceeds_its_rate_in_any_window() -> None:
@@ -297,20 +299,26 @@ def test_serve_with_several_processes_refuses_to_pace_each_on_its_own(tmp_path: 
 
 
 @needs_redis
-def test_a_stepped_redis_clock_restarts_the_estimate() -> None:
+def test_a_stepped_redis_clock_restarts_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis' clock jumps two seconds ahead (a wall clock stepped): the offset estimated before cannot
-    explain the next answer, so it is estimated afresh — slots are not placed two seconds away."""
+    explain the next answer, so it is estimated afresh — slots are not placed two seconds away. Our clock
+    is the test's: each answer takes a millisecond of it (two once stepped: slower than the answers
+    before, which stay the quickest), and Redis reads its clock, 1,000 s ahead of ours, halfway."""
     assert REDIS_URL
     key = f"test-{uuid.uuid4().hex}"
+    now = [500.0]
+    _frozen_clock(monkeypatch, now)
 
     class Stepped(RedisLimiter):
-        step = 0
+        step = 0.0
 
         async def _call(self, key: str, interval: float, n: int, lead: float) -> tuple[int, int]:
-            delay, now = await super()._call(key, interval, n, lead)
-            if self.step:
-                await asyncio.sleep(0.002)  # slower than the answers before: those stay the quickest
-            return delay, now + self.step
+            delay, _ = await super()._call(key, interval, n, lead)  # the slot, as Redis reserves it
+            trip = 0.002 if self.step else 0.001
+            now[0] += trip / 2
+            redis_now = now[0] + 1000.0 + self.step
+            now[0] += trip / 2
+            return delay, round(redis_now * 1e6)
 
     async def go() -> list[float]:
         limiter = Stepped(REDIS_URL)
@@ -318,9 +326,9 @@ def test_a_stepped_redis_clock_restarts_the_estimate() -> None:
             ahead = []
             for i in range(10):
                 if i == 5:
-                    limiter.step = 2_000_000  # µs
+                    limiter.step = 2.0
                 got = await limiter.reserve(key, 0.001, 1)
-                ahead.append(got.first - time.monotonic())
+                ahead.append(got.first - now[0])
             return ahead
         finally:
             await limiter.redis.delete(REDIS_PREFIX + key)
