@@ -9,10 +9,11 @@ Every provider's webhooks live under ``/webhooks/<kind>/<account id>``, on the r
 when the app is served without the lane.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the routes' types are made from the registry when the routes
+# are, and FastAPI reads the routes' annotations as objects.
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
@@ -71,8 +72,23 @@ def _handshake(db: Database, box: SecretBox, provider: str, account_id: str, par
         raise ApiError(exc.status, "bad_verify_token", exc.message) from exc
 
 
-def _post_route(plugin: AnyProviderType, route: str) -> Callable[[str, Request], Awaitable[dict[str, Any]]]:
+def _post_route(plugin: AnyProviderType) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The POST endpoint of a provider whose webhook URL ends at the account."""
+
     async def webhook(account_id: str, request: Request) -> dict[str, Any]:
+        body = await request.body()
+        return await receive(request.app.state.webhooks, plugin.kind, account_id, "", request.headers, body)
+
+    return webhook
+
+
+def _post_routes(
+    plugin: AnyProviderType, routes: tuple[str, ...]
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The POST endpoint of a provider's webhook URLs that end with one of ``routes``."""
+    Route = Literal[routes]  # type: ignore[valid-type]  # the routes, made at run time
+
+    async def webhook(account_id: str, route: Route, request: Request) -> dict[str, Any]:
         body = await request.body()
         return await receive(
             request.app.state.webhooks, plugin.kind, account_id, route, request.headers, body
@@ -110,13 +126,23 @@ def webhooks_router() -> APIRouter:
                 description="The provider's GET handshake: answered when its token is the account's.",
                 operation_id=f"webhook_handshake_{plugin.kind}",
             )
-        for route in plugin.webhook_routes:
+        if "" in plugin.webhook_routes:
             router.add_api_route(
-                f"{base}/{route}" if route else base,
-                _post_route(plugin, route),
+                base,
+                _post_route(plugin),
                 methods=["POST"],
-                summary=f"{plugin.title} {route or 'webhooks'}".strip(),
+                summary=f"{plugin.title} webhooks",
                 description=f"Signed as {plugin.title} signs its webhooks; verified before anything is read.",
-                operation_id=f"webhook_{plugin.kind}_{route or 'events'}",
+                operation_id=f"webhook_{plugin.kind}",
+            )
+        routes = tuple(route for route in plugin.webhook_routes if route)
+        if routes:
+            router.add_api_route(
+                f"{base}/{{route}}",
+                _post_routes(plugin, routes),
+                methods=["POST"],
+                summary=f"{plugin.title} webhooks: {', '.join(routes)}",
+                description=f"Signed as {plugin.title} signs its webhooks; verified before anything is read.",
+                operation_id=f"webhook_{plugin.kind}_routes",
             )
     return router
