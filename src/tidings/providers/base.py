@@ -1,4 +1,5 @@
-"""The provider interface: every WhatsApp provider is a plug-in behind these types.
+"""The provider interface: the types every WhatsApp provider speaks (its plug-in, ``plugin.ProviderType``,
+says the rest: settings, secrets, webhook routes, capabilities).
 
 A provider knows its own wire format and nothing else: it turns an ``OutboundMessage`` into an API call
 and the answer into a ``SendResult``; it verifies and parses its webhooks into ``StatusUpdate``,
