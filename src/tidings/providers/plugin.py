@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from tidings.config import Settings as AppSettings
 from tidings.providers.base import Provider, RemoteTemplate, WebhookError, WebhookEvent
@@ -44,6 +44,17 @@ class SenderSettings(ProviderSettings):
         '100000) or "unlimited". Users beyond it in 24 hours are skipped.',
     )
 
+    @field_validator("messaging_limit", mode="before")
+    @classmethod
+    def _tier(cls, value: Any) -> Any:
+        """Say what a tier is rather than which branch of the union each reading failed."""
+        if value == "unlimited":
+            return value
+        digits = isinstance(value, int | str) and not isinstance(value, bool) and str(value).isdigit()
+        if digits and int(value) > 0:
+            return int(value)
+        raise ValueError('unique users a day (250, 2000, 10000, 100000) or "unlimited"')
+
 
 class ProviderSecrets(BaseModel):
     """A provider's secrets: sealed at rest, never shown again. Every field may be left out of a save
@@ -56,7 +67,8 @@ def shaped(pattern: str, must: str, default: Any = ..., description: str = "") -
     """A settings field whose value must match ``pattern`` (when it is not empty, for an optional one).
     It is refused with ``invalid_integration`` and ``must`` as the reason, not as a malformed request: the
     same check runs where a request is made, on rows saved long ago."""
-    return Field(default, description=description, json_schema_extra={"pattern": pattern, "x-must": must})
+    anchored = f"^(?:{pattern})$"  # JSON Schema patterns match anywhere: this one the whole value
+    return Field(default, description=description, json_schema_extra={"pattern": anchored, "x-must": must})
 
 
 def check_shapes(kind: str, settings: ProviderSettings) -> None:
