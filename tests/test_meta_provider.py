@@ -22,12 +22,11 @@ from tests.standins.meta import (
     validate_message,
 )
 from tidings.delivery.service import UNCERTAIN_CODES
-from tidings.providers.base import OutboundMessage, Outcome, SendResult
+from tidings.providers.base import OutboundMessage, Outcome, RemoteTemplate, SendResult
 from tidings.providers.meta import (
     PER_USER_MARKETING_RETRY_AFTER,
     MetaApiError,
     MetaProvider,
-    RemoteTemplate,
     build_message_body,
     fetch_templates,
 )

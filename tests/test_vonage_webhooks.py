@@ -350,3 +350,12 @@ def test_rs256_token_is_rejected() -> None:
     body = body_bytes()
     token = jwt.encode({"payload_hash": hashlib.sha256(body).hexdigest()}, private_pem, algorithm="RS256")
     _rejected({"authorization": f"Bearer {token}"}, body)
+
+
+def test_pyjwt_is_left_as_it_was_for_everyone_else() -> None:
+    """Vonage's webhook tokens go through a JWS of their own: PyJWT's global HS256 is still its own."""
+    from jwt.algorithms import HMACAlgorithm
+
+    token = sign_webhook(b"{}", SECRET, API_KEY)
+    assert type(jwt.get_algorithm_by_name("HS256")) is HMACAlgorithm
+    assert jwt.decode(token[7:], SECRET, algorithms=["HS256"])["api_key"] == API_KEY

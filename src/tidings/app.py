@@ -103,21 +103,20 @@ def create_app(
         body = error_answer(request.url.path, exc.status_code, code, str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    from tidings.accounts.api import account_router
-    from tidings.accounts.api import router as integrations_router
+    from tidings.accounts.api import account_router, integrations_router
     from tidings.campaigns.api import router as campaigns_router
     from tidings.profiles.api import router as ingest_router
     from tidings.segments.api import router as segments_router
     from tidings.templates.api import router as templates_router
-    from tidings.webhooks.api import router as webhooks_router
+    from tidings.webhooks.api import webhooks_router
 
     app.include_router(ingest_router)
     app.include_router(templates_router)
     app.include_router(campaigns_router)
     app.include_router(segments_router)
-    app.include_router(integrations_router)
+    app.include_router(integrations_router())
     app.include_router(account_router)
-    app.include_router(webhooks_router)
+    app.include_router(webhooks_router())
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:

@@ -187,8 +187,8 @@ def templates_sync(account: Annotated[str, typer.Option(help="Account id.")]) ->
     """Fetch the account's templates from its provider and create or update them."""
     from tidings.templates.sync import sync_templates
 
-    _settings, db, box = _context()
-    console.print_json(json.dumps(asyncio.run(sync_templates(db, box, account))))
+    settings, db, box = _context()
+    console.print_json(json.dumps(asyncio.run(sync_templates(db, box, settings, account))))
 
 
 @db_app.command("upgrade")

@@ -22,8 +22,8 @@ from tidings.delivery import service
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.http import provider_client
 from tidings.metrics import LOOP_LAG, RECONCILED, WAITING_FOR_PROOF
+from tidings.providers import registry
 from tidings.providers.pool import ProviderPool
-from tidings.providers.sandbox import SandboxProvider
 from tidings.secrets import SecretBox
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,24 @@ class Worker:
     @property
     def sandbox_pending(self) -> int:
         """Sandbox messages whose delivery, read and reply webhooks are still to come."""
-        return sum(p.pending for p in self.pool.providers() if isinstance(p, SandboxProvider))
+        return sum(p.pending for p in self.pool.providers())
 
-    async def sync_meta_templates(self) -> None:
-        """Keep every Meta account's template statuses current (webhooks tell us too; this catches up)."""
+    async def sync_listed_templates(self) -> None:
+        """Keep the template statuses of every account whose provider lists its templates current (its
+        webhooks tell us too; this catches up)."""
         from tidings.templates.sync import sync_templates
 
-        def meta_accounts() -> list[str]:
-            with self.db.session() as session:
-                return list(session.scalars(select(Integration.account_id).where(Integration.kind == "meta")))
+        listing = [p.kind for p in registry.plugins() if p.capabilities.list_templates]
 
-        for account_id in await asyncio.to_thread(meta_accounts):
+        def accounts() -> list[str]:
+            with self.db.session() as session:
+                return list(
+                    session.scalars(select(Integration.account_id).where(Integration.kind.in_(listing)))
+                )
+
+        for account_id in await asyncio.to_thread(accounts):
             try:
-                await sync_templates(self.db, self.box, account_id, self.settings.extra_provider_hosts)
+                await sync_templates(self.db, self.box, self.settings, account_id)
             except Exception:
                 log.exception("worker: template sync failed for %s", account_id)
 
@@ -127,7 +132,7 @@ class Worker:
                 await asyncio.to_thread(self.tick)
                 if time.monotonic() - last_sync >= self.settings.template_sync_seconds:
                     last_sync = time.monotonic()
-                    await self.sync_meta_templates()
+                    await self.sync_listed_templates()
             except Exception:
                 log.exception("worker: error in the scheduler loop; carrying on")
             with contextlib.suppress(TimeoutError):

@@ -1,39 +1,57 @@
 """The account's WhatsApp integration: read (secrets masked), configure, send a test message."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the PUT body's type is made from the registry when the routes
+# are, and FastAPI reads the routes' annotations as objects.
 
 from datetime import datetime
-from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
-from tidings.accounts import integrations
+from tidings.accounts import integrations, service
 from tidings.accounts.models import Account
 from tidings.accounts.service import get_integration
 from tidings.campaigns.rules import AccountOut, AccountUpdate, Rules
 from tidings.deps import CurrentAccount, Db, get_box, get_settings
-from tidings.errors import Invalid
+from tidings.providers import registry
+from tidings.providers.plugin import AnyProviderType
 
-router = APIRouter(prefix="/api/v1/integrations/whatsapp", tags=["integrations"])
+
+def _integration_in(plugin: AnyProviderType) -> type[BaseModel]:
+    """The body of ``PUT`` for one provider: its kind, its settings and secrets models, a rate."""
+    rate = f"{plugin.default_rate:g}" if plugin.default_rate else "unlimited"
+    fields: dict[str, Any] = dict(
+        kind=(Literal[plugin.kind], ...),
+        settings=(
+            plugin.settings_model | None,
+            Field(None, description="Left out: every setting at its default (refused if one is required)."),
+        ),
+        secrets=(
+            plugin.secrets_model,
+            Field(
+                default_factory=plugin.secrets_model,
+                description="Left out with the same kind: the saved value stays. Never shown again.",
+            ),
+        ),
+        rate_limit=(
+            float | None,
+            Field(None, description=f"Messages a second for the sender (default: {rate})."),
+        ),
+    )
+    title = f"{plugin.title[:1].upper()}{plugin.title[1:]}"
+    return create_model(
+        f"IntegrationIn_{plugin.kind}", __doc__=f"{title} as the account's WhatsApp provider.", **fields
+    )
 
 
-class IntegrationIn(BaseModel):
-    kind: Literal["sandbox", "vonage", "meta"]
-    settings: dict[str, Any] = Field(
-        default_factory=dict,
-        description="vonage: sender, base_url, application_id, legacy_template_names; "
-        "meta: phone_number_id, waba_id, base_url, api_version, verify_token.",
-    )
-    secrets: dict[str, str] = Field(
-        default_factory=dict,
-        description="vonage: private_key, api_key, api_secret, signature_secret; meta: access_token, "
-        "app_secret. Left out with the same kind: the saved value stays. Never shown again.",
-    )
-    rate_limit: float | None = Field(
-        None, description="Messages a second for the sender (default: meta 80, vonage 30, sandbox unlimited)."
-    )
+def integration_in() -> Any:
+    """The body of ``PUT /api/v1/integrations/whatsapp``: one shape per provider, told apart by ``kind``
+    (the OpenAPI document describes each provider's settings and secrets)."""
+    variants = tuple(_integration_in(plugin) for plugin in registry.plugins())
+    if len(variants) == 1:
+        return variants[0]
+    return Annotated[Union[variants], Field(discriminator="kind")]  # noqa: UP007 - a tuple of models
 
 
 class IntegrationOut(BaseModel):
@@ -61,49 +79,60 @@ class TestSendOut(BaseModel):
     error_detail: str | None
 
 
-@router.get("", response_model=IntegrationOut)
-def read(request: Request, account: CurrentAccount, db: Db) -> IntegrationOut:
-    with db.session() as session:
-        integration = get_integration(session, account.id)
-        shown = integrations.describe(integration, get_box(request), get_settings(request).public_url)
-    return IntegrationOut(**shown)
+def integrations_router() -> APIRouter:
+    """The integration's routes, for the providers registered when the app is made."""
+    router = APIRouter(prefix="/api/v1/integrations/whatsapp", tags=["integrations"])
+    IntegrationIn = integration_in()
 
+    @router.get("", response_model=IntegrationOut)
+    def read(request: Request, account: CurrentAccount, db: Db) -> IntegrationOut:
+        with db.session() as session:
+            integration = get_integration(session, account.id)
+            shown = integrations.describe(integration, get_box(request), get_settings(request).public_url)
+        return IntegrationOut(**shown)
 
-@router.put("", response_model=IntegrationOut)
-def configure(body: IntegrationIn, request: Request, account: CurrentAccount, db: Db) -> IntegrationOut:
-    box = get_box(request)
-    with db.session() as session:
-        integration = integrations.configure(
-            session,
-            box,
+    @router.put("", response_model=IntegrationOut)
+    def configure(
+        body: IntegrationIn,  # type: ignore[valid-type] # made from the registry
+        request: Request,
+        account: CurrentAccount,
+        db: Db,
+    ) -> IntegrationOut:
+        chosen: Any = body
+        box = get_box(request)
+        with db.session() as session:
+            integration = integrations.configure(
+                session,
+                box,
+                account.id,
+                kind=chosen.kind,
+                settings=chosen.settings.model_dump() if chosen.settings is not None else {},
+                secrets=chosen.secrets.model_dump(exclude_unset=True),
+                rate_limit=chosen.rate_limit,
+                extra_hosts=get_settings(request).extra_provider_hosts,
+            )
+            shown = integrations.describe(integration, box, get_settings(request).public_url)
+        return IntegrationOut(**shown)
+
+    @router.post("/test", response_model=TestSendOut)
+    async def send_test(body: TestSend, request: Request, account: CurrentAccount) -> TestSendOut:
+        """Send one message with the account's provider now and report what the provider answered."""
+        from tidings.accounts.testsend import send_test_message
+
+        result = await send_test_message(
+            request.app.state.db,
+            get_box(request),
+            get_settings(request),
             account.id,
-            kind=body.kind,
-            settings=body.settings,
-            secrets=body.secrets,
-            rate_limit=body.rate_limit,
-            extra_hosts=get_settings(request).extra_provider_hosts,
+            to=body.to,
+            text=body.text,
+            template=body.template,
+            language=body.language,
+            params=body.params,
         )
-        shown = integrations.describe(integration, box, get_settings(request).public_url)
-    return IntegrationOut(**shown)
+        return TestSendOut(**result)
 
-
-@router.post("/test", response_model=TestSendOut)
-async def send_test(body: TestSend, request: Request, account: CurrentAccount) -> TestSendOut:
-    """Send one message with the account's provider now and report what the provider answered."""
-    from tidings.accounts.testsend import send_test_message
-
-    result = await send_test_message(
-        request.app.state.db,
-        get_box(request),
-        get_settings(request),
-        account.id,
-        to=body.to,
-        text=body.text,
-        template=body.template,
-        language=body.language,
-        params=body.params,
-    )
-    return TestSendOut(**result)
+    return router
 
 
 account_router = APIRouter(prefix="/api/v1/account", tags=["account"])
@@ -124,17 +153,12 @@ def read_account(account: CurrentAccount) -> AccountOut:
 @account_router.patch("", response_model=AccountOut, response_model_exclude_unset=True)
 def update_account(body: AccountUpdate, account: CurrentAccount, db: Db) -> AccountOut:
     with db.session() as session:
-        row = session.get(Account, account.id)
-        assert row is not None
-        if body.name is not None:
-            row.name = body.name
-        if body.timezone is not None:
-            try:
-                ZoneInfo(body.timezone)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise Invalid(f"timezone {body.timezone!r} is not an IANA time zone") from exc
-            row.timezone = body.timezone
-        if body.settings is not None:
-            row.settings = body.settings.stored()
-        session.flush()
-        return _account_out(row)
+        return _account_out(
+            service.update_account(
+                session,
+                account.id,
+                name=body.name,
+                timezone=body.timezone,
+                settings=body.settings.stored() if body.settings is not None else None,
+            )
+        )

@@ -33,7 +33,7 @@ class Integration(Base):
     account_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
     )
-    kind: Mapped[str] = mapped_column(String(16), default="sandbox")
+    kind: Mapped[str] = mapped_column(String(16))  # a provider's kind (tidings.providers.registry)
     settings: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     secrets: Mapped[str] = mapped_column(Text, default="")  # Fernet token of a JSON object
     rate_limit: Mapped[float | None] = mapped_column(Float, nullable=True)  # messages a second

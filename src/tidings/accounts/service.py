@@ -6,10 +6,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account, Integration
+from tidings.errors import Invalid, NotFound
+from tidings.providers import registry
 from tidings.secrets import SecretBox
 
 _ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -31,18 +35,21 @@ class NewAccount:
 
 
 def create_account(session: Session, box: SecretBox, name: str, timezone: str = "UTC") -> NewAccount:
-    """Create an account with the sandbox as its WhatsApp provider. The passcode is shown only now."""
+    """Create an account with the default provider (the sandbox) as its WhatsApp provider. The passcode
+    is shown only now."""
     passcode = secrets.token_urlsafe(24)
     account = Account(id=_account_id(), name=name, passcode_hash=_hash(passcode), timezone=timezone)
     session.add(account)
     session.flush()
+    plugin = registry.plugin(registry.DEFAULT_KIND)
+    settings, sealed = plugin.complete(plugin.settings({}), {}, {})
     session.add(
         Integration(
             account_id=account.id,
-            kind="sandbox",
-            settings={},
-            secrets=box.seal({"signature_secret": secrets.token_urlsafe(32)}),
-            rate_limit=None,
+            kind=plugin.kind,
+            settings=settings.model_dump(mode="json"),
+            secrets=box.seal(sealed),
+            rate_limit=plugin.default_rate,
         )
     )
     session.flush()
@@ -65,3 +72,30 @@ def get_integration(session: Session, account_id: str) -> Integration:
     if integration is None:  # every account gets one at creation; this is a broken database
         raise LookupError(f"account {account_id} has no WhatsApp integration")
     return integration
+
+
+def update_account(
+    session: Session,
+    account_id: str,
+    *,
+    name: str | None = None,
+    timezone: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Account:
+    """Change what is given: the name, the time zone (an IANA zone), the engagement rules and keywords
+    (``Rules.stored()``: checked by their model)."""
+    account = session.get(Account, account_id)
+    if account is None:
+        raise NotFound("account")
+    if name is not None:
+        account.name = name
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise Invalid(f"timezone {timezone!r} is not an IANA time zone") from exc
+        account.timezone = timezone
+    if settings is not None:
+        account.settings = settings
+    session.flush()
+    return account

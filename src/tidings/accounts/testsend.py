@@ -48,7 +48,7 @@ async def send_test_message(
         raise Conflict(f"{exc}: {FIX_SECRET_KEY}", code="credentials_unreadable") from exc
     try:
         provider = build_provider(kind, config, secrets, account_id=account_id, app=settings)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, LookupError) as exc:
         raise Conflict(f"the {kind} integration cannot send: {exc}", code="integration_invalid") from exc
     try:
         result = await provider.send(
@@ -61,8 +61,7 @@ async def send_test_message(
                 text=None if template else text,
             )
         )
-        if hasattr(provider, "drain"):  # the sandbox: let its webhooks reach us before closing it
-            await provider.drain(timeout=10)
+        await provider.drain(timeout=10)  # the sandbox: let its webhooks reach us before closing it
     finally:
         await provider.aclose()
     return {

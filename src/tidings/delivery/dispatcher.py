@@ -60,6 +60,7 @@ from tidings.metrics import (
     TIER_SKIPS,
 )
 from tidings.personalization.service import PersonalizationError, Renderer
+from tidings.providers import registry
 from tidings.providers.base import OutboundMessage, Provider, SendResult
 from tidings.providers.pool import ProviderPool
 
@@ -84,7 +85,8 @@ class Sender:
 
 def sender_of(integration: Integration) -> Sender:
     settings = dict(integration.settings or {})
-    number = settings.get("sender") or settings.get("phone_number_id") or integration.account_id
+    plugin = registry.find(integration.kind)
+    number = (plugin.sender(settings) if plugin else None) or integration.account_id
     raw = settings.get("messaging_limit")
     limit: int | None
     try:

@@ -1,1 +1,2 @@
-"""WhatsApp providers: one module each behind ``base.Provider``; ``pool`` builds them per account."""
+"""WhatsApp providers: one module each, declaring its plug-in (``plugin.ProviderType``) and its sender
+(``base.Provider``); ``registry`` lists them, ``pool`` builds one per account."""

@@ -1,4 +1,5 @@
-"""The provider interface: every WhatsApp provider is a plug-in behind these types.
+"""The provider interface: the types every WhatsApp provider speaks (its plug-in, ``plugin.ProviderType``,
+says the rest: settings, secrets, webhook routes, capabilities).
 
 A provider knows its own wire format and nothing else: it turns an ``OutboundMessage`` into an API call
 and the answer into a ``SendResult``; it verifies and parses its webhooks into ``StatusUpdate``,
@@ -9,6 +10,7 @@ providers, in ``tidings.webhooks.service``.
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -147,12 +149,54 @@ WebhookEvent = StatusUpdate | InboundReply | TemplateStatusUpdate
 
 
 class WebhookError(Exception):
-    """A webhook that cannot be accepted; ``status`` is the HTTP answer (401 for a bad signature)."""
+    """A webhook that cannot be accepted; ``status`` is the HTTP answer (401 for a bad signature) and
+    ``code`` the error code of the answer's body (by default ``bad_signature`` for a 401, else
+    ``invalid_payload``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code or ("bad_signature" if status == 401 else "invalid_payload")
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A webhook body as a JSON object, or ``WebhookError(400)``."""
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise WebhookError(400, "the webhook body is not JSON", code="invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise WebhookError(400, "the webhook body must be a JSON object")
+    return payload
+
+
+@dataclass(frozen=True)
+class RemoteTemplate:
+    """One message template as the provider lists it (``name`` without our ``<namespace>:``)."""
+
+    id: str
+    name: str
+    language: str
+    status: str
+    category: str
+    body: str  # the BODY component's text, "" when there is none
+    components: list[dict[str, Any]] = field(default_factory=list)  # raw, for headers and buttons
+
+
+class ProviderApiError(Exception):
+    """A call to a provider's API other than a send failed (template listing): ``status`` is the HTTP
+    status (None for a network error), ``code`` the provider's error code; ``refused_credentials`` when
+    the provider refused the integration's credentials (someone must save working ones)."""
+
+    def __init__(
+        self, status: int | None, code: int | None, message: str, *, refused_credentials: bool = False
+    ) -> None:
+        super().__init__(f"provider API error (HTTP {status}, code {code}): {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.refused_credentials = refused_credentials or status in (401, 403)
 
 
 class Provider(abc.ABC):
@@ -163,6 +207,14 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def send(self, message: OutboundMessage) -> SendResult:
         """Send one message. Never raises for provider or network errors: they become a ``SendResult``."""
+
+    @property
+    def pending(self) -> int:
+        """Messages whose webhooks this provider still plays itself (the sandbox); 0 for a real one."""
+        return 0
+
+    async def drain(self, timeout: float = 30.0) -> None:  # noqa: B027 - optional hook
+        """Wait until the webhooks this provider plays itself have been delivered (the sandbox)."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections and background work."""

@@ -31,27 +31,41 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets as random_tokens
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import Field
 
 from tidings.providers.base import (
     FIX_CREDENTIALS,
     InboundReply,
     OutboundMessage,
     Provider,
+    ProviderApiError,
+    RemoteTemplate,
     SendResult,
     Status,
     StatusUpdate,
     TemplateStatusUpdate,
     WebhookError,
     WebhookEvent,
+    json_object,
     transport_failure,
+)
+from tidings.providers.plugin import (
+    Capabilities,
+    Deployment,
+    NotConfigured,
+    ProviderSecrets,
+    ProviderType,
+    SenderSettings,
+    TemplateListing,
+    shaped,
 )
 from tidings.providers.trust import summary
 
@@ -593,27 +607,13 @@ def parse_webhook(payload: Any) -> list[WebhookEvent]:
 # --- template sync ----------------------------------------------------------------------------------
 
 
-class MetaApiError(Exception):
+class MetaApiError(ProviderApiError):
     """A Graph API call failed: ``status`` is the HTTP status (None for a network error)."""
 
     def __init__(self, status: int | None, code: int | None, message: str) -> None:
-        super().__init__(f"Meta API error (HTTP {status}, code {code}): {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class RemoteTemplate:
-    """One message template as Meta lists it."""
-
-    id: str
-    name: str
-    language: str
-    status: str
-    category: str
-    body: str  # the BODY component's text, "" when there is none
-    components: list[dict[str, Any]] = field(default_factory=list)  # raw, for headers and buttons
+        super().__init__(
+            status, code, message, refused_credentials=code is not None and is_credentials_code(code)
+        )
 
 
 def _remote_template(item: Mapping[str, Any]) -> RemoteTemplate:
@@ -710,3 +710,104 @@ async def fetch_templates(
     finally:
         if http is None:
             await client.aclose()
+
+
+# --- the plug-in ------------------------------------------------------------------------------------
+
+_DIGITS = r"\d{1,30}"
+
+
+class MetaSettings(SenderSettings):
+    phone_number_id: str = shaped(
+        _DIGITS,
+        "the phone number id Meta shows (digits)",
+        description="The id of the business phone number messages are sent from (WhatsApp Manager).",
+    )
+    waba_id: str = shaped(
+        _DIGITS,
+        "the WhatsApp Business Account id (digits)",
+        default="",
+        description="The WhatsApp Business Account's id: needed to sync templates (their namespace).",
+    )
+    base_url: str = Field(
+        DEFAULT_BASE_URL,
+        description="The Graph API host: graph.facebook.com or a host in TIDINGS_EXTRA_PROVIDER_HOSTS.",
+    )
+    api_version: str = shaped(
+        r"v\d{1,3}\.\d{1,3}", "a Graph API version such as v23.0", default=DEFAULT_API_VERSION
+    )
+    verify_token: str = Field(
+        "", description="The token Meta's webhook handshake must present; made up when left empty."
+    )
+
+
+class MetaSecrets(ProviderSecrets):
+    access_token: str = Field(
+        "", description="A system user's access token with whatsapp_business_messaging."
+    )
+    app_secret: str = Field(
+        "", description="The Meta app's secret: it signs the webhooks (X-Hub-Signature-256)."
+    )
+
+
+class Meta(ProviderType[MetaSettings, MetaSecrets]):
+    """Meta WhatsApp Cloud API: one webhook URL (with a GET handshake), templates listed and synced."""
+
+    kind = "meta"
+    title = "Meta"
+    settings_model = MetaSettings
+    secrets_model = MetaSecrets
+    default_rate = 80.0
+    capabilities = Capabilities(list_templates=True, read_receipts=True)
+    hosts = frozenset({"graph.facebook.com"})  # reference §2
+    handshake = True
+    sender_field = "phone_number_id"
+
+    def complete(
+        self, settings: MetaSettings, secrets: dict[str, str], saved: Mapping[str, str]
+    ) -> tuple[MetaSettings, dict[str, str]]:
+        if not settings.verify_token:
+            settings = settings.model_copy(update={"verify_token": random_tokens.token_urlsafe(24)})
+        return settings, secrets
+
+    def check(self, settings: MetaSettings, secrets: MetaSecrets) -> None:
+        for name in ("access_token", "app_secret"):
+            if not getattr(secrets, name):
+                raise ValueError(f"meta: secrets.{name} is required")
+
+    def build(self, settings: MetaSettings, secrets: MetaSecrets, deployment: Deployment) -> Provider:
+        return MetaProvider(
+            phone_number_id=settings.phone_number_id,
+            access_token=secrets.access_token,
+            base_url=settings.base_url,
+            api_version=settings.api_version,
+            http=deployment.http,
+        )
+
+    def read_webhook(
+        self,
+        route: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        settings: MetaSettings,
+        secrets: MetaSecrets,
+    ) -> list[WebhookEvent]:
+        verify_signature(headers, body, secrets.app_secret)
+        return parse_webhook(json_object(body))
+
+    def answer_handshake(self, params: Mapping[str, str], settings: MetaSettings) -> str:
+        return verify_handshake(params, settings.verify_token)
+
+    async def list_templates(
+        self, settings: MetaSettings, secrets: MetaSecrets, deployment: Deployment
+    ) -> TemplateListing:
+        if not settings.waba_id:
+            raise NotConfigured("meta: settings.waba_id is needed to sync templates")
+        remote = await fetch_templates(
+            waba_id=settings.waba_id,
+            access_token=secrets.access_token,
+            base_url=settings.base_url,
+            api_version=settings.api_version,
+            http=deployment.http,
+        )
+        return TemplateListing(namespace=settings.waba_id, templates=remote)  # Meta names have no namespace

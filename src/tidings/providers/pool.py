@@ -13,11 +13,9 @@ import httpx
 from tidings.accounts.service import get_integration
 from tidings.config import Settings
 from tidings.db import Database
+from tidings.providers import registry
 from tidings.providers.base import OutboundMessage, Provider, SendResult
-from tidings.providers.meta import MetaProvider
-from tidings.providers.sandbox import SandboxProvider
-from tidings.providers.trust import check_base_url, check_ids
-from tidings.providers.vonage import VonageProvider
+from tidings.providers.plugin import Deployment
 from tidings.secrets import SecretBox
 
 log = logging.getLogger(__name__)
@@ -63,42 +61,15 @@ def build_provider(
 ) -> Provider:
     """The provider for one account's integration (``http``: a shared kept-alive client).
 
-    The base URL is checked here, where requests are made, against the providers' hosts and
-    ``TIDINGS_EXTRA_PROVIDER_HOSTS`` (``trust.check_base_url``): ``UntrustedUrl`` (a ``ValueError``) when
-    it names another host, so that no token is ever sent there; the ids that go into request paths must
-    have the provider's shape (``trust.check_ids``)."""
-    if kind in ("vonage", "meta"):
-        settings = {
-            **settings,
-            "base_url": check_base_url(kind, settings.get("base_url"), app.extra_provider_hosts),
-        }
-        check_ids(kind, settings)
-    if kind == "sandbox":
-        return SandboxProvider(
-            webhook_base=f"{app.public_url}/webhooks/sandbox/{account_id}",
-            signature_secret=secrets["signature_secret"],
-            settings=app.sandbox,
-        )
-    if kind == "vonage":
-        return VonageProvider(
-            sender=settings["sender"],
-            base_url=settings["base_url"],
-            application_id=settings.get("application_id") or None,
-            private_key=secrets.get("private_key"),
-            api_key=secrets.get("api_key"),
-            api_secret=secrets.get("api_secret"),
-            legacy_template_names=bool(settings.get("legacy_template_names")),
-            http=http,
-        )
-    if kind == "meta":
-        return MetaProvider(
-            phone_number_id=settings["phone_number_id"],
-            access_token=secrets["access_token"],
-            base_url=settings["base_url"],
-            api_version=settings["api_version"],
-            http=http,
-        )
-    raise ValueError(f"unknown WhatsApp provider kind {kind!r}")
+    The settings are checked here again, where requests are made (``ProviderType.usable``): a base URL
+    naming a host that is not the provider's nor in ``TIDINGS_EXTRA_PROVIDER_HOSTS`` is an ``UntrustedUrl``
+    (a ``ValueError``), so that no token is ever sent there, and the ids that go into request paths must
+    have the provider's shape. ``LookupError`` when no provider has that kind."""
+    plugin = registry.plugin(kind)
+    usable = plugin.usable(plugin.settings(settings), app.extra_provider_hosts)
+    return plugin.build(
+        usable, plugin.secrets(secrets), Deployment(account_id=account_id, app=app, http=http)
+    )
 
 
 class ProviderPool:
@@ -146,8 +117,8 @@ class ProviderPool:
             return build_provider(
                 kind, config, secrets, account_id=account_id, app=self.settings, http=self.http
             )
-        except (ValueError, KeyError) as exc:
-            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        except (ValueError, LookupError) as exc:
+            detail = str(exc)
             log.error("account %s: the %s integration cannot send: %s", account_id, kind, detail)
             return UnusableProvider(kind, "integration_invalid", detail[:300], FIX_INTEGRATION)
 

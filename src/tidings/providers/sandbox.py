@@ -13,16 +13,27 @@ import asyncio
 import json
 import logging
 import random
+import secrets as random_tokens
 import uuid
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from pydantic import Field
 
-from tidings.config import SandboxSettings
-from tidings.providers.base import OutboundMessage, Provider, SendResult
-from tidings.providers.vonage import sign_webhook
+from tidings import config
+from tidings.providers.base import OutboundMessage, Provider, SendResult, WebhookEvent
+from tidings.providers.plugin import (
+    Capabilities,
+    Deployment,
+    ProviderSecrets,
+    ProviderSettings,
+    ProviderType,
+    TemplateDraft,
+)
+from tidings.providers.vonage import read_signed_webhook, sign_webhook
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +51,7 @@ class SandboxProvider(Provider):
         *,
         webhook_base: str,
         signature_secret: str,
-        settings: SandboxSettings,
+        settings: config.SandboxSettings,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.webhook_base = webhook_base.rstrip("/")
@@ -177,3 +188,63 @@ class SandboxProvider(Provider):
             await asyncio.wait(set(self._tasks), timeout=5)
         if self._own_http:
             await self._http.aclose()
+
+
+# --- the plug-in ------------------------------------------------------------------------------------
+
+
+class SandboxSettings(ProviderSettings):
+    """The sandbox has no settings of its own: how it behaves is the deployment's (``TIDINGS_SANDBOX_*``)."""
+
+
+class SandboxSecrets(ProviderSecrets):
+    signature_secret: str = Field(
+        "", description="Made by Tidings: the sandbox signs its webhooks with it. A value given is ignored."
+    )
+
+
+class Sandbox(ProviderType[SandboxSettings, SandboxSecrets]):
+    """The built-in stand-in: Vonage's webhook shapes on the same two routes, its own signing secret,
+    templates approved at the next sync, no rate limit."""
+
+    kind = "sandbox"
+    title = "the sandbox"
+    settings_model = SandboxSettings
+    secrets_model = SandboxSecrets
+    capabilities = Capabilities(submit_templates=True, read_receipts=True)
+    webhook_routes = ("status", "inbound")
+
+    def complete(
+        self, settings: SandboxSettings, secrets: dict[str, str], saved: Mapping[str, str]
+    ) -> tuple[SandboxSettings, dict[str, str]]:
+        # The sandbox signs its webhooks with a secret of our own, kept across saves.
+        return settings, {
+            "signature_secret": saved.get("signature_secret") or random_tokens.token_urlsafe(32)
+        }
+
+    def build(self, settings: SandboxSettings, secrets: SandboxSecrets, deployment: Deployment) -> Provider:
+        return SandboxProvider(
+            webhook_base=f"{deployment.app.public_url}/webhooks/{self.kind}/{deployment.account_id}",
+            signature_secret=secrets.signature_secret,
+            settings=deployment.app.sandbox,
+        )
+
+    def read_webhook(
+        self,
+        route: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        settings: SandboxSettings,
+        secrets: SandboxSecrets,
+    ) -> list[WebhookEvent]:
+        return read_signed_webhook(route, headers, body, secrets.signature_secret)
+
+    async def submit_templates(
+        self,
+        settings: SandboxSettings,
+        secrets: SandboxSecrets,
+        deployment: Deployment,
+        drafts: Sequence[TemplateDraft],
+    ) -> list[str]:
+        """The sandbox plays the provider's review: it approves every template at once."""
+        return ["APPROVED" for _ in drafts]

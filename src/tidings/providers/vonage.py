@@ -11,6 +11,7 @@ import email.utils
 import functools
 import hashlib
 import hmac
+import json
 import re
 import time
 import uuid
@@ -23,6 +24,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import HMACAlgorithm
+from pydantic import Field
 
 from tidings.providers.base import (
     FIX_CREDENTIALS,
@@ -33,7 +35,18 @@ from tidings.providers.base import (
     Status,
     StatusUpdate,
     WebhookError,
+    WebhookEvent,
+    json_object,
     transport_failure,
+)
+from tidings.providers.plugin import (
+    Capabilities,
+    CredentialsError,
+    Deployment,
+    ProviderSecrets,
+    ProviderType,
+    SenderSettings,
+    shaped,
 )
 from tidings.providers.trust import summary
 
@@ -58,7 +71,8 @@ def sign_webhook(body: bytes, signature_secret: str, api_key: str) -> str:
         "payload_hash": hashlib.sha256(body).hexdigest(),
         "api_key": api_key,
     }
-    return "Bearer " + jwt.encode(claims, signature_secret, algorithm="HS256")
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    return "Bearer " + _WEBHOOK_JWS.encode(payload, signature_secret, algorithm="HS256")
 
 
 class _HS256(HMACAlgorithm):
@@ -74,8 +88,38 @@ class _HS256(HMACAlgorithm):
         return super().prepare_key(key)
 
 
-jwt.unregister_algorithm("HS256")
-jwt.register_algorithm("HS256", _HS256())
+# Webhook tokens are signed and verified with this module's own JWS, which knows HS256 only (and checks
+# each secret once); PyJWT's global algorithms stay as they are for everyone else.
+_WEBHOOK_JWS = jwt.PyJWS(algorithms=[])
+_WEBHOOK_JWS.register_algorithm("HS256", _HS256())
+
+
+def _claims(token: str, signature_secret: str) -> dict[str, Any]:
+    """The claims of a webhook token whose HS256 signature ``_WEBHOOK_JWS`` has verified, checked as
+    ``jwt.decode`` checks them: ``iat`` required and a number; ``iat`` and ``nbf`` not in the future,
+    ``exp`` not past. (Checked here rather than by decoding the token a second time with ``jwt.decode``,
+    which costs more than the rest of the verification.)"""
+    payload = _WEBHOOK_JWS.decode_complete(token, signature_secret, algorithms=["HS256"])["payload"]
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise jwt.DecodeError("the token's payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise jwt.DecodeError("the token's payload is not a JSON object")
+    if "iat" not in claims:
+        raise jwt.MissingRequiredClaimError("iat")
+    now = time.time()
+    for name in ("iat", "nbf", "exp"):
+        value = claims.get(name)
+        if value is None and name != "iat":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise jwt.DecodeError(f"{name} is not a number")
+        if name == "exp" and value <= now:
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        if name != "exp" and value > now:
+            raise jwt.ImmatureSignatureError(f"The token is not yet valid ({name})")
+    return claims
 
 
 # How old a webhook's token (its ``iat``) may be. Vonage signs each callback once and its documentation does
@@ -95,18 +139,10 @@ def verify_webhook(
     if not auth.lower().startswith("bearer "):
         raise WebhookError(401, "missing signed Authorization header")
     try:
-        claims = jwt.decode(
-            auth[7:].strip(),
-            signature_secret,
-            algorithms=["HS256"],
-            options={"require": ["iat"]},
-        )
+        claims = _claims(auth[7:].strip(), signature_secret)
     except jwt.PyJWTError as exc:
         raise WebhookError(401, f"bad webhook signature: {exc}") from exc
-    iat = claims["iat"]
-    if isinstance(iat, bool) or not isinstance(iat, int | float):
-        raise WebhookError(401, "bad webhook signature: iat is not a number")
-    age = (time.time() if now is None else now) - iat
+    age = (time.time() if now is None else now) - claims["iat"]
     if age > WEBHOOK_MAX_AGE:
         raise WebhookError(
             401,
@@ -515,3 +551,139 @@ class VonageProvider(Provider):
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()
+
+
+# --- the plug-in ------------------------------------------------------------------------------------
+
+
+class VonageSettings(SenderSettings):
+    sender: str = shaped(
+        r"\s*\+?\d{6,15}\s*",
+        "the WhatsApp number in E.164 digits, e.g. 447700900000",
+        description="The WhatsApp business number messages are sent from, in E.164 digits.",
+    )
+    base_url: str = Field(
+        DEFAULT_BASE_URL,
+        description="The Messages API host: one of Vonage's (api.nexmo.com, api-eu.vonage.com, …, "
+        "messages-sandbox.nexmo.com) or a host in TIDINGS_EXTRA_PROVIDER_HOSTS.",
+    )
+    application_id: str = shaped(
+        r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}",
+        "the Vonage application's id (a UUID)",
+        default="",
+        description="The Vonage application's id, for JWT authentication (with secrets.private_key).",
+    )
+    legacy_template_names: bool = Field(
+        False, description="Send templates as `namespace:name` (the v0.1 API) instead of the plain name."
+    )
+
+
+class VonageSecrets(ProviderSecrets):
+    private_key: str = Field("", description="The application's PEM RSA private key (JWT authentication).")
+    api_key: str = Field("", description="The account's API key (Basic authentication, with api_secret).")
+    api_secret: str = Field("", description="The account's API secret (Basic authentication).")
+    signature_secret: str = Field(
+        "", description="The account's signature secret: Vonage signs its webhooks with it (required)."
+    )
+
+
+def _on_its_route(route: str, payload: Mapping[str, Any]) -> None:
+    """A status callback only on the status URL and an inbound message only on the inbound URL: a status
+    read as an inbound message would record a reply nobody wrote. (Status callbacks carry ``status``;
+    inbound messages never do, and carry ``message_type`` instead.)"""
+    is_status = "status" in payload
+    if route == "inbound" and is_status:
+        raise WebhookError(
+            400,
+            "a status callback was posted to the inbound URL: give Vonage the status URL for statuses",
+            code="wrong_webhook_route",
+        )
+    if route == "status" and not is_status and "message_type" in payload:
+        raise WebhookError(
+            400,
+            "an inbound message was posted to the status URL: give Vonage the inbound URL for messages",
+            code="wrong_webhook_route",
+        )
+
+
+def read_signed_webhook(
+    route: str, headers: Mapping[str, str], body: bytes, signature_secret: str
+) -> list[WebhookEvent]:
+    """A Vonage webhook POST on its ``status`` or ``inbound`` route, verified, as its one event."""
+    verify_webhook(headers, body, signature_secret)
+    payload = json_object(body)
+    _on_its_route(route, payload)
+    return [parse_status(payload) if route == "status" else parse_inbound(payload)]
+
+
+class Vonage(ProviderType[VonageSettings, VonageSecrets]):
+    """Vonage Messages API v1: a status and an inbound webhook URL, no template listing."""
+
+    kind = "vonage"
+    title = "Vonage"
+    settings_model = VonageSettings
+    secrets_model = VonageSecrets
+    default_rate = 30.0
+    capabilities = Capabilities(read_receipts=True)
+    # Reference §1.1 and §1.9.
+    hosts = frozenset(
+        {
+            "api.nexmo.com",
+            "api-eu.nexmo.com",
+            "api-us.nexmo.com",
+            "api-ap.nexmo.com",
+            "api.vonage.com",
+            "api-eu.vonage.com",
+            "api-us.vonage.com",
+            "api-ap.vonage.com",
+            "messages-sandbox.nexmo.com",
+        }
+    )
+    base_paths = ("", "/", "/v1", "/v1/")
+    webhook_routes = ("status", "inbound")
+    sender_field = "sender"
+
+    def check(self, settings: VonageSettings, secrets: VonageSecrets) -> None:
+        jwt_auth = bool(settings.application_id) and bool(secrets.private_key)
+        basic = bool(secrets.api_key) and bool(secrets.api_secret)
+        if not (jwt_auth or basic):
+            raise ValueError(
+                "vonage needs settings.application_id with secrets.private_key (JWT), "
+                "or secrets.api_key with secrets.api_secret (Basic)"
+            )
+        if settings.application_id and not secrets.private_key:
+            raise ValueError("vonage: secrets.private_key is required with application_id")
+        if not secrets.signature_secret:
+            raise ValueError("vonage: secrets.signature_secret is required to verify webhooks")
+        if secrets.private_key:  # it must be a PEM RSA private key that signs an application JWT
+            try:
+                key = load_private_key(secrets.private_key)
+                jwt.encode({"application_id": settings.application_id, "iat": 0}, key, algorithm="RS256")
+            except (ValueError, TypeError, jwt.PyJWTError) as exc:
+                raise CredentialsError(
+                    f"vonage: secrets.{exc}"
+                    if str(exc).startswith("private_key")
+                    else f"vonage: secrets.private_key cannot sign a JWT: {exc}"
+                ) from None
+
+    def build(self, settings: VonageSettings, secrets: VonageSecrets, deployment: Deployment) -> Provider:
+        return VonageProvider(
+            sender=settings.sender,
+            base_url=settings.base_url,
+            application_id=settings.application_id or None,
+            private_key=secrets.private_key or None,
+            api_key=secrets.api_key or None,
+            api_secret=secrets.api_secret or None,
+            legacy_template_names=settings.legacy_template_names,
+            http=deployment.http,
+        )
+
+    def read_webhook(
+        self,
+        route: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        settings: VonageSettings,
+        secrets: VonageSecrets,
+    ) -> list[WebhookEvent]:
+        return read_signed_webhook(route, headers, body, secrets.signature_secret)

@@ -93,12 +93,10 @@ def delete_template(ref: Ref, db: Db, account: CurrentAccount) -> None:
 @router.post("/sync", responses=_errors(401, 409, 502))
 async def sync(request: Request, account: CurrentAccount) -> dict[str, int]:
     """Fetch the templates from the provider (Meta: all pages) and create or update them here, with their
-    status and category. The sandbox approves pending templates; Vonage has no listing (409)."""
+    status and category; a provider that reviews templates made here (the sandbox) gets the pending ones.
+    A provider with neither (Vonage) answers 409."""
     from tidings.templates.sync import sync_templates
 
     return await sync_templates(
-        request.app.state.db,
-        request.app.state.box,
-        account.id,
-        request.app.state.settings.extra_provider_hosts,
+        request.app.state.db, request.app.state.box, request.app.state.settings, account.id
     )

@@ -2,15 +2,17 @@
 hands the events to the process's ``WebhookBatcher``, which applies many requests' events in one
 transaction and answers each request once its events are committed.
 
-``receive`` is the whole of a webhook POST. ``WebhookLane`` (webhooks/lane.py) calls it for every POST
-under ``/webhooks/`` ahead of FastAPI's routing; the routes below document the same endpoints in the
-OpenAPI document and call the same function when the app is served without the lane.
+Every provider's webhooks live under ``/webhooks/<kind>/<account id>``, on the routes its plug-in names
+(``ProviderType.webhook_routes``). ``receive`` is the whole of a webhook POST. ``WebhookLane``
+(webhooks/lane.py) calls it for every POST under ``/webhooks/`` ahead of FastAPI's routing; the routes
+``webhooks_router`` makes document the same endpoints in the OpenAPI document and call the same function
+when the app is served without the lane.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the routes' types are made from the registry when the routes
+# are, and FastAPI reads the routes' annotations as objects.
 
-import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -19,105 +21,128 @@ from starlette.concurrency import run_in_threadpool
 
 from tidings.db import Database
 from tidings.errors import ApiError
-from tidings.providers import meta, vonage
-from tidings.providers.base import WebhookError, WebhookEvent
+from tidings.providers import registry
+from tidings.providers.base import WebhookError
+from tidings.providers.plugin import AnyProviderType
 from tidings.secrets import SecretBox
 from tidings.webhooks.batch import WebhookBatcher
 from tidings.webhooks.service import integration_for
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
-
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_json", "the webhook body is not JSON") from exc
-    if not isinstance(payload, dict):
-        raise ApiError(400, "invalid_payload", "the webhook body must be a JSON object")
-    return payload
-
-
-def _on_its_route(kind: str | None, payload: Mapping[str, Any]) -> None:
-    """A Vonage status callback only on the status URL and an inbound message only on the inbound URL: a
-    status read as an inbound message would record a reply nobody wrote. (Vonage's status callbacks carry
-    ``status``; its inbound messages never do, and carry ``message_type`` instead.)"""
-    is_status = "status" in payload
-    if kind == "inbound" and is_status:
-        raise ApiError(
-            400,
-            "wrong_webhook_route",
-            "a status callback was posted to the inbound URL: give Vonage the status URL for statuses",
-        )
-    if kind == "status" and not is_status and "message_type" in payload:
-        raise ApiError(
-            400,
-            "wrong_webhook_route",
-            "an inbound message was posted to the status URL: give Vonage the inbound URL for messages",
-        )
+def route_of(path: str) -> tuple[str, str, str] | None:
+    """``(provider, account id, route)`` of a webhook POST path (``/webhooks/<kind>/<account>[/<route>]``),
+    or None when it names no provider's webhook."""
+    parts = path.split("/")
+    if len(parts) not in (4, 5) or not parts[3]:
+        return None
+    plugin = registry.find(parts[2])
+    route = parts[4] if len(parts) == 5 else ""
+    if plugin is None or route not in plugin.webhook_routes:
+        return None
+    return plugin.kind, parts[3], route
 
 
 async def receive(
     batcher: WebhookBatcher,
     provider: str,
     account_id: str,
-    kind: str | None,
+    route: str,
     headers: Mapping[str, str],
     body: bytes,
 ) -> dict[str, Any]:
-    """Verify, parse and apply one webhook POST (``kind`` is ``status`` or ``inbound`` for Vonage and the
-    sandbox, ``None`` for Meta); the answer's body, or ``ApiError``. ``headers`` have lower-case names."""
-    secrets = (await batcher.integration(account_id, provider))["secrets"]
-    events: list[WebhookEvent]
+    """Verify, parse and apply one webhook POST on one of ``provider``'s routes (``""`` for a URL that ends
+    at the account); the answer's body, or ``ApiError``. ``headers`` have lower-case names."""
+    integration = await batcher.integration(account_id, provider)
     try:
-        if provider == "meta":
-            meta.verify_signature(headers, body, secrets.get("app_secret", ""))
-            events = meta.parse_webhook(_json(body))
-        else:
-            vonage.verify_webhook(headers, body, secrets.get("signature_secret", ""))
-            payload = _json(body)
-            _on_its_route(kind, payload)
-            events = [vonage.parse_status(payload) if kind == "status" else vonage.parse_inbound(payload)]
+        events = registry.plugin(provider).read_webhook(
+            route, headers, body, integration["settings"], integration["secrets"]
+        )
     except WebhookError as exc:
-        code = "bad_signature" if exc.status == 401 else "invalid_payload"
-        raise ApiError(exc.status, code, exc.message) from exc
+        raise ApiError(exc.status, exc.code, exc.message) from exc
     result = await batcher.apply(account_id, provider, events)
     return {"status": "ok", **result}
 
 
-@router.post("/{provider}/{account_id}/{kind}", summary="Vonage (and sandbox) status and inbound webhooks")
-async def vonage_webhook(
-    provider: Literal["vonage", "sandbox"],
-    account_id: str,
-    kind: Literal["status", "inbound"],
-    request: Request,
-) -> dict[str, Any]:
-    """Vonage Messages API webhooks, signed with an HS256 JWT (the account's signature secret) whose
-    ``payload_hash`` is the body's SHA-256. The sandbox calls the same endpoint in the same format."""
-    body = await request.body()
-    return await receive(request.app.state.webhooks, provider, account_id, kind, request.headers, body)
-
-
-def _meta_handshake(db: Database, box: SecretBox, account_id: str, params: Any) -> str:
+def _handshake(db: Database, box: SecretBox, provider: str, account_id: str, params: Any) -> str:
     with db.session() as session:
-        settings = integration_for(session, box, account_id, "meta")["settings"]
+        settings = integration_for(session, box, account_id, provider)["settings"]
     try:
-        return meta.verify_handshake(params, settings.get("verify_token", ""))
+        return registry.plugin(provider).answer_handshake(params, settings)
     except WebhookError as exc:
         raise ApiError(exc.status, "bad_verify_token", exc.message) from exc
 
 
-@router.get("/meta/{account_id}", response_class=PlainTextResponse, summary="Meta webhook verification")
-async def meta_handshake(account_id: str, request: Request) -> str:
-    """Meta's GET handshake: answers ``hub.challenge`` when ``hub.verify_token`` is the account's."""
-    return await run_in_threadpool(
-        _meta_handshake, request.app.state.db, request.app.state.box, account_id, request.query_params
-    )
+def _post_route(plugin: AnyProviderType) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The POST endpoint of a provider whose webhook URL ends at the account."""
+
+    async def webhook(account_id: str, request: Request) -> dict[str, Any]:
+        body = await request.body()
+        return await receive(request.app.state.webhooks, plugin.kind, account_id, "", request.headers, body)
+
+    return webhook
 
 
-@router.post("/meta/{account_id}", summary="Meta WhatsApp Cloud API webhooks")
-async def meta_webhook(account_id: str, request: Request) -> dict[str, Any]:
-    """Statuses, inbound messages and template status updates, verified with ``X-Hub-Signature-256``
-    (HMAC-SHA256 of the raw body with the app secret)."""
-    body = await request.body()
-    return await receive(request.app.state.webhooks, "meta", account_id, None, request.headers, body)
+def _post_routes(
+    plugin: AnyProviderType, routes: tuple[str, ...]
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """The POST endpoint of a provider's webhook URLs that end with one of ``routes``."""
+    Route = Literal[routes]  # type: ignore[valid-type]  # the routes, made at run time
+
+    async def webhook(account_id: str, route: Route, request: Request) -> dict[str, Any]:
+        body = await request.body()
+        return await receive(
+            request.app.state.webhooks, plugin.kind, account_id, route, request.headers, body
+        )
+
+    return webhook
+
+
+def _handshake_route(plugin: AnyProviderType) -> Callable[[str, Request], Awaitable[str]]:
+    async def handshake(account_id: str, request: Request) -> str:
+        return await run_in_threadpool(
+            _handshake,
+            request.app.state.db,
+            request.app.state.box,
+            plugin.kind,
+            account_id,
+            request.query_params,
+        )
+
+    return handshake
+
+
+def webhooks_router() -> APIRouter:
+    """The webhook routes of the providers registered when the app is made."""
+    router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+    for plugin in registry.plugins():
+        base = f"/{plugin.kind}/{{account_id}}"
+        if plugin.handshake:
+            router.add_api_route(
+                base,
+                _handshake_route(plugin),
+                methods=["GET"],
+                response_class=PlainTextResponse,
+                summary=f"{plugin.title} webhook verification",
+                description="The provider's GET handshake: answered when its token is the account's.",
+                operation_id=f"webhook_handshake_{plugin.kind}",
+            )
+        if "" in plugin.webhook_routes:
+            router.add_api_route(
+                base,
+                _post_route(plugin),
+                methods=["POST"],
+                summary=f"{plugin.title} webhooks",
+                description=f"Signed as {plugin.title} signs its webhooks; verified before anything is read.",
+                operation_id=f"webhook_{plugin.kind}",
+            )
+        routes = tuple(route for route in plugin.webhook_routes if route)
+        if routes:
+            router.add_api_route(
+                f"{base}/{{route}}",
+                _post_routes(plugin, routes),
+                methods=["POST"],
+                summary=f"{plugin.title} webhooks: {', '.join(routes)}",
+                description=f"Signed as {plugin.title} signs its webhooks; verified before anything is read.",
+                operation_id=f"webhook_{plugin.kind}_routes",
+            )
+    return router

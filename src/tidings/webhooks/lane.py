@@ -17,7 +17,7 @@ from typing import Any
 from tidings.errors import ApiError
 from tidings.guards import SECURITY_HEADERS, WEBHOOK_MAX_BODY
 from tidings.metrics import WEBHOOK_SECONDS, WEBHOOKS
-from tidings.webhooks.api import receive
+from tidings.webhooks.api import receive, route_of
 from tidings.webhooks.batch import WebhookBatcher
 
 Scope = MutableMapping[str, Any]
@@ -28,17 +28,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger(__name__)
 
 MAX_BODY = WEBHOOK_MAX_BODY  # Meta's payloads are at most 3 MB
-VONAGE_KINDS = ("status", "inbound")
-
-
-def _route(path: str) -> tuple[str, str, str | None] | None:
-    """``(provider, account id, kind)`` of a webhook POST path, or None when FastAPI should answer."""
-    parts = path.split("/")
-    if len(parts) == 4 and parts[2] == "meta" and parts[3]:
-        return "meta", parts[3], None
-    if len(parts) == 5 and parts[2] in ("vonage", "sandbox") and parts[3] and parts[4] in VONAGE_KINDS:
-        return parts[2], parts[3], parts[4]
-    return None
 
 
 def _too_large() -> ApiError:
@@ -76,7 +65,7 @@ class WebhookLane:
         provider = path.split("/", 3)[2] or "unknown"
         began = time.perf_counter()
         status = 500
-        route = _route(path) if scope["method"] == "POST" else None
+        route = route_of(path) if scope["method"] == "POST" else None
         try:
             if route is None:
                 status = await self._forward(scope, receive_, send)

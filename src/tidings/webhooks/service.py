@@ -14,6 +14,7 @@ from tidings.accounts.models import Account, Integration
 from tidings.conversations.service import record_inbound
 from tidings.delivery.service import apply_statuses
 from tidings.errors import ApiError, Invalid
+from tidings.providers import registry
 from tidings.providers.base import InboundReply, StatusUpdate, TemplateStatusUpdate, WebhookEvent
 from tidings.secrets import SecretBox
 from tidings.templates.models import Template
@@ -21,7 +22,8 @@ from tidings.templates.service import set_status
 
 
 def integration_for(session: Session, box: SecretBox, account_id: str, provider: str) -> dict[str, Any]:
-    """The secrets of the account's integration for ``provider``; 404 when that is not its provider."""
+    """The settings and secrets of the account's integration for ``provider``, as its plug-in's models;
+    404 when that is not its provider."""
     integration = session.get(Integration, account_id)
     if session.get(Account, account_id) is None or integration is None:
         raise ApiError(404, "not_found", "no such account")
@@ -31,7 +33,11 @@ def integration_for(session: Session, box: SecretBox, account_id: str, provider:
             "provider_not_configured",
             f"this account's WhatsApp provider is {integration.kind}, not {provider}",
         )
-    return {"settings": dict(integration.settings), "secrets": box.open(integration.secrets)}
+    plugin = registry.plugin(provider)
+    return {
+        "settings": plugin.settings(integration.settings),
+        "secrets": plugin.secrets(box.open(integration.secrets)),
+    }
 
 
 def _template_status(session: Session, account_id: str, event: TemplateStatusUpdate) -> str:
