@@ -26,8 +26,9 @@ from bench.throughput import plan, reset, start_now
 from tests.cluster import free_port, start_server, stop, tidings_env
 from tidings.accounts.models import Integration
 from tidings.db import Database, utcnow
+from tidings.delivery.claims import claim_batch
 from tidings.delivery.models import Message
-from tidings.delivery.service import Attempt, claim_batch, record_attempts
+from tidings.delivery.outcomes import Attempt, record_attempts
 from tidings.providers.base import SendResult
 from tidings.providers.vonage import sign_webhook
 from tidings.secrets import SecretBox

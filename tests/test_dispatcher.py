@@ -18,15 +18,20 @@ from tests.conftest import basic
 from tests.helpers import insert_profiles, phone, running_campaign
 from tidings.accounts import integrations
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.lifecycle import pause_campaign, resume_campaign
 from tidings.campaigns.models import Campaign
+from tidings.campaigns.progress import open_work
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
-from tidings.delivery import service
+from tidings.delivery.claims import Claimed, claim_batch, renew_leases
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.models import Message
-from tidings.delivery.service import Attempt, claim_batch, mark_dispatched, reconcile, record_attempts
+from tidings.delivery.outcomes import Attempt, record_attempts
+from tidings.delivery.reconciliation import reconcile
+from tidings.delivery.send_rules import Dispatch, mark_dispatched
+from tidings.delivery.statuses import apply_status
 from tidings.providers.base import SendResult, Status, StatusUpdate
 from tidings.providers.pool import ProviderPool
 from tidings.secrets import SecretBox
@@ -39,7 +44,7 @@ def _campaign(db: Database, account: NewAccount, phones: list[str]) -> int:
     return running_campaign(db, account.account_id, phones)
 
 
-def _claim(db: Database, n: int = 100, token: str = "w1-1") -> list[service.Claimed]:
+def _claim(db: Database, n: int = 100, token: str = "w1-1") -> list[Claimed]:
     with db.session() as session:
         return claim_batch(session, n, LEASE, utcnow(), token=token)
 
@@ -47,10 +52,10 @@ def _claim(db: Database, n: int = 100, token: str = "w1-1") -> list[service.Clai
 def _mark(
     db: Database,
     account: NewAccount,
-    claimed: list[service.Claimed],
+    claimed: list[Claimed],
     now: datetime | None = None,
     **kw: object,
-) -> service.Dispatch:
+) -> Dispatch:
     with db.session() as session:
         return mark_dispatched(
             session,
@@ -86,7 +91,7 @@ def _prove_webhooks(db: Database, account: NewAccount) -> int:
         )
         session.add(row)
         session.flush()
-        service.apply_status(
+        apply_status(
             session,
             account.account_id,
             "meta",
@@ -161,14 +166,14 @@ def test_a_paused_campaign_gets_its_claimed_rows_back_unsent(db: Database, accou
     campaign_id = _campaign(db, account, [phone(i) for i in range(3)])
     claimed = _claim(db)
     with db.session() as session:
-        assert service.pause_campaign(session, campaign_id, "paused: test")
+        assert pause_campaign(session, campaign_id, "paused: test")
     decided = _mark(db, account, claimed)
     assert decided.go == [] and sorted(decided.released) == sorted(c.id for c in claimed)
     assert {_row(db, c.id).state for c in claimed} == {"queued"}
     with db.session() as session:
         assert claim_batch(session, 10, LEASE, utcnow()) == []  # paused: not claimed
-        assert service.resume_campaign(session, account.account_id, campaign_id)
-        assert not service.resume_campaign(session, account.account_id, campaign_id)  # not paused now
+        assert resume_campaign(session, account.account_id, campaign_id)
+        assert not resume_campaign(session, account.account_id, campaign_id)  # not paused now
     assert len(_claim(db, token="w2-1")) == 3
 
 
@@ -181,7 +186,7 @@ def test_reconcile_requeues_lost_claims_and_waits_for_dispatched_ones(
     _mark(db, account, [dispatched, answered, unknown])
     with db.session() as session:  # a status webhook arrived for one of them
         assert (
-            service.apply_status(
+            apply_status(
                 session,
                 account.account_id,
                 "meta",
@@ -238,7 +243,7 @@ def test_an_uncertain_answer_is_reconciled_never_resent_blindly(db: Database, ac
     assert retried.next_attempt_at is not None and retried.next_attempt_at >= at + timedelta(seconds=30)
     # A late status for the uncertain one (it did reach the provider) settles it; nothing is resent.
     with db.session() as session:
-        service.apply_status(
+        apply_status(
             session,
             account.account_id,
             "meta",
@@ -275,7 +280,7 @@ def test_a_status_for_a_requeued_row_settles_it(db: Database, account: NewAccoun
     with db.session() as session:
         reconcile(session, utcnow() + timedelta(hours=1), timedelta(seconds=300))
         assert session.get(Message, claimed.id).state == "queued"  # type: ignore[union-attr]
-        service.apply_status(
+        apply_status(
             session,
             account.account_id,
             "meta",
@@ -324,7 +329,7 @@ def test_the_dispatcher_sends_a_campaign_once_each(
 
         def done() -> bool:
             with db.session() as session:
-                return service.open_work(session, campaign_id) == 0
+                return open_work(session, campaign_id) == 0
 
         dispatcher = Dispatcher(db, settings, ProviderPool(db, settings, box))
         asyncio.run(_dispatch_until(dispatcher, done))
@@ -406,7 +411,7 @@ def test_lease_renewal_moves_its_own_claims_and_never_waits_for_a_busy_row(
     before = _row(db, theirs[0].id).lease_until
     at = utcnow()
     with db.session() as session:
-        assert service.renew_leases(session, ["w-a"], at, timedelta(minutes=10)) == 2
+        assert renew_leases(session, ["w-a"], at, timedelta(minutes=10)) == 2
     assert all(_row(db, c.id).lease_until == at + timedelta(minutes=10) for c in mine)
     assert _row(db, theirs[0].id).lease_until == before
     if db.engine.dialect.name != "postgresql":
@@ -418,7 +423,7 @@ def test_lease_renewal_moves_its_own_claims_and_never_waits_for_a_busy_row(
         writer.execute(update(Message).where(Message.id == mine[0].id).values(error_detail="recording"))
         with db.session() as session:
             session.execute(text("SET LOCAL lock_timeout = '2s'"))
-            assert service.renew_leases(session, ["w-a"], utcnow(), LEASE) == 1
+            assert renew_leases(session, ["w-a"], utcnow(), LEASE) == 1
     finally:
         writer.rollback()
         writer.close()

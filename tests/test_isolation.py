@@ -14,12 +14,12 @@ from sqlalchemy import delete, event, select, text, update
 from tests.conftest import basic, clevertap, new_account
 from tests.helpers import insert_profiles, phone, refused
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.lifecycle import resume_campaign
 from tidings.campaigns.models import Campaign, CampaignTrigger
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, run_live, scheduler_tick, start_campaign
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
-from tidings.delivery.service import resume_campaign
 from tidings.profiles.models import Event, Profile
 from tidings.secrets import SecretBox
 from tidings.segments.models import Segment

@@ -21,7 +21,7 @@ from tests.standins.meta import (
     server_error,
     validate_message,
 )
-from tidings.delivery.service import UNCERTAIN_CODES
+from tidings.delivery.outcomes import UNCERTAIN_CODES
 from tidings.providers.base import OutboundMessage, Outcome, RemoteTemplate, SendResult
 from tidings.providers.meta import (
     PER_USER_MARKETING_RETRY_AFTER,

@@ -36,7 +36,7 @@ from tidings.conversations.models import InboundMessage
 from tidings.db import Database
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.models import Message
-from tidings.delivery.service import UNCERTAIN_CODES
+from tidings.delivery.outcomes import UNCERTAIN_CODES
 from tidings.errors import ApiError
 from tidings.providers.base import OutboundMessage, Outcome, SendResult, WebhookError, transport_failure
 from tidings.providers.meta import classify_response as meta_classify

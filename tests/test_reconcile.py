@@ -14,13 +14,17 @@ from sqlalchemy import select, update
 from tests.conftest import new_account
 from tests.helpers import insert_profiles, phone
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.progress import campaign_progress
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, scheduler_tick, start_campaign
 from tidings.config import Settings
+from tidings.conversations.attribution import mark_replied
 from tidings.db import Database, utcnow
-from tidings.delivery import service
+from tidings.delivery.claims import claim_batch
 from tidings.delivery.models import Message
-from tidings.delivery.service import claim_batch, expire_leases, mark_dispatched, reconcile
+from tidings.delivery.reconciliation import expire_leases, reconcile, waiting_for_proof
+from tidings.delivery.send_rules import mark_dispatched
+from tidings.delivery.statuses import apply_status
 from tidings.providers.base import Status, StatusUpdate
 from tidings.secrets import SecretBox
 from tidings.templates.service import create_template
@@ -74,7 +78,7 @@ def _status(db: Database, account: NewAccount, message_id: int, status: Status) 
         update_ = StatusUpdate(
             status, utcnow(), provider_message_id=f"w.{message_id}", client_ref=str(message_id)
         )
-        assert service.apply_status(session, account.account_id, "meta", update_) == "applied"
+        assert apply_status(session, account.account_id, "meta", update_) == "applied"
 
 
 def _state(db: Database, message_id: int) -> tuple[str, str | None]:
@@ -97,8 +101,8 @@ def test_no_status_and_no_proof_keeps_waiting(db: Database, account: NewAccount)
     assert _reconcile(db, past) == {"requeued_undispatched": 0, "requeued_unknown": 0, "failed_unknown": 0}
     assert _state(db, lost) == ("sending", None)  # not sent again: the webhook path is not shown to work
     with db.session() as session:
-        assert service.waiting_for_proof(session, past, WINDOW) == 1
-        progress = service.campaign_progress(session, campaign_id, past, reconcile_window=WINDOW)
+        assert waiting_for_proof(session, past, WINDOW) == 1
+        progress = campaign_progress(session, campaign_id, past, reconcile_window=WINDOW)
     assert progress["waiting_for_proof"] == 1 and progress["remaining"] == 1
 
 
@@ -110,7 +114,7 @@ def test_a_later_status_of_the_same_sender_is_the_proof(db: Database, account: N
     assert _reconcile(db, past)["requeued_unknown"] == 1
     assert _state(db, lost) == ("queued", None)
     with db.session() as session:
-        assert service.waiting_for_proof(session, past, WINDOW) == 0
+        assert waiting_for_proof(session, past, WINDOW) == 0
 
 
 def test_a_status_of_an_earlier_message_or_another_sender_is_no_proof(
@@ -131,7 +135,7 @@ def test_a_reply_is_proof_too(db: Database, account: NewAccount) -> None:
     _, [lost, later] = _dispatched(db, account, 2, at)
     assert _state(db, lost) == ("sending", None)
     with db.session() as session:
-        assert service.mark_replied(session, later, utcnow())
+        assert mark_replied(session, later, utcnow())
     assert _reconcile(db, at + timedelta(hours=1))["requeued_unknown"] == 1
     assert _state(db, lost) == ("queued", None)
 

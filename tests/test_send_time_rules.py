@@ -19,20 +19,22 @@ from tests.helpers import insert_profiles, phone
 from tests.test_dispatcher import _on_standin
 from tidings.accounts.models import Account
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.progress import open_work
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.conversations.service import record_inbound
 from tidings.db import Database, utcnow
-from tidings.delivery import service
+from tidings.delivery.claims import Claimed, claim_batch
 from tidings.delivery.dispatcher import Dispatcher
-from tidings.delivery.models import Message
-from tidings.delivery.service import claim_batch, mark_dispatched
+from tidings.delivery.models import SENT_STATES, Message
+from tidings.delivery.send_rules import Dispatch, mark_dispatched
 from tidings.profiles.models import Profile
 from tidings.profiles.service import ingest, update_profile
 from tidings.providers.base import InboundReply
 from tidings.providers.pool import ProviderPool
 from tidings.secrets import SecretBox
+from tidings.templates.models import Template
 from tidings.templates.service import create_template
 
 LEASE = timedelta(seconds=60)
@@ -49,7 +51,7 @@ def _account(db: Database, account: NewAccount, *, timezone: str = "UTC", **sett
 def _campaign(db: Database, account: NewAccount, now: datetime, name: str = "c", **kw: Any) -> int:
     """A running one-time campaign planned at ``now`` over every profile of the account."""
     with db.session() as session:
-        template = session.scalar(select(service.Template.id).where(service.Template.name == "a:b"))
+        template = session.scalar(select(Template.id).where(Template.name == "a:b"))
         if template is None:
             template = create_template(
                 session, account.account_id, name="a:b", body="Hi", category="UTILITY"
@@ -92,14 +94,12 @@ def _rows(db: Database, campaign_id: int | None = None) -> list[Message]:
         return rows
 
 
-def _claim(db: Database, now: datetime, token: str = "w1-1") -> list[service.Claimed]:
+def _claim(db: Database, now: datetime, token: str = "w1-1") -> list[Claimed]:
     with db.session() as session:
         return claim_batch(session, 100, LEASE, now, token=token)
 
 
-def _mark(
-    db: Database, account: NewAccount, claimed: list[service.Claimed], now: datetime
-) -> service.Dispatch:
+def _mark(db: Database, account: NewAccount, claimed: list[Claimed], now: datetime) -> Dispatch:
     with db.session() as session:
         return mark_dispatched(
             session, account.account_id, [(c.id, c.token, c.to) for c in claimed], now, lease=LEASE
@@ -109,7 +109,7 @@ def _mark(
 # --- consent ------------------------------------------------------------------------------------------
 
 
-def _unsent_kinds(db: Database, account: NewAccount) -> tuple[int, list[service.Claimed]]:
+def _unsent_kinds(db: Database, account: NewAccount) -> tuple[int, list[Claimed]]:
     """Four users with a row each, in every unsent shape: due, waiting for the pair rate (later), in
     retry backoff (later, attempted once), and claimed by a worker but not dispatched."""
     _users(db, account, 4)
@@ -130,9 +130,7 @@ def _unsent_kinds(db: Database, account: NewAccount) -> tuple[int, list[service.
     return campaign_id, claimed
 
 
-def _assert_settled(
-    db: Database, account: NewAccount, campaign_id: int, claimed: list[service.Claimed]
-) -> None:
+def _assert_settled(db: Database, account: NewAccount, campaign_id: int, claimed: list[Claimed]) -> None:
     rows = _rows(db, campaign_id)
     assert [(r.state, r.reason) for r in rows] == [("skipped", "not_opted_in")] * 4
     assert all(r.claimed_by is None and r.dispatched_at is None for r in rows)
@@ -431,7 +429,7 @@ def test_users_opted_out_while_a_worker_sends_get_nothing_afterwards(
 
     def done() -> bool:
         with db.session() as session:
-            return service.open_work(session, campaign_id) == 0
+            return open_work(session, campaign_id) == 0
 
     async def run() -> None:
         dispatcher = Dispatcher(db, settings, ProviderPool(db, settings, box))
@@ -469,7 +467,7 @@ def test_users_opted_out_while_a_worker_sends_get_nothing_afterwards(
         if row.dispatched_at is not None:  # decided before the opt-out: sent once
             assert row.dispatched_at < committed[to], (i, row.dispatched_at, committed[to])
             # (sent, or read: a STOP answers the message it follows)
-            assert received[to] == 1 and row.state in service.SENT_STATES, (i, row.state, row.reason)
+            assert received[to] == 1 and row.state in SENT_STATES, (i, row.state, row.reason)
         else:
             assert received[to] == 0 and (row.state, row.reason) == ("skipped", "not_opted_in"), i
             settled += 1

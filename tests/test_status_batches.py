@@ -20,7 +20,8 @@ from tests.test_dispatcher import _campaign, _claim
 from tidings.accounts.service import NewAccount
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message, PendingStatus
-from tidings.delivery.service import Attempt, apply_statuses, record_attempts
+from tidings.delivery.outcomes import Attempt, record_attempts
+from tidings.delivery.statuses import apply_statuses
 from tidings.providers.base import SendResult, Status, StatusUpdate
 from tidings.secrets import SecretBox
 

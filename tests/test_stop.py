@@ -23,10 +23,11 @@ from tests.helpers import phone, running_campaign
 from tidings.accounts import integrations
 from tidings.accounts.models import Integration
 from tidings.accounts.service import NewAccount
+from tidings.campaigns.lifecycle import pause_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.delivery import dispatcher as dispatching
-from tidings.delivery import service
+from tidings.delivery.claims import in_hand
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.http import provider_client
 from tidings.delivery.models import Message
@@ -157,11 +158,11 @@ def test_a_paused_campaign_stops_at_the_last_look_too(
         with _dispatching(db, settings, box) as dispatcher:
             _wait_for(lambda: standin.stats()["requests"] >= 100)
             with db.session() as session:
-                assert service.pause_campaign(session, campaign_id, "paused by a test")
+                assert pause_campaign(session, campaign_id, "paused by a test")
 
             def let_go() -> bool:
                 with db.session() as session:
-                    return service.in_hand(session, campaign_id, utcnow()) == 0
+                    return in_hand(session, campaign_id, utcnow()) == 0
 
             _wait_for(let_go, timeout=10)
             at_pause = standin.stats()["requests"]

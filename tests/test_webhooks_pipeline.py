@@ -23,8 +23,9 @@ from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Database, utcnow
+from tidings.delivery.claims import Claimed, claim_batch
 from tidings.delivery.models import Message, PendingStatus
-from tidings.delivery.service import Attempt, Claimed, claim_batch, record_attempts
+from tidings.delivery.outcomes import Attempt, record_attempts
 from tidings.profiles.models import Profile
 from tidings.providers.base import SendResult
 from tidings.providers.vonage import sign_webhook

@@ -18,7 +18,7 @@ from tidings.accounts.models import Integration
 from tidings.campaigns.service import scheduler_tick
 from tidings.config import Settings
 from tidings.db import Database, utcnow
-from tidings.delivery import service
+from tidings.delivery import reconciliation
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.http import provider_client
 from tidings.metrics import LOOP_LAG, RECONCILED, WAITING_FOR_PROOF
@@ -83,14 +83,14 @@ class Worker:
     def tick(self) -> None:
         """Recover lost claims, then start what is due and complete what is done."""
         with self.db.session() as session:
-            counts = service.reconcile(
+            counts = reconciliation.reconcile(
                 session,
                 utcnow(),
                 self.window,
                 unknown_outcome=self.settings.unknown_outcome,
                 max_attempts=self.settings.max_attempts,
             )
-            waiting = service.waiting_for_proof(session, utcnow(), self.window)
+            waiting = reconciliation.waiting_for_proof(session, utcnow(), self.window)
         WAITING_FOR_PROOF.set(waiting)
         for action, n in counts.items():
             if n:

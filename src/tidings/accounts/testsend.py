@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from tidings.accounts.service import get_integration
 from tidings.config import Settings
 from tidings.db import Database
-from tidings.delivery.service import TEST_REF_PREFIX
+from tidings.delivery.statuses import TEST_REF_PREFIX
 from tidings.errors import Conflict, Invalid
 from tidings.profiles.service import normalize_phone
 from tidings.providers.base import OutboundMessage

@@ -31,8 +31,9 @@ from tidings.campaigns.triggers import (
 )
 from tidings.db import Database, utcnow
 from tidings.delivery import planning
-from tidings.delivery import service as delivery
+from tidings.delivery.claims import in_hand
 from tidings.delivery.models import Message
+from tidings.delivery.reconciliation import expire_leases
 from tidings.errors import Conflict, Invalid, NotFound
 from tidings.personalization.service import check_sources
 from tidings.profiles.models import Event
@@ -232,7 +233,7 @@ def stop_campaign(session: Session, account_id: str, campaign_id: int) -> Campai
     """Stop sending: rows not yet sent stay queued and are not sent. Once this commits, workers no longer
     claim or mark the campaign's rows, and those they hold are given back unsent at their last look before
     the provider call (``delivery.dispatcher``); ``POST …/stop`` waits for that
-    (``delivery.service.in_hand``)."""
+    (``delivery.claims.in_hand``)."""
     return _transition(
         session,
         account_id,
@@ -254,7 +255,7 @@ def stop_and_wait(db: Database, account_id: str, campaign_id: int) -> CampaignOu
     deadline = time.monotonic() + STOP_WAIT
     while True:
         with db.read() as session:
-            if not delivery.in_hand(session, campaign_id, utcnow()):
+            if not in_hand(session, campaign_id, utcnow()):
                 break
         if time.monotonic() >= deadline:
             log.warning("campaign %s stopped with messages still in a worker's hands", campaign_id)
@@ -429,7 +430,5 @@ def scheduler_tick(
     with db.session() as session:
         run_live(session, now)  # each live campaign in a savepoint, likewise
     with db.session() as session:
-        delivery.expire_leases(
-            session, now, lease_grace, unknown_outcome=unknown_outcome, max_attempts=max_attempts
-        )
+        expire_leases(session, now, lease_grace, unknown_outcome=unknown_outcome, max_attempts=max_attempts)
         complete_finished(session, now)

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
+from tidings.conversations.attribution import find_answered, mark_replied
 from tidings.conversations.keywords import Keywords, account_keywords, consent_change
 from tidings.conversations.models import InboundMessage
-from tidings.delivery import service as delivery
 from tidings.profiles.service import profile_by_phone, profiles_by_phone, set_whatsapp_opt_in_by_phone
 from tidings.providers.base import InboundReply
 
@@ -63,11 +63,9 @@ def record_inbound(session: Session, account_id: str, provider: str, reply: Inbo
     if seen is not None:
         return False
     profile = profile_by_phone(session, account_id, reply.from_phone)
-    answered = delivery.find_answered(
-        session, account_id, reply.from_phone, reply.context_message_id, reply.timestamp
-    )
+    answered = find_answered(session, account_id, reply.from_phone, reply.context_message_id, reply.timestamp)
     if answered is not None:
-        delivery.mark_replied(session, answered, reply.timestamp)
+        mark_replied(session, answered, reply.timestamp)
     consent = consent_of(session, account_id, reply)
     if consent is not None:
         set_whatsapp_opt_in_by_phone(session, account_id, reply.from_phone, consent)

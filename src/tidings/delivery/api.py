@@ -6,15 +6,14 @@ from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from tidings.bounds import Id
-from tidings.campaigns.models import Campaign
+from tidings.campaigns.lifecycle import resume_campaign
+from tidings.campaigns.progress import campaign_progress
+from tidings.campaigns.service import get_campaign
 from tidings.db import utcnow
-from tidings.delivery import service
 from tidings.deps import CurrentAccount, Db, get_settings
-from tidings.errors import Conflict, NotFound, error_responses
+from tidings.errors import Conflict, error_responses
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["delivery"])
 
@@ -45,25 +44,15 @@ class Resumed(BaseModel):
     state: str
 
 
-def _campaign(session: Session, account_id: str, campaign_id: int) -> tuple[str, str | None]:
-    row = session.execute(
-        select(Campaign.state, Campaign.note).where(
-            Campaign.id == campaign_id, Campaign.account_id == account_id
-        )
-    ).first()
-    if row is None:
-        raise NotFound("campaign")
-    return row[0], row[1]
-
-
 @router.get("/{campaign_id}/progress", response_model=Progress)
 def progress(campaign_id: Id, account: CurrentAccount, db: Db, request: Request) -> Progress:
     """Planned, sent, remaining, the current rate and the estimated time left."""
     now = utcnow()
     window = timedelta(seconds=get_settings(request).reconcile_seconds)
     with db.read() as session:
-        state, note = _campaign(session, account.id, campaign_id)
-        figures = service.campaign_progress(session, campaign_id, now, reconcile_window=window)
+        campaign = get_campaign(session, account.id, campaign_id)
+        figures = campaign_progress(session, campaign_id, now, reconcile_window=window)
+        state, note = campaign.state, campaign.note
     return Progress(campaign_id=campaign_id, state=state, note=note, as_of=now, **figures)
 
 
@@ -75,7 +64,7 @@ def progress(campaign_id: Id, account: CurrentAccount, db: Db, request: Request)
 def resume(campaign_id: Id, account: CurrentAccount, db: Db) -> Resumed:
     """Resume a paused campaign (paused → running, atomically); 409 when it is not paused."""
     with db.session() as session:
-        state, _ = _campaign(session, account.id, campaign_id)
-        if not service.resume_campaign(session, account.id, campaign_id):
+        state = get_campaign(session, account.id, campaign_id).state
+        if not resume_campaign(session, account.id, campaign_id):
             raise Conflict(f"campaign is {state}; only a paused campaign can be resumed", code="not_paused")
     return Resumed(campaign_id=campaign_id, state="running")

@@ -20,7 +20,7 @@ Four kinds of tasks share one event loop (database work runs in threads, one tra
   again, its attempt not counted: no provider call happened), as are the rows still waiting in a lane.
 
 A worker killed at any moment loses nothing: rows it claimed but never dispatched are requeued, rows it
-dispatched are reconciled from the provider's status webhooks (``service.reconcile``).
+dispatched are reconciled from the provider's status webhooks (``delivery.reconciliation``).
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tidings.accounts.models import Integration
+from tidings.campaigns import lifecycle
 from tidings.config import Settings
 from tidings.db import Database, utcnow
-from tidings.delivery import ratelimit, service
+from tidings.delivery import claims, outcomes, ratelimit, send_rules
+from tidings.delivery.claims import Claimed
 from tidings.delivery.http import paces_at_write
+from tidings.delivery.outcomes import Attempt
 from tidings.delivery.ratelimit import Limiter, Pacer, make_limiter
-from tidings.delivery.service import Attempt, Claimed
 from tidings.metrics import (
     DND_DELAYS,
     IN_FLIGHT,
@@ -239,7 +241,7 @@ class Dispatcher:
     def _claim(self, limit: int, skip: list[str]) -> list[Item]:
         token = f"{self.worker_id}-{next(self._seq)}"
         with self.db.session() as session:
-            claimed = service.claim_batch(
+            claimed = claims.claim_batch(
                 session, limit, self.lease, utcnow(), token=token, skip_accounts=skip
             )
         return [render(c) for c in claimed]
@@ -327,12 +329,12 @@ class Dispatcher:
 
     # --- the lanes --------------------------------------------------------------------------------------
 
-    def _mark(self, lane: Lane, chunk: list[Item]) -> service.Dispatch:
+    def _mark(self, lane: Lane, chunk: list[Item]) -> send_rules.Dispatch:
         """Whether each row may leave now, decided in one transaction: consent, DND and frequency caps
         (the account's rules are read there, fresh for every chunk: one primary-key lookup), the pair
-        rate, the tier and the campaign still running (``service.mark_dispatched``)."""
+        rate, the tier and the campaign still running (``send_rules.mark_dispatched``)."""
         with self.db.session() as session:
-            return service.mark_dispatched(
+            return send_rules.mark_dispatched(
                 session,
                 lane.account_id,
                 [(i.claimed.id, i.claimed.token, i.claimed.to) for i in chunk],
@@ -443,10 +445,10 @@ class Dispatcher:
         are no longer running."""
         if back:
             with self.db.session() as session:
-                service.give_back(session, [(i.claimed.id, i.claimed.token) for i in back])
-                return service.halted_campaigns(session, campaigns)
+                claims.give_back(session, [(i.claimed.id, i.claimed.token) for i in back])
+                return lifecycle.halted_campaigns(session, campaigns)
         with self.db.read() as session:
-            return service.halted_campaigns(session, campaigns)
+            return lifecycle.halted_campaigns(session, campaigns)
 
     async def _run_watch(self) -> None:
         """Keeps ``_halted`` (the campaigns in hand that are no longer running) at most ``WATCH_EVERY``
@@ -487,7 +489,7 @@ class Dispatcher:
 
     def _write(self, attempts: list[Attempt]) -> None:
         with self.db.session() as session:
-            service.record_attempts(
+            outcomes.record_attempts(
                 session,
                 attempts,
                 utcnow(),
@@ -570,13 +572,13 @@ class Dispatcher:
 
     def _pause(self, campaign_id: int, note: str) -> bool:
         with self.db.session() as session:
-            return service.pause_campaign(session, campaign_id, note)
+            return lifecycle.pause_campaign(session, campaign_id, note)
 
     # --- the heartbeat ----------------------------------------------------------------------------------
 
     def _renew(self, tokens: list[str]) -> None:
         with self.db.session() as session:
-            service.renew_leases(session, tokens, utcnow(), self.lease)
+            claims.renew_leases(session, tokens, utcnow(), self.lease)
 
     async def _run_heartbeat(self) -> None:
         every = max(0.05, self.settings.lease_seconds / 4)
@@ -595,7 +597,7 @@ class Dispatcher:
 
     def _release(self, items: list[Item]) -> None:
         with self.db.session() as session:
-            service.release(session, [(i.claimed.id, i.claimed.token) for i in items], utcnow())
+            claims.release(session, [(i.claimed.id, i.claimed.token) for i in items], utcnow())
 
     def nudge(self) -> None:
         """New rows are queued (a live trigger in this process): claim now instead of at the next poll.

@@ -9,6 +9,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from tidings.db import Base, UTCDateTime, utcnow
 from tidings.types import BigId, Json
 
+# Groups of ledger states, each with one meaning, used by every query that asks about it.
+SENT_STATES = ("sent", "delivered", "read")  # the provider took it
+SENDING_OR_SENT = ("sending", *SENT_STATES)  # handed (or being handed) to the provider
+OPEN_STATES = ("queued", "sending")  # still to be sent, or being sent
+LIVE_STATES = ("queued", *SENDING_OR_SENT)  # sent or still to be: what planning counts against the caps
+
 
 class Message(Base):
     """The ledger: one row per message to send, written before any provider call.
@@ -51,7 +57,8 @@ class Message(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # Crash safety: who holds the claim, and when the provider call was about to be made (committed
-    # before it). A lost claim without dispatched_at is requeued; with it, reconciled (delivery.service).
+    # before it). A lost claim without dispatched_at is requeued; with it, reconciled
+    # (delivery.reconciliation).
     claimed_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -50,13 +50,12 @@ from sqlalchemy.orm import Session, aliased
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.campaigns.rules import Rules
 from tidings.db import UTCDateTime, insert_ignoring_conflicts
-from tidings.delivery.models import Message
+from tidings.delivery.models import LIVE_STATES, Message
 from tidings.personalization.service import required_profile_properties
 from tidings.profiles.models import Profile
 from tidings.profiles.service import BUCKET_PRIME
 from tidings.types import Json
 
-LIVE_STATES = ("queued", "sending", "sent", "delivered", "read")  # messages that count against caps
 MANY = 5_000  # rows planned at once above which the account's shared numbers are listed first
 
 

@@ -658,7 +658,7 @@ def ingest(
     if changes:
         _update_profiles(session, changes, now)
     if opted_out:  # their unsent messages are settled in the same transaction, in one statement
-        from tidings.delivery.service import skip_not_opted_in
+        from tidings.delivery.send_rules import skip_not_opted_in
 
         skip_not_opted_in(session, opted_out)
 
@@ -893,7 +893,7 @@ def set_whatsapp_opt_in(session: Session, profile: Profile, value: bool) -> None
     profile.updated_at = utcnow()
     session.flush()
     if not value:  # an opt-out wins over everything queued: its unsent messages are settled now
-        from tidings.delivery.service import skip_not_opted_in
+        from tidings.delivery.send_rules import skip_not_opted_in
 
         skip_not_opted_in(session, [profile.id])
 
@@ -925,7 +925,7 @@ def set_whatsapp_opt_in_by_phone(session: Session, account_id: str, phone: str, 
     session.flush()
     ids = [p.id for p in profiles]
     if not value and ids:
-        from tidings.delivery.service import skip_not_opted_in
+        from tidings.delivery.send_rules import skip_not_opted_in
 
         skip_not_opted_in(session, ids)
     return ids

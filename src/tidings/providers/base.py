@@ -85,7 +85,7 @@ def transport_failure(exc: httpx.HTTPError) -> SendResult:
     time-out, a URL httpx cannot use) the provider never saw it: ``connect_error`` or ``connect_timeout``,
     retried with backoff. After the request may have been written (a read or write time-out, a connection
     lost mid-way) the provider may have taken the message: ``timeout`` or ``network_error``, which the
-    ledger treats as uncertain (``delivery.service.UNCERTAIN_CODES``) and reconciles from the status
+    ledger treats as uncertain (``delivery.outcomes.UNCERTAIN_CODES``) and reconciles from the status
     webhooks instead of sending again blindly.
     """
     text = str(exc).strip()

@@ -10,10 +10,8 @@ from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.db import is_postgres
-from tidings.delivery.models import Message
+from tidings.delivery.models import SENT_STATES, Message
 from tidings.profiles.models import Event
-
-SENT = ("sent", "delivered", "read")
 
 
 def _counts(rows: list[tuple[str, str | None, int, int]]) -> dict[str, Any]:
@@ -30,7 +28,7 @@ def _counts(rows: list[tuple[str, str | None, int, int]]) -> dict[str, Any]:
             errors_by_reason[key] = errors_by_reason.get(key, 0) + count
     get = by_state.get
     return {
-        "sent": sum(get(s, 0) for s in SENT),
+        "sent": sum(get(s, 0) for s in SENT_STATES),
         "errors": get("skipped", 0) + get("failed", 0),
         "delivered": get("delivered", 0) + get("read", 0),
         "read": get("read", 0),
@@ -67,7 +65,7 @@ def _conversion(session: Session, campaign: Campaign) -> dict[str, Any] | None:
         ).one()
         return int(row[0]), int(row[1])
 
-    messaged, messaged_converted = group(SENT, Message.sent_at)
+    messaged, messaged_converted = group(SENT_STATES, Message.sent_at)
     control, control_converted = group(("control",), Message.created_at)
     messaged_rate = messaged_converted / messaged if messaged else None
     control_rate = control_converted / control if control else None

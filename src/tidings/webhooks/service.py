@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account, Integration
 from tidings.conversations.service import record_inbound
-from tidings.delivery.service import apply_statuses
+from tidings.delivery.statuses import apply_statuses
 from tidings.errors import ApiError, Invalid
 from tidings.providers import registry
 from tidings.providers.base import InboundReply, StatusUpdate, TemplateStatusUpdate, WebhookEvent
