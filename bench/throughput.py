@@ -22,7 +22,7 @@ from pathlib import Path
 
 import uvloop
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from tests.cluster import start_standin, start_worker, stop, tidings_env
@@ -30,12 +30,12 @@ from tidings.accounts import integrations
 from tidings.accounts.models import Integration
 from tidings.accounts.service import create_account
 from tidings.campaigns.models import Campaign
+from tidings.campaigns.progress import open_work
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
 from tidings.config import Settings
 from tidings.db import Base, Database, utcnow
 from tidings.delivery.http import provider_client
-from tidings.delivery.models import Message
 from tidings.profiles.models import Profile
 from tidings.profiles.service import profile_seed
 from tidings.providers.base import OutboundMessage
@@ -143,14 +143,7 @@ def start_now(session: Session, campaign_id: int) -> None:
 
 def open_rows(db: Database, campaign_id: int) -> int:
     with db.session() as session:
-        return int(
-            session.scalar(
-                select(func.count()).where(
-                    Message.campaign_id == campaign_id, Message.state.in_(("queued", "sending"))
-                )
-            )
-            or 0
-        )
+        return open_work(session, campaign_id)
 
 
 def end_to_end(

@@ -21,8 +21,8 @@ def campaign_progress(
     reconcile_window: timedelta = timedelta(seconds=300),
 ) -> dict[str, Any]:
     """Planned, sent, remaining, the current sending rate and the estimated time left; and how many
-    dispatched rows wait for proof before they may be sent again (``reconcile``; ``reconcile_window``
-    is ``TIDINGS_RECONCILE_SECONDS``)."""
+    dispatched rows wait for proof before they may be sent again (``delivery.reconciliation``;
+    ``reconcile_window`` is ``TIDINGS_RECONCILE_SECONDS``)."""
     counts = dict(
         session.execute(
             select(Message.state, func.count())

@@ -32,7 +32,7 @@ from tidings.campaigns.triggers import (
 from tidings.db import Database, utcnow
 from tidings.delivery import planning
 from tidings.delivery.claims import in_hand
-from tidings.delivery.models import Message
+from tidings.delivery.models import OPEN_STATES, Message
 from tidings.delivery.reconciliation import expire_leases
 from tidings.errors import Conflict, Invalid, NotFound
 from tidings.personalization.service import check_sources
@@ -351,7 +351,7 @@ def due_campaigns(session: Session, now: datetime) -> list[int]:
 
 def complete_finished(session: Session, now: datetime) -> int:
     """One-time campaigns with nothing left to send, and live campaigns past their end, are completed."""
-    open_rows = exists().where(Message.campaign_id == Campaign.id, Message.state.in_(("queued", "sending")))
+    open_rows = exists().where(Message.campaign_id == Campaign.id, Message.state.in_(OPEN_STATES))
     result = session.execute(
         update(Campaign)
         .where(

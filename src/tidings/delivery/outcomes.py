@@ -66,7 +66,7 @@ def record_attempts(
     """Write the outcomes of a batch: one executemany per kind of outcome, guarded by ``state = 'sending'``
     (a webhook that got there first keeps its later state). A retry-later answer is queued again after
     its backoff until ``max_attempts``, then failed with the reason; an uncertain one (the request may
-    have reached the provider) stays ``sending`` for ``expire_leases`` to reconcile."""
+    have reached the provider) stays ``sending`` for ``delivery.reconciliation`` to settle."""
     table = cast_table(Message.__table__)
     sent, retry, failed, skipped, uncertain = [], [], [], [], []
     for att in attempts:
