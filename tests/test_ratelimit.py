@@ -31,13 +31,16 @@ if os.environ.get("CI") and not REDIS_URL:
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="TIDINGS_TEST_REDIS_URL is not set")
 
 
-async def _run(pacers: list[Pacer], n: int) -> list[float]:
-    """``n`` sends through each pacer at once; returns when each send was let go."""
+async def _run(pacers: list[Pacer], n: int, waiting: int | None = None) -> list[float]:
+    """``n`` sends through each pacer, ``waiting`` of them at a time (all at once by default: a pacer then
+    reserves slot after slot, as far ahead as it has sends waiting); returns when each send was let go."""
     sent: list[float] = []
+    room = {id(p): asyncio.Semaphore(waiting or n) for p in pacers}
 
     async def one(pacer: Pacer) -> None:
-        await pacer.turn()
-        sent.append(time.monotonic())
+        async with room[id(pacer)]:
+            await pacer.turn()
+            sent.append(time.monotonic())
 
     await asyncio.gather(*(one(p) for p in pacers for _ in range(n)))
     return sent
@@ -237,7 +240,9 @@ class _LateRedis(RedisLimiter):
 def test_a_late_answer_from_redis_leaves_its_slots_where_they_are() -> None:
     """Two workers share a pace; one gets every third answer 30 ms late (more than the tolerance): its
     slots are placed on Redis' clock, not after the answer's arrival, so they are found late and given up
-    rather than sent late, and together the workers stay within the rate in every window."""
+    rather than sent late, and together the workers stay within the rate in every window. Each worker has
+    one send waiting at a time, so its slots are reserved a round trip ahead, not queued far ahead (with
+    150 waiting, a late answer's slot was often still to come when it arrived, and nothing was late)."""
     assert REDIS_URL
     key = f"test-{uuid.uuid4().hex}"
     rate = 200.0
@@ -247,7 +252,7 @@ def test_a_late_answer_from_redis_leaves_its_slots_where_they_are() -> None:
         fine = RedisLimiter(REDIS_URL)
         try:
             slow = Pacer(late, key, rate, 0.012)
-            sent = await _run([slow, Pacer(fine, key, rate, 0.012)], 150)
+            sent = await _run([slow, Pacer(fine, key, rate, 0.012)], 150, waiting=1)
             return sent, slow.lost
         finally:
             await fine.redis.delete(REDIS_PREFIX + key)
