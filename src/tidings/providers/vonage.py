@@ -87,6 +87,11 @@ class _HS256(HMACAlgorithm):
     def prepare_key(self, key: str | bytes) -> bytes:
         return super().prepare_key(key)
 
+    def check_key_length(self, key: bytes) -> str | None:
+        """No warning for a short secret: the signature secret is the one Vonage's dashboard gives the
+        account, not ours to lengthen, and PyJWT would warn about it at every webhook."""
+        return None
+
 
 # Webhook tokens are signed and verified with this module's own JWS, which knows HS256 only (and checks
 # each secret once); PyJWT's global algorithms stay as they are for everyone else.
