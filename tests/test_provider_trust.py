@@ -38,6 +38,7 @@ from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.models import Message
 from tidings.delivery.outcomes import UNCERTAIN_CODES
 from tidings.errors import ApiError
+from tidings.providers import registry
 from tidings.providers.base import OutboundMessage, Outcome, SendResult, WebhookError, transport_failure
 from tidings.providers.meta import classify_response as meta_classify
 from tidings.providers.pool import ProviderPool, UnusableProvider
@@ -240,10 +241,12 @@ def test_extra_provider_hosts_parse() -> None:
     for bad in ("http://x.example.com", "x.example.com:port", "x:99999", "user@x.example.com", ":80"):
         with pytest.raises(ValueError, match="TIDINGS_EXTRA_PROVIDER_HOSTS"):
             parse_provider_hosts(bad)
-    assert check_base_url("meta", "http://api.example.com:8080", ("api.example.com",))
-    assert check_base_url("meta", "http://api.example.com:8080/", ("api.example.com:8080",))
+    meta = registry.plugin("meta")
+    own = {"hosts": meta.hosts, "paths": meta.base_paths}
+    assert check_base_url("meta", "http://api.example.com:8080", ("api.example.com",), **own)
+    assert check_base_url("meta", "http://api.example.com:8080/", ("api.example.com:8080",), **own)
     with pytest.raises(UntrustedUrl):
-        check_base_url("meta", "http://api.example.com:8081", ("api.example.com:8080",))
+        check_base_url("meta", "http://api.example.com:8081", ("api.example.com:8080",), **own)
 
 
 def test_the_token_is_never_sent_to_a_host_that_is_not_the_providers(

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from tidings.db import Database, utcnow
+from tidings.delivery.models import Message
 
 SENDS = Counter(
     "tidings_sends_total",
@@ -92,8 +93,6 @@ class LedgerCollector(Collector):
         self.db = db
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        from tidings.delivery.models import Message
-
         gauge = GaugeMetricFamily(
             "tidings_queue_depth",
             "Ledger rows waiting to be sent, by state (queued_due: due now).",

@@ -25,6 +25,7 @@ from tidings.metrics import LOOP_LAG, RECONCILED, WAITING_FOR_PROOF
 from tidings.providers import registry
 from tidings.providers.pool import ProviderPool
 from tidings.secrets import SecretBox
+from tidings.templates.sync import sync_templates
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ class Worker:
     async def sync_listed_templates(self) -> None:
         """Keep the template statuses of every account whose provider lists its templates current (its
         webhooks tell us too; this catches up)."""
-        from tidings.templates.sync import sync_templates
-
         listing = [p.kind for p in registry.plugins() if p.capabilities.list_templates]
 
         def accounts() -> list[str]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, create_model
 from tidings.accounts import integrations, service
 from tidings.accounts.models import Account
 from tidings.accounts.service import get_integration
+from tidings.accounts.testsend import send_test_message
 from tidings.campaigns.rules import AccountOut, AccountUpdate, Rules
 from tidings.deps import CurrentAccount, Db, get_box, get_settings
 from tidings.providers import registry
@@ -117,8 +118,6 @@ def integrations_router() -> APIRouter:
     @router.post("/test", response_model=TestSendOut)
     async def send_test(body: TestSend, request: Request, account: CurrentAccount) -> TestSendOut:
         """Send one message with the account's provider now and report what the provider answered."""
-        from tidings.accounts.testsend import send_test_message
-
         result = await send_test_message(
             request.app.state.db,
             get_box(request),

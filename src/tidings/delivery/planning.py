@@ -48,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from tidings.campaigns.models import Campaign, CampaignVariant
-from tidings.campaigns.rules import Rules
+from tidings.campaigns.rules import Rules, zone
 from tidings.db import UTCDateTime, insert_ignoring_conflicts
 from tidings.delivery.models import LIVE_STATES, Message
 from tidings.personalization.service import required_profile_properties
@@ -359,8 +359,6 @@ def _dnd_in_user_zones(
 ) -> None:
     """DND in each user's time zone (profile property ``Tz``): one UPDATE per zone among the rows just
     planned (set-based; there are few distinct zones)."""
-    from tidings.campaigns.rules import zone
-
     assert rules.dnd is not None
     tz_of = Profile.properties["Tz"].as_string()
     planned = and_(Message.campaign_id == campaign.id, Message.state == "queued", Message.created_at == now)

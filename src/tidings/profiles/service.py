@@ -64,6 +64,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tidings.db import UTCDateTime, is_postgres, utcnow
+from tidings.delivery.send_rules import skip_not_opted_in
 from tidings.errors import Invalid, NotFound
 from tidings.profiles.models import Event, Profile
 
@@ -658,7 +659,6 @@ def ingest(
     if changes:
         _update_profiles(session, changes, now)
     if opted_out:  # their unsent messages are settled in the same transaction, in one statement
-        from tidings.delivery.send_rules import skip_not_opted_in
 
         skip_not_opted_in(session, opted_out)
 
@@ -893,7 +893,6 @@ def set_whatsapp_opt_in(session: Session, profile: Profile, value: bool) -> None
     profile.updated_at = utcnow()
     session.flush()
     if not value:  # an opt-out wins over everything queued: its unsent messages are settled now
-        from tidings.delivery.send_rules import skip_not_opted_in
 
         skip_not_opted_in(session, [profile.id])
 
@@ -925,7 +924,6 @@ def set_whatsapp_opt_in_by_phone(session: Session, account_id: str, phone: str, 
     session.flush()
     ids = [p.id for p in profiles]
     if not value and ids:
-        from tidings.delivery.send_rules import skip_not_opted_in
 
         skip_not_opted_in(session, ids)
     return ids

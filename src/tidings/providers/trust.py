@@ -23,16 +23,12 @@ def check_base_url(
     url: Any,
     extra_hosts: Iterable[str] = (),
     *,
-    hosts: frozenset[str] | None = None,
-    paths: tuple[str, ...] | None = None,
+    hosts: frozenset[str],
+    paths: tuple[str, ...],
 ) -> str:
     """``url`` without a trailing ``/`` when credentials may be sent there; ``UntrustedUrl`` otherwise.
-    ``hosts`` and ``paths`` are the provider's own hosts and the paths a base URL may have (by default its
-    plug-in's ``hosts`` and ``base_paths``)."""
-    if hosts is None or paths is None:
-        from tidings.providers.registry import plugin  # the plug-ins use this module: imported when asked
-
-        hosts, paths = plugin(kind).hosts, plugin(kind).base_paths
+    ``hosts`` and ``paths`` are the provider's own hosts and the paths a base URL may have (its plug-in's
+    ``hosts`` and ``base_paths``: ``ProviderType.usable`` passes them)."""
     own = hosts
     if not isinstance(url, str) or not url.strip():
         raise UntrustedUrl(f"{kind}: settings.base_url must be a URL such as https://{min(own, default='')}")

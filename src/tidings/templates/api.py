@@ -10,6 +10,7 @@ from tidings.deps import CurrentAccount, Db
 from tidings.errors import error_responses
 from tidings.templates import service
 from tidings.templates.schemas import TemplateCreate, TemplateOut, TemplateUpdate
+from tidings.templates.sync import sync_templates
 
 router = APIRouter(prefix="/api/v1/templates", tags=["templates"])
 
@@ -95,8 +96,6 @@ async def sync(request: Request, account: CurrentAccount) -> dict[str, int]:
     """Fetch the templates from the provider (Meta: all pages) and create or update them here, with their
     status and category; a provider that reviews templates made here (the sandbox) gets the pending ones.
     A provider with neither (Vonage) answers 409."""
-    from tidings.templates.sync import sync_templates
-
     return await sync_templates(
         request.app.state.db, request.app.state.box, request.app.state.settings, account.id
     )
