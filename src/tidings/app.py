@@ -51,9 +51,13 @@ def create_app(
         title="Tidings",
         version=__version__,
         description=(
-            "Self-hosted WhatsApp engagement platform. Authenticate every `/api/v1` call with HTTP Basic "
-            "(`account_id:passcode`) or the CleverTap headers `X-CleverTap-Account-Id` and "
-            '`X-CleverTap-Passcode`. Errors are JSON: `{"code", "message"}`.'
+            "Self-hosted WhatsApp engagement platform. Authenticate every `/api/v1` call with an API key "
+            "(`Authorization: Bearer tid_…`, acting with the key's role), or as the account's admin with "
+            "HTTP Basic (`account_id:passcode`) or the CleverTap headers `X-CleverTap-Account-Id` and "
+            "`X-CleverTap-Passcode`. Roles: `admin` (everything), `marketer` (templates, segments, "
+            "campaigns, profiles, uploads), `agent` (reads those); a route refused to a role answers 403 "
+            "`forbidden`. "
+            'Errors are JSON: `{"code", "message"}`.'
         ),
         lifespan=lifespan,
     )
@@ -105,17 +109,21 @@ def create_app(
 
     from tidings.accounts.api import account_router, integrations_router
     from tidings.campaigns.api import router as campaigns_router
-    from tidings.profiles.api import router as ingest_router
+    from tidings.profiles.api import router as profiles_router
+    from tidings.profiles.api import upload_router
     from tidings.segments.api import router as segments_router
     from tidings.templates.api import router as templates_router
+    from tidings.users.api import router as users_router
     from tidings.webhooks.api import webhooks_router
 
-    app.include_router(ingest_router)
+    app.include_router(upload_router)
+    app.include_router(profiles_router)
     app.include_router(templates_router)
     app.include_router(campaigns_router)
     app.include_router(segments_router)
     app.include_router(integrations_router())
     app.include_router(account_router)
+    app.include_router(users_router)
     app.include_router(webhooks_router())
 
     @app.get("/healthz", tags=["meta"])
@@ -134,9 +142,9 @@ def create_app(
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
-    from tidings.deps import _current_account, get_db
+    from tidings.deps import Allow, _current_caller, get_db
 
-    document_errors(app, _current_account, get_db, UPLOAD_PATH, "UploadFailure")
+    document_errors(app, _current_caller, Allow, get_db, UPLOAD_PATH, "UploadFailure")
     return app
 
 

@@ -1,4 +1,4 @@
-"""The ``tidings`` command: serve, worker, demo, account, db."""
+"""The ``tidings`` command: serve, worker, demo, account, user, api-key, db."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from tidings.config import Settings
 from tidings.db import Database
+from tidings.errors import ApiError
 from tidings.secrets import SecretBox
 
 app = typer.Typer(help="Tidings: a self-hosted WhatsApp engagement platform.", no_args_is_help=True)
@@ -23,6 +25,10 @@ app.add_typer(account_app, name="account")
 templates_app = typer.Typer(help="WhatsApp templates.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(templates_app, name="templates")
+user_app = typer.Typer(help="People who sign in to the dashboard.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+api_key_app = typer.Typer(help="API keys for programs.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
 console = Console()
 
 
@@ -148,6 +154,60 @@ def _context() -> tuple[Settings, Database, SecretBox]:
     db = Database(settings.database_url)
     db.migrate()
     return settings, db, SecretBox.from_settings(settings.secret_key, settings.data_dir)
+
+
+def _refused(exc: ApiError) -> typer.Exit:
+    typer.echo(f"{exc.code}: {exc.message}", err=True)
+    return typer.Exit(2)
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Option(help="The user's e-mail (signs in with it).")],
+    role: Annotated[str, typer.Option(help="admin, marketer or agent.")],
+    account: Annotated[str, typer.Option(help="Account id.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Create a user (the first admin, say); the password is asked for, or read from standard input."""
+    from tidings.users.service import create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    _, db, _ = _context()
+    try:
+        with db.session() as session:
+            user = create_user(session, account, email=email, role=role, password=password)
+            console.print(f"user [bold]{user.email}[/] ({user.role}) created in account {account}")
+    except ApiError as exc:
+        raise _refused(exc) from None
+
+
+@api_key_app.command("create")
+def api_key_create(
+    account: Annotated[str, typer.Option(help="Account id.")],
+    role: Annotated[str, typer.Option(help="admin, marketer or agent.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print {id, secret} as JSON.")] = False,
+) -> None:
+    """Create an API key; its secret is shown only now."""
+    from tidings.users.service import create_api_key
+
+    _, db, _ = _context()
+    try:
+        with db.session() as session:
+            new = create_api_key(session, account, name=name, role=role)
+            key_id = new.key.id
+    except ApiError as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(json.dumps({"id": key_id, "secret": new.secret}))
+    else:
+        console.print(f"API key {key_id} ({role}): [bold]{new.secret}[/]")
+        console.print("send it as the header  Authorization: Bearer <key>  (shown only now)")
 
 
 @app.command("send-test")

@@ -1,9 +1,11 @@
-"""FastAPI dependencies shared by every router: the unit of work and the caller's account."""
+"""FastAPI dependencies shared by every router: the unit of work, the caller (account and role) and the
+role each router needs."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,10 +14,12 @@ from sqlalchemy.orm import Session
 from tidings.accounts.models import Account
 from tidings.accounts.service import authenticate
 from tidings.config import Settings
-from tidings.db import Database
-from tidings.errors import ApiError
+from tidings.db import Database, utcnow
+from tidings.errors import ApiError, Forbidden, TooManySignIns
 from tidings.guards import SignInLimiter
 from tidings.secrets import SecretBox
+from tidings.users import service as users
+from tidings.users.models import Role
 
 
 def get_db(request: Request) -> Database:
@@ -59,41 +63,97 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-class TooManySignIns(ApiError):
-    def __init__(self, wait: int) -> None:
-        super().__init__(
-            429,
-            "too_many_attempts",
-            f"too many failed sign-ins; try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
-        self.wait = wait
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request: the account, the role it acts with, and the API key it used (None: the
+    account's passcode, which counts as admin)."""
+
+    account: Account
+    role: Role
+    api_key_id: int | None = None
+    key_use_unrecorded: bool = False  # the key's last_used_at is older than users.LAST_USED_STEP
 
 
-def sign_in(request: Request, session: Session) -> Account | None:
-    """The account the request's credentials open, or None (a failure: counted). Raises ``TooManySignIns``
-    when this address, or anyone trying this account from an address it has not signed in from, failed
-    too often lately (``guards.SignInLimiter``); it is raised before the passcode is checked."""
-    account_id, passcode = credentials(request)
+def record_key_use(session: Session, caller: Caller) -> None:
+    """Write the API key's last use (in a unit of work that may write: sign-in itself only reads)."""
+    if caller.api_key_id is not None and caller.key_use_unrecorded:
+        users.mark_used(session, caller.api_key_id, utcnow())
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def sign_in(request: Request, session: Session) -> Caller | None:
+    """The caller the request's credentials open — an API key (``Authorization: Bearer tid_…``) or the
+    account id and passcode — or None (a failure: counted). Raises ``TooManySignIns`` when this address,
+    or anyone trying this account from an address it has not signed in from, failed too often lately
+    (``guards.SignInLimiter``); it is raised before the credentials are checked."""
     limiter: SignInLimiter = request.app.state.signins
     address = client_address(request)
+    secret = _bearer(request)
+    if secret is not None:
+        wait = limiter.wait(None, address)
+        if wait:
+            raise TooManySignIns(wait)
+        key = users.key_for(session, secret)
+        if key is None:
+            limiter.failed(None, address)
+            return None
+        account = session.get_one(Account, key.account_id)
+        return Caller(account, Role(key.role), key.id, users.needs_marking(key, utcnow()))
+    account_id, passcode = credentials(request)
     wait = limiter.wait(account_id, address)
     if wait:
         raise TooManySignIns(wait)
-    account = authenticate(session, account_id, passcode)
-    if account is not None:
-        limiter.succeeded(account.id, address)
+    opened = authenticate(session, account_id, passcode)
+    if opened is not None:
+        limiter.succeeded(opened.id, address)
     elif passcode:  # a guess; a call without credentials is not one
         limiter.failed(account_id, address)
-    return account
+    return Caller(opened, Role.admin) if opened is not None else None
 
 
-def _current_account(request: Request) -> Account:
-    with get_db(request).read() as session:  # its own short read, begun and ended in this thread
-        account = sign_in(request, session)
-    if account is None:
-        raise ApiError(401, "unauthorized", "missing or wrong account id / passcode")
-    return account
+def _current_caller(request: Request) -> Caller:
+    db = get_db(request)
+    with db.read() as session:  # its own short read, begun and ended in this thread
+        caller = sign_in(request, session)
+    if caller is None:
+        raise ApiError(401, "unauthorized", "missing or wrong account id / passcode, or API key")
+    if caller.key_use_unrecorded:  # at most once a minute per key
+        with db.session() as session:
+            record_key_use(session, caller)
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(_current_caller)]
+
+
+def _current_account(caller: CurrentCaller) -> Account:
+    return caller.account
 
 
 CurrentAccount = Annotated[Account, Depends(_current_account)]
+
+
+def require(caller: Caller, needed: Role) -> None:
+    """Raises ``Forbidden`` (403) unless the caller's role allows what needs ``needed``."""
+    if not caller.role.allows(needed):
+        raise Forbidden(needed.value)
+
+
+class Allow:
+    """The role check a router declares for all its routes (``APIRouter(dependencies=[ADMIN])``): ``write``
+    is needed to change anything, ``read`` (when given) to GET."""
+
+    def __init__(self, write: Role, read: Role | None = None) -> None:
+        self.write = write
+        self.read = read or write
+
+    def __call__(self, request: Request, caller: CurrentCaller) -> None:
+        require(caller, self.read if request.method in ("GET", "HEAD") else self.write)
+
+
+ADMIN = Depends(Allow(Role.admin))  # integrations, account settings, users, API keys
+MARKETER = Depends(Allow(Role.marketer, read=Role.agent))  # templates, segments, campaigns, profiles

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -50,6 +50,22 @@ class Conflict(ApiError):
         super().__init__(409, code, message)
 
 
+class Forbidden(ApiError):
+    def __init__(self, needed: str) -> None:
+        super().__init__(403, "forbidden", f"this needs the {needed} role")
+
+
+class TooManySignIns(ApiError):
+    def __init__(self, wait: int) -> None:
+        super().__init__(
+            429,
+            "too_many_attempts",
+            f"too many failed sign-ins; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+        self.wait = wait
+
+
 def refusal(code: str, message: str) -> PydanticCustomError:
     """A refusal raised inside a request model's validation that the API answers (422) with its own
     ``code`` instead of ``validation_error``."""
@@ -73,8 +89,10 @@ def error_responses(described: Mapping[int, str], *statuses: int) -> dict[int | 
 # fuzzer holds the app to it, tests/test_contract.py).
 COMMON_ERRORS = {
     400: "`invalid_json` / `invalid_payload`: the webhook body is not what the provider sends.",
-    401: "Missing or wrong account id / passcode (`unauthorized`); for a webhook, a bad signature.",
-    403: "`bad_verify_token`: the webhook handshake's token is not the account's.",
+    401: "Missing or wrong account id / passcode, or an unknown or revoked API key (`unauthorized`); for a "
+    "webhook, a bad signature.",
+    403: "`forbidden`: the caller's role may not do this (`message` names the role needed); for the webhook "
+    "handshake, `bad_verify_token`: its token is not the account's.",
     404: "`not_found`: no such thing in this account.",
     413: "`payload_too_large`: the request body is over the limit (1 MiB; 8 MiB for `/1/upload`, 4 MiB for "
     "webhooks), refused before it is read whole and before authentication.",
@@ -87,8 +105,8 @@ COMMON_ERRORS = {
 }
 
 
-def _needs_account(dependant: Any, call: Any) -> bool:
-    return any(dep.call is call or _needs_account(dep, call) for dep in dependant.dependencies)
+def _needs(dependant: Any, found: Callable[[Any], bool]) -> bool:
+    return any(found(dep.call) or _needs(dep, found) for dep in dependant.dependencies)
 
 
 def _api_routes(app: Any) -> list[Any]:
@@ -103,10 +121,17 @@ def _api_routes(app: Any) -> list[Any]:
 
 
 def document_errors(
-    app: Any, account_dependency: Any, db_dependency: Any, upload_path: str, upload_error: str
+    app: Any,
+    caller_dependency: Any,
+    role_dependency: type,
+    db_dependency: Any,
+    upload_path: str,
+    upload_error: str,
 ) -> None:
     """Make ``app.openapi()`` list, for every operation, each error status it can answer (``COMMON_ERRORS``
-    for those a route does not describe itself), with our error body instead of FastAPI's default 422."""
+    for those a route does not describe itself), with our error body instead of FastAPI's default 422.
+    A route answers 401 and 429 when it depends on ``caller_dependency``, 403 when on an instance of
+    ``role_dependency``."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -120,9 +145,11 @@ def document_errors(
             if not route.include_in_schema:
                 continue
             statuses = {500}
-            if _needs_account(route.dependant, account_dependency) or route.path == upload_path:
+            if _needs(route.dependant, lambda call: call is caller_dependency) or route.path == upload_path:
                 statuses |= {401, 429}
-            if _needs_account(route.dependant, db_dependency):
+            if _needs(route.dependant, lambda call: isinstance(call, role_dependency)):
+                statuses.add(403)
+            if _needs(route.dependant, lambda call: call is db_dependency):
                 statuses.add(503)
             if route.methods & {"POST", "PUT", "PATCH"}:
                 statuses.add(413)

@@ -8,9 +8,11 @@ from tidings.delivery.models import Message, PendingStatus
 from tidings.profiles.models import Event, Profile
 from tidings.segments.models import Segment
 from tidings.templates.models import Template
+from tidings.users.models import ApiKey, User, UserSession
 
 __all__ = [
     "Account",
+    "ApiKey",
     "Base",
     "Campaign",
     "CampaignTrigger",
@@ -23,4 +25,6 @@ __all__ = [
     "Profile",
     "Segment",
     "Template",
+    "User",
+    "UserSession",
 ]

@@ -14,7 +14,7 @@ from tidings.accounts.models import Account
 from tidings.accounts.service import get_integration
 from tidings.accounts.testsend import send_test_message
 from tidings.campaigns.rules import AccountOut, AccountUpdate, Rules
-from tidings.deps import CurrentAccount, Db, get_box, get_settings
+from tidings.deps import ADMIN, CurrentAccount, Db, get_box, get_settings
 from tidings.providers import registry
 from tidings.providers.plugin import AnyProviderType
 
@@ -82,7 +82,7 @@ class TestSendOut(BaseModel):
 
 def integrations_router() -> APIRouter:
     """The integration's routes, for the providers registered when the app is made."""
-    router = APIRouter(prefix="/api/v1/integrations/whatsapp", tags=["integrations"])
+    router = APIRouter(prefix="/api/v1/integrations/whatsapp", tags=["integrations"], dependencies=[ADMIN])
     IntegrationIn = integration_in()
 
     @router.get("", response_model=IntegrationOut)
@@ -134,7 +134,7 @@ def integrations_router() -> APIRouter:
     return router
 
 
-account_router = APIRouter(prefix="/api/v1/account", tags=["account"])
+account_router = APIRouter(prefix="/api/v1/account", tags=["account"], dependencies=[ADMIN])
 
 
 def _account_out(account: Account) -> AccountOut:

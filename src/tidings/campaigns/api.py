@@ -7,11 +7,11 @@ from fastapi import APIRouter, Response
 from tidings.bounds import Id
 from tidings.campaigns import service
 from tidings.campaigns.schemas import CampaignCreate, CampaignOut, CampaignStats
-from tidings.deps import CurrentAccount, Db
+from tidings.deps import MARKETER, CurrentAccount, Db
 from tidings.errors import error_responses
 from tidings.stats.service import campaign_stats
 
-router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
+router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"], dependencies=[MARKETER])
 # The statuses only some campaign routes answer (the others every route may: errors.COMMON_ERRORS).
 ERRORS = {
     404: "`not_found`: no such campaign, or the template or segment it names is not in this account.",

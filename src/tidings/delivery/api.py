@@ -12,10 +12,10 @@ from tidings.campaigns.lifecycle import resume_campaign
 from tidings.campaigns.progress import campaign_progress
 from tidings.campaigns.service import get_campaign
 from tidings.db import utcnow
-from tidings.deps import CurrentAccount, Db, get_settings
+from tidings.deps import MARKETER, CurrentAccount, Db, get_settings
 from tidings.errors import Conflict, error_responses
 
-router = APIRouter(prefix="/api/v1/campaigns", tags=["delivery"])
+router = APIRouter(prefix="/api/v1/campaigns", tags=["delivery"], dependencies=[MARKETER])
 
 
 class Progress(BaseModel):

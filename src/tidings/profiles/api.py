@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from tidings.bounds import Offset
 from tidings.campaigns.triggers import on_events
 from tidings.db import utcnow
-from tidings.deps import CurrentAccount, Db, TooManySignIns, sign_in
+from tidings.deps import MARKETER, CurrentAccount, Db, record_key_use, require, sign_in
+from tidings.errors import Forbidden, TooManySignIns
 from tidings.profiles import service
 from tidings.profiles.schemas import (
     EventOut,
@@ -23,8 +24,12 @@ from tidings.profiles.schemas import (
     UploadRequest,
     UploadResponse,
 )
+from tidings.users.models import Role
 
-router = APIRouter()
+# ``/1/upload`` signs the caller in itself, to answer in CleverTap's shape; the profile routes declare the
+# role they need as every router does.
+upload_router = APIRouter()
+router = APIRouter(dependencies=[MARKETER])
 
 
 class CleverTapJSONResponse(JSONResponse):
@@ -101,7 +106,7 @@ _UPLOAD_EXAMPLE = {
 }
 
 
-@router.post(
+@upload_router.post(
     "/1/upload",
     tags=["ingest"],
     summary="Upload profiles and events (CleverTap-compatible)",
@@ -116,7 +121,11 @@ _UPLOAD_EXAMPLE = {
     responses={
         200: {"model": UploadResponse, "description": "Processed (check `unprocessed`)"},
         400: {"model": UploadFailure, "description": "Bad body; nothing written"},
-        401: {"model": UploadFailure, "description": "Wrong account id or passcode; nothing written"},
+        401: {
+            "model": UploadFailure,
+            "description": "Wrong account id or passcode, or an unknown or revoked API key; nothing written",
+        },
+        403: {"model": UploadFailure, "description": "The API key's role is not marketer or admin"},
         413: {
             "model": UploadFailure,
             "description": "Body over 8 MiB; refused before it is read whole or authenticated",
@@ -140,13 +149,19 @@ _UPLOAD_EXAMPLE = {
 def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)]) -> CleverTapJSONResponse:
     with db.session() as session:
         try:
-            account = sign_in(request, session)
+            caller = sign_in(request, session)
         except TooManySignIns as exc:
             refused = _fail(429, f"Too many failed sign-ins; try again in {exc.wait} seconds")
             refused.headers["Retry-After"] = str(exc.wait)
             return refused
-        if account is None:
+        if caller is None:
             return _fail(401, "Account ID or passcode is not valid")
+        try:
+            require(caller, Role.marketer)
+        except Forbidden as exc:
+            return _fail(403, exc.message)
+        record_key_use(session, caller)
+        account = caller.account
         try:
             records = parse_upload(body)
         except BadUpload as exc:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from tidings.bounds import Id
 from tidings.db import utcnow
-from tidings.deps import CurrentAccount, Db
+from tidings.deps import MARKETER, CurrentAccount, Db
 from tidings.errors import Invalid, error_responses
 from tidings.segments import service
 from tidings.segments.schemas import (
@@ -19,7 +19,7 @@ from tidings.segments.schemas import (
     SegmentUpdate,
 )
 
-router = APIRouter(prefix="/api/v1/segments", tags=["segments"])
+router = APIRouter(prefix="/api/v1/segments", tags=["segments"], dependencies=[MARKETER])
 
 
 ERRORS = {

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from tidings.deps import CurrentAccount, Db
+from tidings.deps import MARKETER, CurrentAccount, Db
 from tidings.errors import error_responses
 from tidings.templates import service
 from tidings.templates.schemas import TemplateCreate, TemplateOut, TemplateUpdate
 from tidings.templates.sync import sync_templates
 
-router = APIRouter(prefix="/api/v1/templates", tags=["templates"])
+router = APIRouter(prefix="/api/v1/templates", tags=["templates"], dependencies=[MARKETER])
 
 
 ERRORS = {
