@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/v1/segments", tags=["segments"], dependencies=[M
 
 
 ERRORS = {
-    401: "Missing or wrong account id / passcode (`unauthorized`).",
+    401: "Missing or wrong account id / passcode, or an unknown or revoked API key (`unauthorized`).",
     404: "No such segment in this account (`not_found`).",
     409: "`segment_exists`: the account has a segment with this name; `segment_in_use`: another segment, "
     "or a campaign still to run, refers to it.",

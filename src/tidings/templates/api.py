@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v1/templates", tags=["templates"], dependencies=
 
 
 ERRORS = {
-    401: "Missing or wrong account id / passcode (`unauthorized`).",
+    401: "Missing or wrong account id / passcode, or an unknown or revoked API key (`unauthorized`).",
     404: "No such template in this account (`not_found`).",
     409: "`template_exists`: same name and language already; `template_in_use`: a campaign uses it. "
     "Sync: `sync_not_supported` (Vonage), `sync_not_configured` (no `waba_id`), `provider_unauthorized` "
