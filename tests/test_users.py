@@ -5,6 +5,7 @@ keys."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from tests.conftest import basic, new_account
 from tests.helpers import refused
 from tidings.accounts.service import NewAccount
+from tidings.cli import app as cli
 from tidings.config import Settings
 from tidings.db import Database, utcnow
 from tidings.errors import ApiError, TooManySignIns
@@ -317,8 +319,6 @@ def _cli_env(settings: Settings, db: Database, tmp_path: Path) -> dict[str, str]
 def test_the_cli_creates_the_first_admin_and_an_api_key(
     settings: Settings, db: Database, account: NewAccount, tmp_path: Path
 ) -> None:
-    from tidings.cli import app as cli
-
     env = _cli_env(settings, db, tmp_path)
     args = [
         "user",
@@ -358,8 +358,6 @@ def test_the_cli_creates_the_first_admin_and_an_api_key(
     ]
     made = CliRunner().invoke(cli, key_args, env=env)
     assert made.exit_code == 0, made.output
-    import json
-
     secret = json.loads(made.output)["secret"]
     with db.read() as session:
         key = service.key_for(session, secret)
