@@ -191,6 +191,7 @@ class Dispatcher:
         self._seq = itertools.count(1)
         self._in_hand: dict[int, Item] = {}
         self._tokens: dict[str, int] = {}
+        self._campaigns: dict[int, int] = {}  # campaign → its rows in hand (what the watch looks at)
         self._lanes: dict[str, Lane] = {}
         self._results: list[Attempt] = []
         self._results_ready = asyncio.Event()
@@ -216,6 +217,9 @@ class Dispatcher:
         for item in items:
             self._in_hand[item.claimed.id] = item
             self._tokens[item.claimed.token] = self._tokens.get(item.claimed.token, 0) + 1
+            campaign_id = item.claimed.campaign_id
+            if campaign_id is not None:
+                self._campaigns[campaign_id] = self._campaigns.get(campaign_id, 0) + 1
         IN_HAND.set(len(self._in_hand))
 
     def _drop(self, ids: Iterable[int]) -> None:
@@ -229,6 +233,12 @@ class Dispatcher:
                 self._tokens[token] = left
             else:
                 self._tokens.pop(token, None)
+            campaign_id = item.claimed.campaign_id
+            if campaign_id is not None:
+                if self._campaigns[campaign_id] > 1:
+                    self._campaigns[campaign_id] -= 1
+                else:
+                    del self._campaigns[campaign_id]
         IN_HAND.set(len(self._in_hand))
         self._room_freed.set()
 
@@ -457,9 +467,7 @@ class Dispatcher:
         in hand (``campaigns.api.stop`` waits for that)."""
         while not (self._stopping and not self._back and not self._sends and not self._lanes_busy()):
             await asyncio.sleep(WATCH_EVERY)
-            campaigns = {
-                i.claimed.campaign_id for i in self._in_hand.values() if i.claimed.campaign_id is not None
-            }
+            campaigns = set(self._campaigns)
             back, self._back = self._back, []
             if not campaigns and not back:
                 self._halted = set()

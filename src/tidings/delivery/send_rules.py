@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, null, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
@@ -87,34 +87,47 @@ def _send_time_rules(
     dispatched in their window (planning counted what was planned), so two campaigns planned before
     either sent still give a user no more than the cap."""
     ids = [r[0] for r in rows]
-    with_account = rules is None or account_tz is None  # the account's rules, as they are now
-    query = (
+    if rules is None or account_tz is None:  # the account's rules, as they are now (one primary-key read)
+        account = session.execute(
+            select(Account.settings, Account.timezone).where(Account.id == account_id)
+        ).first()
+        if account is not None:
+            rules = rules or account_rules(account.settings)
+            account_tz = account_tz or zone(account.timezone)
+    rules = rules or Rules()
+    account_tz = account_tz or zone(None)
+    # The user's zone only counts for DND hours: with none set, it is not read (a JSON lookup per row).
+    user_zone = Profile.properties["Tz"].as_string() if rules.dnd is not None else null()
+    read = session.execute(
         select(
             Message.id,
             Message.profile_id,
             Message.campaign_id,
             Profile.whatsapp_opt_in.label("opted_in"),
-            Profile.properties["Tz"].as_string().label("tz"),
-            func.coalesce(Campaign.respect_rules, False).label("respect"),
-            Campaign.frequency.label("freq"),
-            *((Account.settings, Account.timezone) if with_account else ()),
+            user_zone.label("tz"),
         )
         .join(Profile, Profile.id == Message.profile_id)
-        .outerjoin(Campaign, Campaign.id == Message.campaign_id)
         .where(Message.id.in_(ids))
+    ).all()
+    # The campaigns' rules once per campaign (a chunk is mostly one campaign), not once per row.
+    campaign_ids = sorted({r.campaign_id for r in read if r.campaign_id is not None})
+    campaigns: dict[int, tuple[bool, dict[str, Any] | None]] = (
+        {
+            c.id: (bool(c.respect_rules), c.frequency)
+            for c in session.execute(
+                select(Campaign.id, Campaign.respect_rules, Campaign.frequency).where(
+                    Campaign.id.in_(campaign_ids)
+                )
+            )
+        }
+        if campaign_ids
+        else {}
     )
-    if with_account:
-        query = query.join(Account, Account.id == Message.account_id)
-    read = session.execute(query).all()
-    facts = {
-        r.id: _Facts(r.profile_id, r.campaign_id, bool(r.opted_in), r.tz, bool(r.respect), r.freq)
-        for r in read
-    }
-    if with_account and read:
-        rules = rules or account_rules(read[0].settings)
-        account_tz = account_tz or zone(read[0].timezone)
-    rules = rules or Rules()
-    account_tz = account_tz or zone(None)
+    facts: dict[int, _Facts] = {}
+    for r in read:
+        # A message of no campaign (or of a campaign deleted since) follows no campaign rule.
+        respect, frequency = campaigns.get(r.campaign_id, (False, None)) if r.campaign_id else (False, None)
+        facts[r.id] = _Facts(r.profile_id, r.campaign_id, bool(r.opted_in), r.tz, respect, frequency)
     refused: dict[int, str] = {}
     delayed: dict[int, datetime] = {}
     ruled: list[int] = []  # rows the account's rules apply to (a campaign that respects them)
