@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -297,12 +297,17 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         else:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         # Owner only: created so before SQLite makes it (an empty file is an empty database), and
-        # tightened if an older Tidings made it readable by others.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # tightened if an older Tidings made it readable by others. Only a file that does not exist yet is
+        # opened here: closing any descriptor of a database file drops every POSIX lock this process's
+        # SQLite connections hold on it (SQLite's "posix advisory locks" caveat), after which another
+        # process may checkpoint and reset the WAL under them and they read stale pages.
+        with suppress(FileExistsError):
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + ".migrate-lock"):
-            member = path.with_name(name)
-            if member.exists():
-                os.chmod(member, 0o600)
+            # Another process closing its last connection removes -wal and -shm at any moment (it does
+            # not hold this lock once it has migrated): a file gone between the look and the chmod is fine.
+            with suppress(FileNotFoundError):
+                os.chmod(path.with_name(name), 0o600)
         yield
     finally:
         os.close(lock)
