@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
@@ -126,21 +126,8 @@ def claim_batch(
 def release(session: Session, rows: Sequence[tuple[int, str]], now: datetime) -> int:
     """Give back claimed rows that were never dispatched (a paused campaign, a worker shutting down):
     queued again, their attempt not counted."""
-    if not rows:
-        return 0
     table = cast_table(Message.__table__)
-    result = session.execute(
-        update(table)
-        .where(
-            table.c.id == bindparam("_id"),
-            table.c.state == "sending",
-            table.c.claimed_by == bindparam("_token"),
-            table.c.dispatched_at.is_(None),
-        )
-        .values(state="queued", attempts=table.c.attempts - 1, claimed_by=None, lease_until=None),
-        [{"_id": i, "_token": token} for i, token in rows],
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return _requeue(session, rows, table.c.dispatched_at.is_(None))
 
 
 def renew_leases(session: Session, tokens: Sequence[str], now: datetime, lease: timedelta) -> int:
@@ -167,6 +154,12 @@ def give_back(session: Session, rows: Sequence[tuple[int, str]]) -> int:
     call never started (their campaign was stopped or paused meanwhile): queued again, the dispatch mark
     cleared and the attempt not counted. Only a row still held by its token is touched, and the caller
     guarantees that no provider call was made for it."""
+    return _requeue(session, rows)
+
+
+def _requeue(session: Session, rows: Sequence[tuple[int, str]], *also: ColumnElement[bool]) -> int:
+    """Rows (id, claim token) still held by their token back to ``queued``, unclaimed and undispatched,
+    their attempt not counted (one executemany); ``also``: further conditions a row must meet."""
     if not rows:
         return 0
     table = cast_table(Message.__table__)
@@ -176,6 +169,7 @@ def give_back(session: Session, rows: Sequence[tuple[int, str]]) -> int:
             table.c.id == bindparam("_id"),
             table.c.state == "sending",
             table.c.claimed_by == bindparam("_token"),
+            *also,
         )
         .values(
             state="queued",
