@@ -6,8 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
+# The dashboard's front-end packages, from package-lock.json (npm ci), copied where the app serves them.
+VENDOR := src/tidings/web/static/vendor
+VENDOR_STAMP := $(VENDOR)/.installed
+VENDOR_FILES := node_modules/htmx.org/dist/htmx.min.js node_modules/uplot/dist/uPlot.iife.min.js \
+  node_modules/uplot/dist/uPlot.min.css
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint serve clean lock
+.PHONY: demo test lint serve clean lock screenshots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +25,16 @@ $(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/pip check
 	touch $(STAMP)
 
+$(VENDOR_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp $(VENDOR_FILES) $(VENDOR)/
+	touch $(VENDOR_STAMP)
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
+$(CHROMIUM):
+	apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
+
 # Re-lock after changing the dependencies in pyproject.toml: every pin that still fits is kept. With
 # UPGRADE=1 every pin moves to the newest release that pyproject.toml allows (then run `make test`).
 lock: $(BIN)/python
@@ -26,10 +42,10 @@ lock: $(BIN)/python
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --universal --python-version 3.11 \
 	  --generate-hashes --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
-demo: $(STAMP)
+demo: $(STAMP) $(VENDOR_STAMP)
 	$(BIN)/tidings demo
 
-test: $(STAMP)
+test: $(STAMP) $(VENDOR_STAMP) $(CHROMIUM)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -38,8 +54,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/mypy
 
-serve: $(STAMP)
+serve: $(STAMP) $(VENDOR_STAMP)
 	$(BIN)/tidings serve
 
+# docs/screenshots/*.png: the browser tests, with each main page's picture written (not by `make test`).
+screenshots: $(STAMP) $(VENDOR_STAMP) $(CHROMIUM)
+	TIDINGS_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/web
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache node_modules $(VENDOR)

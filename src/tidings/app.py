@@ -18,6 +18,7 @@ from tidings.db import Database
 from tidings.errors import ApiError, document_errors
 from tidings.guards import UPLOAD_PATH, Guard, SignInLimiter, error_answer
 from tidings.secrets import SecretBox
+from tidings.web.render import is_page, page_exception
 from tidings.webhooks.lane import WebhookLane
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ def create_app(
     app.add_middleware(Guard)
 
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        if is_page(request):
+            return page_exception(request, exc)
         body = _upload_error(exc.status, exc.message) if request.url.path == UPLOAD_PATH else exc.body()
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
@@ -129,6 +132,10 @@ def create_app(
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    from tidings.web import mount
+
+    mount(app)
 
     from tidings.delivery.api import router as delivery_router
     from tidings.metrics import exposition, watch_ledger

@@ -155,6 +155,16 @@ def authenticate(
     return user
 
 
+def only_account_of(session: Session, email: str) -> str:
+    """The account of the user with this e-mail when there is exactly one, else "" (none, or several:
+    the sign-in form then needs the account id; "" signs nobody in, after the same work as a wrong
+    password)."""
+    found = session.scalars(
+        select(User.account_id).where(User.email == normalise_email(email[:254])).limit(2)
+    ).all()
+    return found[0] if len(found) == 1 else ""
+
+
 def sign_in(
     session: Session,
     limiter: SignInLimiter,
