@@ -411,6 +411,77 @@ class Conversion(BaseModel):
     lift: float | None = Field(description="(messaged rate - control rate) / control rate.")
 
 
+class FunnelStep(BaseModel):
+    step: Literal["audience", "sent", "delivered", "read", "replied"]
+    count: int
+    of_audience: float | None = Field(description="count / audience (None when the audience is empty).")
+    of_previous: float | None = Field(description="count / the step before (None for the audience).")
+
+
+class ReasonCount(BaseModel):
+    reason: str = Field(description="The ledger's reason: a code of Tidings' own, or `<provider>:<code>`.")
+    provider: str | None = Field(description="For a provider's code: meta, vonage or sandbox.")
+    code: str = Field(description="The code, without the provider.")
+    count: int
+    explanation: str | None = Field(description="What the reason means, in plain language.")
+
+
+class ErrorGroups(BaseModel):
+    unreached: list[ReasonCount] = Field(
+        description="Users the campaign could not reach (skipped: not opted in, no valid phone, missing "
+        "personalization, caps, DND, …), the largest first."
+    )
+    failed: list[ReasonCount] = Field(
+        description="Messages the provider refused or that failed, by the provider's code, the largest first."
+    )
+
+
 class CampaignStats(Counts):
     variants: dict[str, Counts] = Field(default_factory=dict, description="Per variant key (multivariate).")
     conversion: Conversion | None = None
+    funnel: list[FunnelStep] = Field(description="Audience → sent → delivered → read → replied.")
+    errors_grouped: ErrorGroups = Field(
+        description="The errors of errors_by_reason in two groups, explained."
+    )
+
+
+class TimelinePoint(BaseModel):
+    start: datetime = Field(
+        description="The hour or day's start, in the account's time zone (with its offset)."
+    )
+    sent: int
+    delivered: int
+    read: int
+    replied: int
+
+
+class Timeline(BaseModel):
+    bucket: Literal["hour", "day"]
+    timezone: str = Field(description="The account's time zone, which the buckets follow.")
+    points: list[TimelinePoint] = Field(description="The oldest first; hours or days with nothing left out.")
+
+
+MessageState = Literal["queued", "sending", "sent", "delivered", "read", "failed", "skipped", "control"]
+
+
+class MessageRow(BaseModel):
+    id: int = Field(description="The ledger id (the page cursor).")
+    identity: str
+    phone: str | None
+    variant: str | None = Field(description="The variant's key (multivariate), else null.")
+    params: list[str] | None = Field(description="The rendered {{n}} values, once sent.")
+    state: MessageState
+    reason: str | None = Field(description="Why skipped, held back or failed (see the stats' errors).")
+    explanation: str | None = Field(description="The reason in plain language.")
+    error_detail: str | None = Field(description="The provider's text, or what was missing.")
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    replied_at: datetime | None
+    failed_at: datetime | None
+
+
+class MessagePage(BaseModel):
+    items: list[MessageRow]
+    next: int | None = Field(description="Pass as `after` for the next page; null on the last page.")

@@ -143,6 +143,51 @@ def create_campaign(session: Session, account_id: str, spec: CampaignCreate) -> 
     return campaign
 
 
+COPIED = (
+    "kind",
+    "template_id",
+    "variables",
+    "target",
+    "control_group_pct",
+    "trigger",
+    "frequency",
+    "split",
+    "system_control_group",
+    "respect_rules",
+    "conversion_event",
+    "conversion_window_hours",
+)
+
+
+def duplicate_campaign(session: Session, account_id: str, campaign_id: int) -> Campaign:
+    """A draft copy of a campaign in any state, named "<name> (copy)": the same kind, audience, variants,
+    control group, rules and goal; not its schedule (it starts now unless the draft is given a time, and a
+    live campaign's end is left to set again), nor its messages or figures."""
+    source = get_campaign(session, account_id, campaign_id)
+    suffix = " (copy)"
+    copy = Campaign(
+        account_id=account_id,
+        name=source.name[: 200 - len(suffix)] + suffix,
+        state="draft",
+        scheduled_at=utcnow(),
+        **{column: getattr(source, column) for column in COPIED},
+    )
+    session.add(copy)
+    session.flush()
+    variants = [
+        CampaignVariant(
+            key=v.key,
+            template_id=v.template_id,
+            variables=v.variables,
+            weight=v.weight,
+            match_value=v.match_value,
+        )
+        for v in variants_of(session, source.id)
+    ]
+    _add_variants(session, copy.id, variants)
+    return copy
+
+
 def _not_draft(campaign: Campaign, doing: str) -> Conflict:
     return Conflict(f"campaign is {campaign.state}; only a draft can be {doing}")
 

@@ -1,17 +1,23 @@
-"""The six campaign stats, read from the ledger in grouped queries: in total, per variant, and the
-conversion of the messaged users against the control group."""
+"""The six campaign stats, read from the ledger in grouped queries: in total, per variant, the funnel,
+the errors in two groups (users not reached, messages the provider refused or failed) with what each
+reason means, the conversion of the messaged users against the control group, and the timeline of sends,
+deliveries, reads and replies per hour or day in the account's time zone."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, case, exists, func, select, text
+from sqlalchemy import ColumnElement, Integer, case, cast, exists, func, literal, select, text, union_all
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.db import is_postgres
 from tidings.delivery.models import SENT_STATES, Message
 from tidings.profiles.models import Event
+from tidings.stats.reasons import explain, split
 
 
 def _counts(rows: list[tuple[str, str | None, int, int]]) -> dict[str, Any]:
@@ -85,6 +91,47 @@ def _conversion(session: Session, campaign: Campaign) -> dict[str, Any] | None:
     }
 
 
+def _funnel(counts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Audience → sent → delivered → read → replied, each with its share of the audience and of the step
+    before it."""
+    steps = [(name, counts[name]) for name in ("audience", "sent", "delivered", "read", "replied")]
+    audience = counts["audience"]
+    return [
+        {
+            "step": name,
+            "count": count,
+            "of_audience": count / audience if audience else None,
+            "of_previous": (count / steps[i - 1][1] if steps[i - 1][1] else None) if i else None,
+        }
+        for i, (name, count) in enumerate(steps)
+    ]
+
+
+def _error_groups(rows: list[tuple[str, str | None, int]]) -> dict[str, list[dict[str, Any]]]:
+    """Errors in two groups from (state, reason, count) rows: ``unreached`` (skipped: the campaign could
+    not reach the user) and ``failed`` (the provider refused or failed the message, with its code), each
+    reason with its count and meaning, the largest first."""
+    groups: dict[str, Counter[str]] = {"skipped": Counter(), "failed": Counter()}
+    for state, reason, count in rows:
+        if state in groups:
+            groups[state][reason or state] += count
+
+    def listed(counter: Counter[str]) -> list[dict[str, Any]]:
+        items = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [
+            {
+                "reason": reason,
+                "provider": split(reason)[0],
+                "code": split(reason)[1],
+                "count": count,
+                "explanation": explain(reason),
+            }
+            for reason, count in items
+        ]
+
+    return {"unreached": listed(groups["skipped"]), "failed": listed(groups["failed"])}
+
+
 def campaign_stats(session: Session, campaign_id: int) -> dict[str, Any]:
     rows = session.execute(
         select(
@@ -94,6 +141,10 @@ def campaign_stats(session: Session, campaign_id: int) -> dict[str, Any]:
         .group_by(Message.variant_id, Message.state, Message.reason)
     ).all()
     result = _counts([(state, reason, count, replies) for _v, state, reason, count, replies in rows])
+    result["funnel"] = _funnel(result)
+    result["errors_grouped"] = _error_groups(
+        [(state, reason, count) for _v, state, reason, count, _r in rows]
+    )
     keys = dict(
         session.execute(
             select(CampaignVariant.id, CampaignVariant.key).where(CampaignVariant.campaign_id == campaign_id)
@@ -106,3 +157,49 @@ def campaign_stats(session: Session, campaign_id: int) -> dict[str, Any]:
     campaign = session.get(Campaign, campaign_id)
     result["conversion"] = _conversion(session, campaign) if campaign else None
     return result
+
+
+Bucket = Literal["hour", "day"]
+SLOT_SECONDS = 900  # every time zone's offset from UTC is a whole number of quarter hours
+# The timeline's series: the ledger column each counts.
+SERIES = {
+    "sent": Message.sent_at,
+    "delivered": Message.delivered_at,
+    "read": Message.read_at,
+    "replied": Message.replied_at,
+}
+
+
+def _slot(session: Session, column: Any) -> ColumnElement[Any]:
+    """The UTC quarter hour of a (naive UTC) time column, as a number, on either database."""
+    if is_postgres(session):
+        return cast(func.floor(func.extract("epoch", column) / SLOT_SECONDS), Integer)
+    return cast(func.strftime("%s", column), Integer) / SLOT_SECONDS
+
+
+def campaign_timeline(
+    session: Session, campaign_id: int, bucket: Bucket, tz: ZoneInfo
+) -> list[dict[str, Any]]:
+    """Sends, deliveries, reads and replies per hour or per day in the zone ``tz`` (the account's), the
+    oldest first; buckets with nothing are left out.
+
+    One aggregate query over the campaign's rows counts each series per UTC quarter hour (grouped in SQL,
+    the same on SQLite and PostgreSQL); the few quarter hours are then put in the zone's hours or days here,
+    which is exact for every zone, with its summer time, as no zone is offset by less than a quarter hour."""
+    parts = []
+    for name, column in SERIES.items():
+        slot = _slot(session, column).label("slot")
+        parts.append(
+            select(literal(name).label("series"), slot, func.count())
+            .where(Message.campaign_id == campaign_id, column.is_not(None))
+            .group_by(slot)
+        )
+    totals: dict[datetime, dict[str, int]] = {}
+    for series, slot, count in session.execute(union_all(*parts)).all():
+        local = datetime.fromtimestamp(int(slot) * SLOT_SECONDS, UTC).astimezone(tz)
+        start = local.replace(minute=0, second=0, microsecond=0)
+        if bucket == "day":
+            start = start.replace(hour=0)
+        figures = totals.setdefault(start, dict.fromkeys(SERIES, 0))
+        figures[series] += int(count)
+    return [{"start": start, **figures} for start, figures in sorted(totals.items())]
