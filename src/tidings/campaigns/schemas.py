@@ -465,7 +465,7 @@ MessageState = Literal["queued", "sending", "sent", "delivered", "read", "failed
 
 
 class MessageRow(BaseModel):
-    id: int = Field(description="The ledger id (the page cursor).")
+    id: int = Field(description="The ledger id (the last one of a page is its `next`).")
     identity: str
     phone: str | None
     variant: str | None = Field(description="The variant's key (multivariate), else null.")

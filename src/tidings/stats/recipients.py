@@ -1,6 +1,11 @@
 """Per-recipient results of a campaign: who, which variant, the rendered values, each state with its time
-and the reason — read from the ledger a page at a time (keyset on the ledger id, never the whole campaign),
-filtered, and as CSV streamed in pages of ``CSV_PAGE`` rows."""
+and the reason — read from the ledger a page at a time, filtered, and as CSV streamed in pages of
+``CSV_PAGE`` rows: never the whole campaign at once.
+
+Pages are a keyset on the ledger's unique index (campaign, profile, occurrence), the one index that holds
+a campaign's rows in an order, so that a page costs the same on the first and the thousandth page of a
+campaign of any size; the cursor handed out is the last row's ledger id (whose profile and occurrence say
+where the next page starts)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, or_, select
+from sqlalchemy import ColumnElement, false, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import CampaignVariant
@@ -23,6 +28,7 @@ from tidings.stats.reasons import explain
 
 MAX_PAGE = 500
 CSV_PAGE = 2000
+MAX_Q_PROFILES = 1000  # profiles a search names by id; past this, a join
 TIMES = ("created_at", "sent_at", "delivered_at", "read_at", "replied_at", "failed_at")
 CSV_COLUMNS = (
     "id",
@@ -76,8 +82,24 @@ def _conditions(session: Session, account_id: str, campaign_id: int, filters: Fi
             Profile.account_id == account_id,
             or_(_prefix(Profile.identity, q), _prefix(Profile.phone, phone)),
         )
-        where.append(Message.profile_id.in_(profiles))
+        # The matching profiles first (their own indexes), then their rows by the ledger's unique index.
+        ids = list(session.scalars(profiles.limit(MAX_Q_PROFILES + 1)))
+        where.append(Message.profile_id.in_(ids if len(ids) <= MAX_Q_PROFILES else profiles))
     return where
+
+
+def _after(session: Session, campaign_id: int, after: int) -> list[ColumnElement[bool]]:
+    """The rows after the ledger row ``after`` in the index's order (none when it is not the campaign's)."""
+    if not after:
+        return []
+    last = session.execute(
+        select(Message.profile_id, Message.occurrence).where(
+            Message.id == after, Message.campaign_id == campaign_id
+        )
+    ).one_or_none()
+    if last is None:
+        return [false()]
+    return [tuple_(Message.profile_id, Message.occurrence) > tuple_(last.profile_id, last.occurrence)]
 
 
 def _page(
@@ -91,9 +113,8 @@ def _page(
     rows = session.execute(
         select(
             Message.id,
-            Profile.identity,
+            Message.profile_id,
             Message.to_phone,
-            Profile.phone,
             Message.variant_id,
             Message.params,
             Message.state,
@@ -101,16 +122,24 @@ def _page(
             Message.error_detail,
             *(getattr(Message, name) for name in TIMES),
         )
-        .join(Profile, Profile.id == Message.profile_id)
-        .where(*_conditions(session, account_id, campaign_id, filters), Message.id > after)
-        .order_by(Message.id)
+        .where(*_conditions(session, account_id, campaign_id, filters), *_after(session, campaign_id, after))
+        .order_by(Message.profile_id, Message.occurrence)
         .limit(limit)
     ).all()
+    # The page's profiles by their ids afterwards: a join would make the database walk the profiles too.
+    people = {
+        row.id: row
+        for row in session.execute(
+            select(Profile.id, Profile.identity, Profile.phone).where(
+                Profile.id.in_({row.profile_id for row in rows})
+            )
+        )
+    }
     return [
         {
             "id": row.id,
-            "identity": row.identity,
-            "phone": row.to_phone or row.phone,
+            "identity": people[row.profile_id].identity,
+            "phone": row.to_phone or people[row.profile_id].phone,
             "variant": keys.get(row.variant_id),
             "params": row.params,
             "state": row.state,
@@ -126,8 +155,8 @@ def _page(
 def campaign_messages(
     session: Session, account_id: str, campaign_id: int, filters: Filters, *, after: int = 0, limit: int = 100
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """One page of the campaign's recipients after the ledger id ``after``, and the ``after`` of the next
-    page (None on the last)."""
+    """One page of the campaign's recipients after the ledger row ``after`` (0: from the start), and the
+    ``after`` of the next page (None on the last)."""
     limit = max(1, min(limit, MAX_PAGE))
     rows = _page(session, account_id, campaign_id, filters, after, limit + 1)
     more = len(rows) > limit
