@@ -8,15 +8,19 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from tests.conftest import basic, new_account
+from tests.conftest import basic, clevertap, new_account
 from tests.helpers import insert_profiles, phone, refused, running_campaign
+from tests.test_campaign_e2e import _wait
 from tidings.accounts.service import NewAccount, update_account
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign
@@ -329,3 +333,71 @@ def test_every_reason_the_code_writes_is_explained() -> None:
         reasons.explain("meta:987654") == "Meta error 987654 (no explanation on file: see the error detail)."
     )
     assert reasons.explain(None) is None
+
+
+def test_a_campaign_sent_through_the_sandbox_reads_the_same_everywhere(
+    live: tuple[str, FastAPI], account: NewAccount
+) -> None:
+    """On the real server with the sandbox: the per-recipient rows, the CSV, the funnel, the error groups
+    and the timeline all count the same messages, and every provider code the sandbox gave is explained."""
+    url, app = live
+    auth = basic(account)
+    records = [
+        {
+            "identity": f"u{i}",
+            "type": "profile",
+            "profileData": {
+                "Name": f"User {i}",
+                "MSG-whatsapp": i % 10 != 0,
+                "Phone": f"+9198{10_000_000 + i}",
+            },
+        }
+        for i in range(200)
+    ]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert (
+            http.post("/1/upload", json={"d": records}, headers=clevertap(account)).json()["processed"] == 200
+        )
+        template = http.post(
+            "/api/v1/templates",
+            headers=auth,
+            json={"name": "shop:hi", "category": "UTILITY", "body": "Hi {{1}}"},
+        ).json()
+        body = {"name": "hi", "template_id": template["id"], "variables": ["{{ Profile.Name }}"]}
+        campaign_id = http.post(URL, headers=auth, json=body).json()["id"]
+        stats = _wait(http, app, campaign_id, auth)
+        rows: list[dict[str, Any]] = []
+        after = 0
+        while after is not None:
+            page = http.get(
+                f"{URL}/{campaign_id}/messages", params={"after": after, "limit": 500}, headers=auth
+            )
+            rows += page.json()["items"]
+            after = page.json()["next"]
+        exported = list(
+            csv.DictReader(io.StringIO(http.get(f"{URL}/{campaign_id}/messages.csv", headers=auth).text))
+        )
+        days = http.get(f"{URL}/{campaign_id}/stats/timeline", params={"bucket": "day"}, headers=auth).json()
+
+    assert len(rows) == len(exported) == stats["audience"] == 200
+    assert [int(row["id"]) for row in exported] == [row["id"] for row in rows]
+    by_state = Counter(row["state"] for row in rows)
+    assert {s["step"]: s["count"] for s in stats["funnel"]} == {
+        "audience": 200,
+        "sent": by_state["sent"] + by_state["delivered"] + by_state["read"],
+        "delivered": by_state["delivered"] + by_state["read"],
+        "read": by_state["read"],
+        "replied": sum(1 for row in rows if row["replied_at"]),
+    }
+    sent = [row for row in rows if row["sent_at"]]
+    assert all(row["params"] == [f"User {row['identity'][1:]}"] for row in sent)
+    assert sum(p["sent"] for p in days["points"]) == len(sent)
+    assert stats["errors_grouped"]["unreached"] == [
+        {"reason": "not_opted_in", "provider": None, "code": "not_opted_in", "count": 20,
+         "explanation": reasons.OWN["not_opted_in"]}
+    ]  # fmt: skip
+    failed = [row for row in rows if row["state"] == "failed"]
+    assert sum(e["count"] for e in stats["errors_grouped"]["failed"]) == len(failed)
+    for row in failed:  # the sandbox's Vonage codes, each explained
+        provider, code = row["reason"].split(":")
+        assert provider == "sandbox" and row["explanation"] == reasons.VONAGE[code], row
