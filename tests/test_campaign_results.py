@@ -272,6 +272,11 @@ def test_a_campaign_of_ten_thousand_streams_as_csv_in_pages(
     assert failed["error_detail"] == "'=HYPERLINK(x)"  # a spreadsheet shows it, never runs it
     filtered = client.get(f"{URL}/{campaign_id}/messages.csv", params={"state": "failed"}, headers=auth)
     assert [row["identity"] for row in csv.DictReader(io.StringIO(filtered.text))] == ["u7"]
+    # A search naming up to MAX_Q_PROFILES profiles lists them by id; a wider one joins: the same rows.
+    for q, count in (("u12", 111), ("u1", 1111)):
+        found = client.get(f"{URL}/{campaign_id}/messages.csv", params={"q": q}, headers=auth)
+        identities = [row["identity"] for row in csv.DictReader(io.StringIO(found.text))]
+        assert len(identities) == count and all(i.startswith(q) for i in identities)
 
 
 def test_any_campaign_is_duplicated_as_a_draft_without_its_messages(
