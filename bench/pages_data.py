@@ -35,7 +35,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Index, Table, func, select, text, update
+from sqlalchemy import Index, Table, case, func, select, text, update
+from sqlalchemy.orm import Session
 
 from tidings.accounts.service import create_account, update_account
 from tidings.campaigns.models import Campaign, CampaignVariant
@@ -750,6 +751,21 @@ MESSAGE_COLUMNS = (
 # ------------------------------------------------------------------------------------------------- fill
 
 
+def showcase_campaign(session: Session, account_id: str) -> int:
+    """The campaign the stats pages open: a completed one-time campaign with the most ledger rows, one with
+    a conversion goal first (its stats read the events too); 0 if there is none."""
+    no_goal = case((Campaign.conversion_event.is_(None), 1), else_=0)
+    found = session.scalar(
+        select(Message.campaign_id)
+        .join(Campaign, Campaign.id == Message.campaign_id)
+        .where(Campaign.account_id == account_id, Campaign.state == "completed", Campaign.kind == "one_time")
+        .group_by(Message.campaign_id, Campaign.conversion_event)
+        .order_by(func.count().desc(), no_goal, Message.campaign_id)
+        .limit(1)
+    )
+    return int(found or 0)
+
+
 def _reset(url: str) -> None:
     if url.startswith("postgresql"):
         db = Database(url)
@@ -955,19 +971,7 @@ def fill(
     db = Database(url)
     with db.read() as session:
         main = accounts[0][0]
-        completed = session.execute(
-            select(Message.campaign_id, func.count())
-            .join(Campaign, Campaign.id == Message.campaign_id)
-            .where(
-                Campaign.account_id == main.account_id,
-                Campaign.state == "completed",
-                Campaign.kind == "one_time",
-            )
-            .group_by(Message.campaign_id)
-            .order_by(func.count().desc(), Message.campaign_id)
-            .limit(1)
-        ).first()
-        main.campaign_id = int(completed[0]) if completed else 0
+        main.campaign_id = showcase_campaign(session, main.account_id)
     db.dispose()
     timings["total"] = round(time.perf_counter() - started, 1)
     manifest = {

@@ -114,7 +114,9 @@ def test_runner_over_a_real_server(filled: dict, tmp_path: Path) -> None:
         )
     by_label = {r.label: r for r in results}
     for path in ("/healthz", "/api/v1/campaigns", "/api/v1/campaigns/{campaign_id}/stats"):
-        assert by_label[path].status == 200 and len(by_label[path].times_ms) == 4, lines
+        result = by_label[path]
+        # four timings, or fewer when one passed the limit (a busy machine): the runner stops at a p95 decided
+        assert result.status == 200 and (len(result.times_ms) == 4 or result.cut), lines
     missing = by_label["/no-such-page"]
     assert missing.status == 404 and not missing.ok
     assert "HTTP 404" in lines[-1] and "FAIL" in lines[-1]
@@ -128,3 +130,4 @@ def test_verdict() -> None:
     assert not slow.ok and slow.percentile(95) == 400.0
     assert not Result("refused", 500, [1.0]).ok
     assert not Result("down", problem="ConnectError").ok
+    assert not Result("stopped early", 200, [10.0, 400.0], cut=True).ok
