@@ -123,19 +123,22 @@ class _Csrf(HTMLParser):
 
 
 def sign_in(http: httpx.Client, email: str, password: str) -> str:
-    """Sign in through the dashboard's form; '' when signed in, else what went wrong."""
+    """Sign in through the dashboard's form; '' when signed in, else what went wrong. The cookies are
+    Secure, which a browser keeps for loopback but httpx sends over HTTPS only: they are copied into the
+    client's jar as plain ones."""
     form = http.get("/signin")
     if form.status_code != 200:
-        return f"GET /signin answered {form.status_code}" + (
-            " (no sign-in page yet)" if form.status_code == 404 else ""
-        )
+        missing = " (no sign-in page yet)" if form.status_code == 404 else ""
+        return f"GET /signin answered {form.status_code}{missing}"
     parser = _Csrf()
     parser.feed(form.text)
     if parser.token is None:
         return "the sign-in page has no csrf_token input"
+    http.cookies = httpx.Cookies(dict(form.cookies))
     answer = http.post("/signin", data={"email": email, "password": password, "csrf_token": parser.token})
-    if SESSION_COOKIE not in http.cookies:
+    if SESSION_COOKIE not in answer.cookies:
         return f"POST /signin answered {answer.status_code} without a {SESSION_COOKIE} cookie"
+    http.cookies = httpx.Cookies({SESSION_COOKIE: answer.cookies[SESSION_COOKIE]})
     return ""
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
-from bench.pages import Result, run, serving
+from bench.pages import Result, run, serving, sign_in
 from bench.pages_data import MANIFEST, OTHER_ACCOUNTS, Sizes, fill
 from tidings.campaigns.models import Campaign
 from tidings.db import Database, utcnow
@@ -104,6 +105,11 @@ def test_runner_over_a_real_server(filled: dict, tmp_path: Path) -> None:
     """The runner's mechanics on routes that exist today: times per path, the status, the verdict."""
     lines: list[str] = []
     with serving(filled, tmp_path) as url:
+        with httpx.Client(base_url=url) as http:
+            assert "without a tidings_session cookie" in sign_in(http, filled["email"], "not-the-password")
+            assert http.get("/campaigns").status_code == 303  # to the sign-in page
+            assert sign_in(http, filled["email"], filled["password"]) == ""
+            assert http.get("/campaigns").status_code == 200
         results = run(
             filled,
             url,
