@@ -13,17 +13,19 @@ The database is emptied first (the SQLite file is removed; PostgreSQL's ``public
 rebuilt: give it a database of its own), migrated with tidings' own migrations, and filled: accounts,
 users, API keys, templates, segments and campaigns through the services (so they are what the product
 writes), profiles, events and ledger rows in bulk (COPY on PostgreSQL, executemany of large batches on
-SQLite, with the secondary indexes built after the load). The data is the same on both databases for
-the same sizes (one random seed). ``<data dir>/pages-bench.json`` records what bench/pages.py needs:
-the database, the account and its passcode, the dashboard sign-in, and the ids of a campaign, a segment
-and a profile to open; the data dir also holds the secret key (``secret.key``) the integration's secrets
-are sealed with, so serve with ``TIDINGS_DATA_DIR`` set to it.
+SQLite, with the secondary indexes built after the load). The rows are the same on both databases for
+the same sizes (one random seed), but for the account ids, passcodes and times (relative to the load).
+``<data dir>/pages-bench.json`` records what bench/pages.py needs: the database, the account and its
+passcode, the dashboard sign-in, and the ids of a campaign, a segment and a profile to open; the data dir
+also holds the secret key (``secret.key``) the integration's secrets are sealed with, so serve with
+``TIDINGS_DATA_DIR`` set to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sqlite3
 import time
@@ -37,6 +39,7 @@ from typing import Any
 
 from sqlalchemy import Index, Table, case, func, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateIndex
 
 from tidings.accounts.service import create_account, update_account
 from tidings.campaigns.models import Campaign, CampaignVariant
@@ -342,8 +345,6 @@ class Bulk:
 
 
 def _create(index: Index, db: Database) -> Any:
-    from sqlalchemy.schema import CreateIndex
-
     return CreateIndex(index).compile(dialect=db.engine.dialect)
 
 
@@ -445,10 +446,8 @@ def _event_pools(rnd: random.Random) -> dict[str, list[str]]:
 
 def _coprime_step(n: int) -> int:
     """A step that visits every residue mod n (to spread the busiest profiles over the id range)."""
-    from math import gcd
-
     step = 1_000_003
-    while gcd(step, n) != 1:
+    while math.gcd(step, n) != 1:
         step += 2
     return step
 
