@@ -1,4 +1,3 @@
-
 import os
 
 # The benchmarks' stand-in providers listen on loopback: a host an integration may name only when the
