@@ -215,12 +215,45 @@ def test_admins_add_change_and_remove_users(client: TestClient, db: Database, au
     refused(client.delete(f"/api/v1/users/{user['id']}", headers=auth), 404, "not_found")
 
 
+def test_the_last_admin_is_never_removed_demoted_or_disabled(
+    client: TestClient, db: Database, account: NewAccount, auth: dict[str, str]
+) -> None:
+    body = {"role": "admin", "password": PASSWORD}
+    first = client.post("/api/v1/users", json={**body, "email": "a@shop.example"}, headers=auth).json()["id"]
+    for change in ({"role": "marketer"}, {"disabled": True}):
+        message = refused(
+            client.patch(f"/api/v1/users/{first}", json=change, headers=auth), 409, "last_admin"
+        )
+        assert message == "a@shop.example is the account's last admin: make another user admin first"
+    refused(client.delete(f"/api/v1/users/{first}", headers=auth), 409, "last_admin")
+
+    second = client.post("/api/v1/users", json={**body, "email": "b@shop.example"}, headers=auth).json()["id"]
+    assert client.patch(f"/api/v1/users/{second}", json={"disabled": True}, headers=auth).status_code == 200
+    refused(
+        client.delete(f"/api/v1/users/{first}", headers=auth), 409, "last_admin"
+    )  # a disabled one counts not
+    assert client.patch(f"/api/v1/users/{second}", json={"disabled": False}, headers=auth).status_code == 200
+    assert client.patch(f"/api/v1/users/{first}", json={"role": "agent"}, headers=auth).status_code == 200
+    assert client.delete(f"/api/v1/users/{first}", headers=auth).status_code == 204
+    # a signed-in user (the dashboard says who acts) never changes or removes its own user
+    with db.session() as session:
+        for act in (
+            lambda: service.remove_user(session, account.account_id, second, by=second),
+            lambda: service.update_user(session, account.account_id, second, role="agent", by=second),
+            lambda: service.update_user(session, account.account_id, second, disabled=True, by=second),
+        ):
+            with pytest.raises(ApiError) as refusal:
+                act()
+            assert refusal.value.code == "own_user"
+    assert [u["role"] for u in client.get("/api/v1/users", headers=auth).json()] == ["admin"]
+
+
 def test_authenticate_gives_one_answer_for_unknown_email_and_wrong_password(
     db: Database, account: NewAccount
 ) -> None:
     with db.session() as session:
         service.create_user(
-            session, account.account_id, email="asha@shop.example", role="admin", password=PASSWORD
+            session, account.account_id, email="asha@shop.example", role="marketer", password=PASSWORD
         )
     with db.session() as session:
         assert service.authenticate(session, account.account_id, "nobody@shop.example", PASSWORD) is None
@@ -229,7 +262,7 @@ def test_authenticate_gives_one_answer_for_unknown_email_and_wrong_password(
         )
         assert service.authenticate(session, "TID-OTHER", "asha@shop.example", PASSWORD) is None
         user = service.authenticate(session, account.account_id, " ASHA@shop.example", PASSWORD)
-        assert user is not None and user.role == "admin"
+        assert user is not None and user.role == "marketer"
         assert user.password_hash.startswith("$argon2id$")
         service.update_user(session, account.account_id, user.id, disabled=True)
         assert service.authenticate(session, account.account_id, "asha@shop.example", PASSWORD) is None

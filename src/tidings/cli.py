@@ -271,8 +271,13 @@ def demo(
         str | None, typer.Option(help="Database (default: SQLite in the data folder).")
     ] = None,
     seed: Annotated[str, typer.Option(help="Sandbox seed, for a repeatable run.")] = "demo",
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then keep serving the dashboard over the demo's data (Ctrl-C).")
+    ] = False,
+    port: Annotated[int, typer.Option(help="The server's port on 127.0.0.1 (0: a free one).")] = 0,
 ) -> None:
-    """The whole story on a fresh data folder: account, profiles, template, campaign, sandbox, stats."""
+    """The whole story on a fresh data folder: account, profiles, template, campaign, sandbox, stats; then
+    a dashboard admin, and the dashboard over that data (--serve), or the command that serves it."""
     import tempfile
 
     from tidings.demo import run_demo
@@ -287,5 +292,5 @@ def demo(
             "sandbox": base.sandbox.model_copy(update={"seed": seed}),
         }
     )
-    ok = run_demo(settings, profiles=profiles, console=console)
+    ok = run_demo(settings, profiles=profiles, console=console, serve=serve, port=port)
     raise typer.Exit(0 if ok else 1)

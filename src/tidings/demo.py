@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shlex
+import signal
+import threading
 import time
 from typing import Any
 
@@ -18,9 +22,11 @@ from tidings.config import Settings
 from tidings.db import Database
 from tidings.secrets import SecretBox
 from tidings.server import bind, serving
+from tidings.users.service import create_user, new_password
 
 FIRST = ["Asha", "Ravi", "Meera", "John", "Fatima", "Li", "Carlos", "Ana", "Tom", "Priya", "Omar", "Sara"]
 CITIES = ["Pune", "Mumbai", "Delhi", "Bengaluru", "Chennai"]
+DEMO_ADMIN = "admin@demo.test"
 BODY = (
     "Hello {{1}}, Congratulations on your ticket booking. Here is your ticket number: {{2}}. "
     "Show this message at the gate."
@@ -69,14 +75,41 @@ def _stats_table(stats: dict[str, Any]) -> Table:
     return table
 
 
-def run_demo(settings: Settings, *, profiles: int, console: Console) -> bool:
+def _serve_command(settings: Settings) -> str:
+    """The command that serves the dashboard over the demo's data folder (and its database)."""
+    words = [f"TIDINGS_DATA_DIR={shlex.quote(str(settings.data_dir))}"]
+    if settings.database_url != f"sqlite:///{settings.data_dir / 'tidings.db'}":
+        words.append(f"TIDINGS_DATABASE_URL={shlex.quote(settings.database_url)}")
+    if os.environ.get("TIDINGS_SECRET_KEY"):  # the demo's secrets are sealed with the folder's own key
+        words.append("TIDINGS_SECRET_KEY=")
+    return " ".join([*words, "tidings", "serve"])
+
+
+def _until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(
+    settings: Settings, *, profiles: int, console: Console, serve: bool = False, port: int = 0
+) -> bool:
+    """The demo's story; then a dashboard admin (its e-mail and a password printed), and either the
+    dashboard served at once over the demo's data until Ctrl-C (``serve``), or the command that serves it."""
     # The demo's output is the story and the table; the worker's operational warnings (event-loop lag on a
     # busy 2-core machine) are for `tidings serve` and `tidings worker` logs.
     logging.getLogger("tidings.worker").setLevel(logging.ERROR)
     rng = random.Random(settings.sandbox.seed or "demo")
     db = Database(settings.database_url)
     db.migrate()
-    sock = bind("127.0.0.1", 0)
+    sock = bind("127.0.0.1", port)
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}"})
     app = create_app(settings, db, run_worker=True)
@@ -157,13 +190,27 @@ def run_demo(settings: Settings, *, profiles: int, console: Console) -> bool:
                 time.sleep(0.25)
             stats = http.get(f"/api/v1/campaigns/{campaign_id}/stats", auth=auth).json()
 
-    console.print(_stats_table(stats))
-    reasons = ", ".join(f"{k}: {v}" for k, v in stats["errors_by_reason"].items()) or "none"
-    console.print(
-        f"audience {stats['audience']} = sent {stats['sent']} + errors {stats['errors']} "
-        f"+ control group {stats['control_group']}; errors by reason: {reasons}"
-    )
-    console.print(f"finished in {time.monotonic() - started:.1f} s")
+        console.print(_stats_table(stats))
+        reasons = ", ".join(f"{k}: {v}" for k, v in stats["errors_by_reason"].items()) or "none"
+        console.print(
+            f"audience {stats['audience']} = sent {stats['sent']} + errors {stats['errors']} "
+            f"+ control group {stats['control_group']}; errors by reason: {reasons}"
+        )
+        console.print(f"finished in {time.monotonic() - started:.1f} s")
+        password = new_password()
+        with db.session() as session:
+            create_user(session, account.account_id, email=DEMO_ADMIN, role="admin", password=password)
+        sign_in = f"sign in as {DEMO_ADMIN} with the password {password}"
+        if serve:
+            console.print(f"Dashboard: {url}/ ({sign_in}); Ctrl-C stops it.", soft_wrap=True, highlight=False)
+            _until_stopped()
+    if not serve:
+        console.print(
+            "Open the dashboard over the demo's data (or run `tidings demo --serve` next time):",
+            soft_wrap=True,
+        )
+        console.print(f"  {_serve_command(settings)}", soft_wrap=True, highlight=False, markup=False)
+        console.print(f"  then open http://127.0.0.1:8000/ and {sign_in}", soft_wrap=True, highlight=False)
     db.dispose()
     return (
         stats["sent"] + stats["errors"] + stats["control_group"] == stats["audience"]

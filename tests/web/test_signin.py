@@ -61,3 +61,40 @@ def test_a_form_without_its_csrf_token_changes_nothing(site: Site) -> None:
         # signed in, but the sign-out form posted without the session's CSRF token: still signed in
         assert client.post("/signout").status_code == 403
         assert client.get("/campaigns", follow_redirects=False).status_code != 303
+
+
+def test_the_eleventh_wrong_password_waits_but_the_users_own_address_still_signs_in(site: Site) -> None:
+    """Failed sign-ins are limited per e-mail (10 within 5 minutes, guards.SignInLimiter) and per address;
+    an address the user signed in from before is trusted, so that someone guessing from elsewhere does not
+    lock the user out. The server takes the address from X-Forwarded-For (uvicorn trusts its loopback
+    proxy), so two clients on this machine stand for two places."""
+    email = site.user("asha@acme.test", "marketer")
+
+    tokens: dict[int, str] = {}  # each client's sign-in form token
+
+    def attempt(client: httpx.Client, password: str) -> httpx.Response:
+        if id(client) not in tokens:
+            tokens[id(client)] = client.get("/signin").cookies["tidings_csrf"]
+        token = tokens[id(client)]
+        # (the form's cookie is Secure, which httpx sends over HTTPS only: sent by hand)
+        cookie = {"Cookie": f"tidings_csrf={token}"}
+        form = {"email": email, "password": password, "csrf_token": token}
+        return client.post("/signin", data=form, headers=cookie)
+
+    with (
+        httpx.Client(base_url=site.url, headers={"X-Forwarded-For": "198.51.100.7"}) as home,
+        httpx.Client(base_url=site.url, headers={"X-Forwarded-For": "203.0.113.9"}) as elsewhere,
+    ):
+        assert attempt(home, PASSWORD).status_code == 303  # Asha signs in from home
+        for _ in range(10):
+            wrong = attempt(elsewhere, "a wrong guess")
+            assert wrong.status_code == 401 and "Wrong e-mail or password" in wrong.text
+        eleventh = attempt(elsewhere, "a wrong guess")
+        assert eleventh.status_code == 429
+        wait = re.search(r"try again in (\d+) s", eleventh.text)
+        assert wait is not None and 0 < int(wait.group(1)) <= 300, eleventh.text
+        assert 'role="alert"' in eleventh.text and "<form" in eleventh.text  # the page, with the wait
+        # even the right password waits there: the limit is checked before the password is looked at
+        assert attempt(elsewhere, PASSWORD).status_code == 429
+        # from home, where Asha signed in before, the right password still works
+        assert attempt(home, PASSWORD).status_code == 303

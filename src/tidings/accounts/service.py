@@ -93,7 +93,7 @@ def update_account(
         try:
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise Invalid(f"timezone {timezone!r} is not an IANA time zone") from exc
+            raise Invalid(f"timezone {timezone!r} is not an IANA time zone", code="invalid_timezone") from exc
         account.timezone = timezone
     if settings is not None:
         account.settings = settings

@@ -14,7 +14,8 @@ from tidings.users.schemas import ApiKeyCreate, ApiKeyOut, NewApiKeyOut, UserCre
 
 ERRORS = {
     404: "No such user or API key in this account (`not_found`).",
-    409: "`user_exists`: the account has a user with this e-mail.",
+    409: "`user_exists`: the account has a user with this e-mail; `last_admin`: the change would leave "
+    "the account without an enabled admin user.",
     422: "Refused input: `invalid_email`, `invalid_password` (12 to 256 characters), `invalid_role`, "
     "`invalid_name`, or `validation_error` for a malformed request.",
 }
@@ -44,18 +45,19 @@ def create_user(body: UserCreate, account: CurrentAccount, db: Db) -> UserOut:
         return UserOut.model_validate(user)
 
 
-@router.patch("/users/{user_id}", response_model=UserOut, responses=_errors(404, 422))
+@router.patch("/users/{user_id}", response_model=UserOut, responses=_errors(404, 409, 422))
 def update_user(user_id: Id, body: UserUpdate, account: CurrentAccount, db: Db) -> UserOut:
-    """Change the user's role, or disable or enable the user; either signs the user out everywhere."""
+    """Change the user's role, or disable or enable the user; either signs the user out everywhere. The
+    account's last enabled admin cannot be demoted or disabled (409 `last_admin`)."""
     role = body.role.value if body.role is not None else None
     with db.session() as session:
         user = service.update_user(session, account.id, user_id, role=role, disabled=body.disabled)
         return UserOut.model_validate(user)
 
 
-@router.delete("/users/{user_id}", status_code=204, response_class=Response, responses=_errors(404))
+@router.delete("/users/{user_id}", status_code=204, response_class=Response, responses=_errors(404, 409))
 def remove_user(user_id: Id, account: CurrentAccount, db: Db) -> Response:
-    """Remove the user (signed out everywhere)."""
+    """Remove the user (signed out everywhere); not the account's last enabled admin (409 `last_admin`)."""
     with db.session() as session:
         service.remove_user(session, account.id, user_id)
     return Response(status_code=204)

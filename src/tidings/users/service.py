@@ -89,6 +89,15 @@ def create_user(
     return user
 
 
+_HANDED = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # none that reads as another
+
+
+def new_password() -> str:
+    """A first password for an invited user, shown once for the admin to hand over: four groups of five
+    characters none of which reads as another (about 116 random bits)."""
+    return "-".join("".join(secrets.choice(_HANDED) for _ in range(5)) for _ in range(4))
+
+
 def list_users(session: Session, account_id: str) -> list[User]:
     return list(session.scalars(select(User).where(User.account_id == account_id).order_by(User.email)))
 
@@ -100,15 +109,48 @@ def get_user(session: Session, account_id: str, user_id: int) -> User:
     return user
 
 
+def _keep_an_admin(session: Session, user: User, by: int | None, doing: str) -> None:
+    """Refuse changing one's own user (``by``: the signed-in user acting, None for an API caller), and
+    taking the account's last enabled admin away: someone must be left who may manage users."""
+    if by == user.id:
+        raise Conflict(f"you cannot {doing} yourself; ask another admin", code="own_user")
+    if user.role != Role.admin.value or user.disabled_at is not None:
+        return
+    others = session.scalar(
+        select(User.id)
+        .where(
+            User.account_id == user.account_id,
+            User.role == Role.admin.value,
+            User.disabled_at.is_(None),
+            User.id != user.id,
+        )
+        .limit(1)
+    )
+    if others is None:
+        raise Conflict(
+            f"{user.email} is the account's last admin: make another user admin first", code="last_admin"
+        )
+
+
 def update_user(
-    session: Session, account_id: str, user_id: int, *, role: str | None = None, disabled: bool | None = None
+    session: Session,
+    account_id: str,
+    user_id: int,
+    *,
+    role: str | None = None,
+    disabled: bool | None = None,
+    by: int | None = None,
 ) -> User:
     """Change the role or disable (enable) the user; either signs the user out everywhere, so that no
-    session keeps what was taken away."""
+    session keeps what was taken away. Refused for one's own user and for the last admin
+    (``_keep_an_admin``)."""
     user = get_user(session, account_id, user_id)
+    chosen = parse_role(role) if role is not None else None
+    if (chosen is not None and chosen.value != user.role) or (disabled and user.disabled_at is None):
+        _keep_an_admin(session, user, by, "disable" if disabled else "change the role of")
     changed = False
-    if role is not None and parse_role(role).value != user.role:
-        user.role = role
+    if chosen is not None and chosen.value != user.role:
+        user.role = chosen.value
         changed = True
     if disabled is not None and disabled != (user.disabled_at is not None):
         user.disabled_at = utcnow() if disabled else None
@@ -119,8 +161,10 @@ def update_user(
     return user
 
 
-def remove_user(session: Session, account_id: str, user_id: int) -> None:
+def remove_user(session: Session, account_id: str, user_id: int, *, by: int | None = None) -> None:
+    """Remove the user (signed out everywhere); refused for one's own user and for the last admin."""
     user = get_user(session, account_id, user_id)
+    _keep_an_admin(session, user, by, "remove")
     end_sessions(session, user.id)
     session.delete(user)
     session.flush()
