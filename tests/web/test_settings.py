@@ -157,11 +157,11 @@ def test_an_api_key_is_shown_once_listed_and_revoked(site: Site, admin: Page, tm
     expect(page.get_by_role("status")).to_contain_text("shown only once")
     secret = page.locator("#new-secret").inner_text().strip()
     assert secret.startswith("tid_")
+    check_page(page)
+    shoot(page, "settings-api-keys", tmp_path)
     page.get_by_role("button", name="Copy").click()
     expect(page.get_by_role("button", name="Copied")).to_be_visible()
     assert page.evaluate("navigator.clipboard.readText()") == secret
-    check_page(page)
-    shoot(page, "settings-api-keys", tmp_path)
 
     bearer = {"Authorization": f"Bearer {secret}"}
     with httpx.Client(base_url=site.url, headers=bearer) as api:
