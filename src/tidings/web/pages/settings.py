@@ -35,6 +35,14 @@ def time_zones() -> list[str]:
     return sorted(zones | {"UTC"})
 
 
+def _next_to_field(exc: ApiError, fields: dict[str, str]) -> dict[str, str]:
+    """The service's refusal as the error of the form field its code concerns (``fields``: code -> field);
+    a refusal that concerns no field of the form is raised on (an error page)."""
+    if exc.code not in fields:
+        raise exc
+    return {fields[exc.code]: exc.message}
+
+
 # ------------------------------------------------------------------------------------------------ account
 
 # The form's field for each part of ``Rules`` (a pydantic error's ``loc``, joined by "_").
@@ -130,9 +138,7 @@ def save_account_settings(
         with db.session() as session:
             accounts.update_account(session, viewer.account.id, timezone=timezone, settings=rules.stored())
     except ApiError as exc:
-        if exc.code != "invalid_timezone":
-            raise
-        return _account_page(request, viewer, values, {"timezone": exc.message})
+        return _account_page(request, viewer, values, _next_to_field(exc, {"invalid_timezone": "timezone"}))
     return RedirectResponse("/settings/account?saved=1", status_code=303)
 
 
@@ -189,9 +195,7 @@ def invite_user(
             user = users.create_user(session, viewer.account.id, email=email, role=role, password=chosen)
             added = user.email
     except ApiError as exc:
-        if exc.code not in _USER_FIELDS:
-            raise
-        errors = {_USER_FIELDS[exc.code]: exc.message}
+        errors = _next_to_field(exc, _USER_FIELDS)
         return _users_page(
             request, viewer, db, invite={"email": email, "role": role}, errors=errors, status=422
         )
@@ -283,9 +287,7 @@ def create_api_key(
         with db.session() as session:
             new = users.create_api_key(session, viewer.account.id, name=name, role=role)
     except ApiError as exc:
-        if exc.code not in _KEY_FIELDS:
-            raise
-        errors = {_KEY_FIELDS[exc.code]: exc.message}
+        errors = _next_to_field(exc, _KEY_FIELDS)
         return _keys_page(request, viewer, db, form={"name": name, "role": role}, errors=errors, status=422)
     return _keys_page(request, viewer, db, new=new)
 
