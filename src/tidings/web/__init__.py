@@ -9,10 +9,10 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings.web.auth import BadCsrf, PageForbidden, SignInNeeded
-from tidings.web.pages import campaigns, signin
+from tidings.web.pages import campaigns, segments, signin
 from tidings.web.render import HERE, page_exception
 
-PAGE_ROUTERS = [signin.router, campaigns.router]
+PAGE_ROUTERS = [signin.router, campaigns.router, segments.router]
 
 
 def mount(app: FastAPI) -> None:
