@@ -4,14 +4,15 @@ agent on a marketer's form)."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
-from tests.web.conftest import Site, check_page, shoot
+from tests.web.conftest import Site, check_page, shoot, sign_in
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign
 from tidings.db import utcnow
@@ -50,6 +51,13 @@ def redrawn(page: Page) -> None:
     buttons or selects that redraw them."""
     expect(page.locator("#seg-builder .htmx-request")).to_have_count(0)
     expect(page.locator("#seg-builder.htmx-settling")).to_have_count(0)
+
+
+def _row(page: Page, name: str) -> Locator:
+    """The list's row of the segment ``name``."""
+    return page.locator("tbody tr").filter(
+        has=page.locator("td:first-child a", has_text=re.compile(f"^{name}$"))
+    )
 
 
 def _segment(site: Site, name: str, definition: dict[str, Any]) -> int:
@@ -118,6 +126,8 @@ def test_the_builder_reads_back_what_it_shows() -> None:
                     f"{key}.w{w}.{name}": getattr(test, name) for name in ("property", "op", "value", "type")
                 }
     assert definition_from_form(form) == definition
+    single = {"property": "Name", "op": "exists"}
+    assert builder_for(single).describe() == "Name is set"
     # what the rows cannot show is edited as JSON, and read back as it is
     nested = {"not": {"or": [{"did": "A"}, {"did": "B"}]}}
     builder = builder_for(nested)
@@ -206,3 +216,74 @@ def test_build_a_segment_watch_its_estimate_save_and_edit_it(
         saved = segments.get_segment(session, site.account.account_id, segment_id).definition
     assert saved["and"][1]["did"]["where"] == [{"property": "Amount", "op": "gte", "value": 800}]
     assert saved["and"][0]["value"] == "Delhi"
+
+
+def test_the_list_shows_estimates_and_users_and_a_segment_in_use_stays(
+    site: Site, marketer: Page, tmp_path: Path
+) -> None:
+    page = marketer
+    _people(site)
+    pune = _segment(site, "Pune", {"property": "City", "op": "equals", "value": "Pune"})
+    buyers = _segment(
+        site,
+        "Pune buyers",
+        {"and": [{"segment_id": pune}, {"did": {"event": "Charged", "count": {"at_least": 2}}}]},
+    )
+    _draft_campaign(site, "Diwali offer", buyers)
+    _segment(site, "Lapsed", {"did_not": {"event": "Charged", "in_the_last": {"days": 90}}})
+    _segment(site, "Gold tier", {"property": "Tier", "op": "in", "value": ["Gold", "Platinum"]})
+    page.goto("/segments")
+    pune_row, buyers_row = _row(page, "Pune"), _row(page, "Pune buyers")
+    expect(pune_row.get_by_role("cell").nth(1)).to_have_text("City is Pune")
+    expect(pune_row.get_by_role("cell").nth(2)).to_have_text("3")  # the estimates load as rows show
+    expect(buyers_row.get_by_role("cell").nth(2)).to_have_text("1")
+    expect(buyers_row).to_contain_text("in segment Pune and did Charged at least 2 times")
+    expect(buyers_row.get_by_role("link", name="Diwali offer")).to_have_attribute(
+        "href", re.compile(r"/campaigns/\d+$")
+    )
+    expect(pune_row.get_by_role("link", name="Pune buyers")).to_be_visible()  # used by the other segment
+    check_page(page)
+    shoot(page, "segments-list", tmp_path)
+
+    # the campaign that uses it is named on its page, and keeps it from being deleted
+    buyers_row.get_by_role("link", name="Pune buyers").click()
+    used_by = page.get_by_role("region", name="Used by")
+    expect(used_by.get_by_role("link", name="Diwali offer")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete segment").click()
+    expect(page.locator("#e-delete")).to_have_text(
+        "segment 'Pune buyers' is used by campaign 'Diwali offer' (draft) and cannot be deleted"
+    )
+    check_page(page)
+    with site.db.read() as session:
+        assert segments.get_segment(session, site.account.account_id, buyers).name == "Pune buyers"
+
+    # a segment nothing uses goes
+    with site.db.session() as session:
+        segments.update_segment(session, site.account.account_id, buyers, definition={"did": "Charged"})
+    page.goto(f"/segments/{pune}")
+    expect(page.get_by_role("region", name="Used by")).to_contain_text("No campaign or segment refers to")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete segment").click()
+    expect(page).to_have_url(re.compile(r"/segments$"))
+    expect(page.get_by_role("link", name="Pune", exact=True)).to_have_count(0)
+
+
+def test_an_agent_may_look_but_not_build(site: Site, page: Page) -> None:
+    buyers = _segment(site, "Buyers", {"did": {"event": "Charged", "in_the_last": {"days": 30}}})
+    sign_in(page, site.user("agent@acme.test", "agent"))
+    page.goto("/segments")
+    expect(page.get_by_role("link", name="+ Segment")).to_have_count(0)
+    page.get_by_role("link", name="Buyers").click()
+    expect(page.get_by_role("main")).to_contain_text("did Charged in the last 30 days")
+    expect(page.get_by_role("button", name="Delete segment")).to_have_count(0)
+    expect(page.get_by_label("Name")).to_have_count(0)
+    check_page(page)
+    response = page.goto("/segments/new")
+    assert response is not None and response.status == 403
+    expect(page.get_by_role("main")).to_contain_text("This page needs the marketer role")
+    # the builder's endpoints refuse it too, with the session's own CSRF token
+    headers = json.loads(page.locator("body").get_attribute("hx-headers") or "{}")
+    refused = page.request.post("/segments/estimate", headers=headers, form={"seg.g0.c0.kind": "did"})
+    assert refused.status == 403 and "needs the marketer role" in refused.text()
+    assert page.request.get(f"/segments/{buyers}/estimate").ok  # looking is allowed

@@ -366,6 +366,8 @@ def builder_for(definition: Any) -> Builder:
 def _visual(definition: Any) -> Builder:
     if definition in (None, {}, {"all": True}):
         return Builder()
+    if isinstance(definition, dict) and "property" in definition:
+        return Builder(groups=[Group(rows=[Row.of(definition)])])
     if not isinstance(definition, dict) or len(definition) != 1:
         raise NotVisual("a part")
     ((key, items),) = definition.items()
@@ -728,7 +730,7 @@ def delete_segment(request: Request, viewer: CurrentViewer, db: Db, segment_id: 
 @router.get("/segments/{segment_id}/estimate")
 def saved_estimate(request: Request, viewer: CurrentViewer, db: Db, segment_id: Id) -> Response:
     """A saved segment's audience now (the list's rows load it when they come into view)."""
-    context: dict[str, Any] = {"count": None, "everyone": False, "problem": None}
+    context: dict[str, Any] = {"count": None, "bare": True, "problem": None}
     with db.read() as session:
         segment = segments.get_segment(session, viewer.account.id, segment_id)
         try:
