@@ -17,6 +17,7 @@ campaign starts. A segment that a campaign still to run, or another segment, ref
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "list_segments",
     "profile_condition",
     "resolve_target",
+    "segment_users",
     "update_segment",
     "validate_target",
 ]
@@ -317,6 +319,30 @@ def _check_dependents(session: Session, account_id: str, segment: Segment, chang
                 f"campaign {campaign.name!r} targets this segment and would become invalid: {exc.message}",
                 code=exc.code,
             ) from exc
+
+
+@dataclass
+class SegmentUsers:
+    """What refers to a saved segment: campaigns (any state, newest first) and other saved segments."""
+
+    campaigns: list[Campaign] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+
+def segment_users(session: Session, account_id: str) -> dict[int, SegmentUsers]:
+    """For each of the account's segments that something refers to directly: the campaigns whose target,
+    and the segments whose definition, name it. Two queries, whatever the number of segments."""
+    found: dict[int, SegmentUsers] = {}
+    campaigns = session.scalars(
+        select(Campaign).where(Campaign.account_id == account_id).order_by(Campaign.id.desc())
+    )
+    for campaign in campaigns:
+        for segment_id in _referenced_ids(campaign.target):
+            found.setdefault(segment_id, SegmentUsers()).campaigns.append(campaign)
+    for segment in list_segments(session, account_id):
+        for segment_id in _referenced_ids(segment.definition):
+            found.setdefault(segment_id, SegmentUsers()).segments.append(segment)
+    return found
 
 
 def delete_segment(session: Session, account_id: str, segment_id: int) -> None:

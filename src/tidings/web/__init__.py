@@ -9,10 +9,16 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings.web.auth import BadCsrf, PageForbidden, SignInNeeded
-from tidings.web.pages import campaigns, settings, signin
+from tidings.web.pages import campaigns, segments, settings, signin
 from tidings.web.render import HERE, page_exception
 
-PAGE_ROUTERS = [signin.router, campaigns.router, settings.router]
+# One line per area.
+PAGE_ROUTERS = [
+    signin.router,
+    campaigns.router,
+    segments.router,
+    settings.router,
+]
 
 
 def mount(app: FastAPI) -> None:
