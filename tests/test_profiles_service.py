@@ -74,13 +74,19 @@ def test_set_whatsapp_opt_in_sets_column_and_property(db: Database, account: New
     before = stored(db, account, "u1").updated_at
     with db.session() as session:
         profile = service.get_profile(session, account.account_id, "u1")
-        service.set_whatsapp_opt_in(session, profile, False)
+        service.set_whatsapp_opt_in(session, profile, False, service.ConsentSource.api, "passcode")
     after = stored(db, account, "u1")
     assert after.whatsapp_opt_in is False
     assert after.properties == {"Name": "A", "MSG-whatsapp": False}
     assert after.updated_at > before
     with db.session() as session:
-        service.set_whatsapp_opt_in(session, service.get_profile(session, account.account_id, "u1"), True)
+        service.set_whatsapp_opt_in(
+            session,
+            service.get_profile(session, account.account_id, "u1"),
+            True,
+            service.ConsentSource.api,
+            None,
+        )
     assert stored(db, account, "u1").whatsapp_opt_in is True
 
 

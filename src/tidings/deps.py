@@ -66,12 +66,14 @@ def client_address(request: Request) -> str:
 @dataclass(frozen=True)
 class Caller:
     """Who makes a request: the account, the role it acts with, and the API key it used (None: the
-    account's passcode, which counts as admin)."""
+    account's passcode, which counts as admin); ``actor`` names it in records such as the consent
+    history (the API key's name, or "passcode")."""
 
     account: Account
     role: Role
     api_key_id: int | None = None
     key_use_unrecorded: bool = False  # the key's last_used_at is older than users.LAST_USED_STEP
+    actor: str = "passcode"
 
 
 def record_key_use(session: Session, caller: Caller) -> None:
@@ -102,7 +104,7 @@ def sign_in(request: Request, session: Session) -> Caller | None:
             limiter.failed(None, address)
             return None
         account = session.get_one(Account, key.account_id)
-        return Caller(account, Role(key.role), key.id, users.needs_marking(key, utcnow()))
+        return Caller(account, Role(key.role), key.id, users.needs_marking(key, utcnow()), key.name)
     account_id, passcode = credentials(request)
     wait = limiter.wait(account_id, address)
     if wait:

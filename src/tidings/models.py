@@ -5,7 +5,7 @@ from tidings.campaigns.models import Campaign, CampaignTrigger, CampaignVariant
 from tidings.conversations.models import InboundMessage
 from tidings.db import Base
 from tidings.delivery.models import Message, PendingStatus
-from tidings.profiles.models import Event, Profile
+from tidings.profiles.models import CatalogueEntry, ConsentChange, Event, Profile
 from tidings.segments.models import Segment
 from tidings.templates.models import Template
 from tidings.users.models import ApiKey, User, UserSession
@@ -17,6 +17,8 @@ __all__ = [
     "Campaign",
     "CampaignTrigger",
     "CampaignVariant",
+    "CatalogueEntry",
+    "ConsentChange",
     "Event",
     "InboundMessage",
     "Integration",

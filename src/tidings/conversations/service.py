@@ -13,7 +13,12 @@ from tidings.accounts.models import Account
 from tidings.conversations.attribution import find_answered, mark_replied
 from tidings.conversations.keywords import Keywords, account_keywords, consent_change
 from tidings.conversations.models import InboundMessage
-from tidings.profiles.service import profile_by_phone, profiles_by_phone, set_whatsapp_opt_in_by_phone
+from tidings.profiles.service import (
+    ConsentSource,
+    profile_by_phone,
+    profiles_by_phone,
+    set_whatsapp_opt_in_by_phone,
+)
 from tidings.providers.base import InboundReply
 
 # Kinds whose text is what the user wrote or tapped (others carry a placeholder such as "[image]").
@@ -68,7 +73,10 @@ def record_inbound(session: Session, account_id: str, provider: str, reply: Inbo
         mark_replied(session, answered, reply.timestamp)
     consent = consent_of(session, account_id, reply)
     if consent is not None:
-        set_whatsapp_opt_in_by_phone(session, account_id, reply.from_phone, consent)
+        # Recorded in the consent history as the person's own word: the number that sent it.
+        set_whatsapp_opt_in_by_phone(
+            session, account_id, reply.from_phone, consent, ConsentSource.keyword, reply.from_phone
+        )
     session.add(
         InboundMessage(
             account_id=account_id,

@@ -12,14 +12,21 @@ from fastapi.responses import JSONResponse
 from tidings.bounds import Offset
 from tidings.campaigns.triggers import on_events
 from tidings.db import utcnow
-from tidings.deps import MARKETER, CurrentAccount, Db, record_key_use, require, sign_in
-from tidings.errors import Forbidden, TooManySignIns
+from tidings.deps import MARKETER, CurrentAccount, CurrentCaller, Db, record_key_use, require, sign_in
+from tidings.errors import Forbidden, Invalid, TooManySignIns
 from tidings.profiles import service
 from tidings.profiles.schemas import (
+    CatalogueEvent,
+    ConsentChangeOut,
+    ConsentPage,
+    ConsentUpdate,
     EventOut,
     EventPage,
+    ProfileMessageOut,
+    ProfileMessagePage,
     ProfileOut,
     ProfilePage,
+    PropertyCatalogueOut,
     UploadFailure,
     UploadRequest,
     UploadResponse,
@@ -167,7 +174,7 @@ def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)])
         except BadUpload as exc:
             return _fail(400, str(exc))
         now = utcnow()
-        result = service.ingest(session, account.id, records, now=now)
+        result = service.ingest(session, account.id, records, now=now, actor=caller.actor)
         # Live campaigns are planned in the same transaction as the events: none lost, none doubled.
         planned = on_events(session, account.id, [event.id for event in result.events], now)
     worker = request.app.state.worker
@@ -181,13 +188,70 @@ def upload(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)])
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
 
 
-@router.get("/api/v1/profiles", tags=["profiles"], response_model=ProfilePage, summary="List profiles")
-def list_profiles(account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0) -> ProfilePage:
+@router.get(
+    "/api/v1/profiles",
+    tags=["profiles"],
+    response_model=ProfilePage,
+    summary="List or find profiles",
+    description=(
+        "Without `q`: the account's profiles, newest first, paged by `offset`, with the total. With `q`: the "
+        "profiles whose identity starts with `q`, then those whose phone starts with it (in any format "
+        "that reads as an E.164 number, or digits), then those whose `Name` starts with it whatever the "
+        "case; paged by `cursor` (`next_cursor` of the page before), not counted."
+    ),
+)
+def list_profiles(
+    account: CurrentAccount,
+    db: Db,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    q: Annotated[str | None, Query(max_length=200, description="Find by identity, phone or name")] = None,
+    cursor: Annotated[str | None, Query(max_length=1000, description="A search's `next_cursor`")] = None,
+) -> ProfilePage:
     with db.read() as session:
-        profiles, total = service.list_profiles(session, account.id, limit, offset)
+        if q is None or not q.strip():
+            if cursor is not None:
+                raise Invalid("a cursor pages a search: give `q` with it", code="invalid_cursor")
+            profiles, total = service.list_profiles(session, account.id, limit, offset)
+            return ProfilePage(
+                total=total,
+                limit=limit,
+                offset=offset,
+                items=[ProfileOut.model_validate(p) for p in profiles],
+            )
+        if offset:
+            raise Invalid("a search is paged by `cursor`, not `offset`", code="invalid_offset")
+        found, next_cursor = service.find_profiles(session, account.id, q, limit, cursor)
         return ProfilePage(
-            total=total, limit=limit, offset=offset, items=[ProfileOut.model_validate(p) for p in profiles]
+            total=None,
+            limit=limit,
+            offset=0,
+            items=[ProfileOut.model_validate(p) for p in found],
+            next_cursor=next_cursor,
         )
+
+
+@router.get(
+    "/api/v1/properties",
+    tags=["profiles"],
+    response_model=PropertyCatalogueOut,
+    summary="The property names the account has uploaded",
+    description=(
+        "For pickers: the profile property names and, per event name, the event property names the "
+        "account has uploaded, each with when it was last uploaded (kept to the hour). Read from a "
+        "catalogue the upload keeps, not from the events."
+    ),
+)
+def list_properties(account: CurrentAccount, db: Db) -> PropertyCatalogueOut:
+    with db.read() as session:
+        catalogue = service.property_catalogue(session, account.id)
+    return PropertyCatalogueOut(
+        profile=catalogue.profile,
+        events=[
+            CatalogueEvent(name=name, last_seen_at=seen, properties=properties)
+            for name, (seen, properties) in catalogue.events.items()
+        ],
+    )
 
 
 # Declared before the profile route: an identity may hold "/", so both use the path converter.
@@ -209,6 +273,65 @@ def list_events(
             offset=offset,
             items=[EventOut.model_validate(e) for e in events],
         )
+
+
+@router.get(
+    "/api/v1/profiles/{identity:path}/consent",
+    tags=["profiles"],
+    response_model=ConsentPage,
+    summary="A profile's consent history, newest first",
+)
+def consent_history(
+    identity: str, account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0
+) -> ConsentPage:
+    with db.read() as session:
+        changes, total = service.consent_history(session, account.id, identity, limit, offset)
+        return ConsentPage(
+            identity=identity,
+            total=total,
+            limit=limit,
+            offset=offset,
+            items=[ConsentChangeOut.model_validate(c) for c in changes],
+        )
+
+
+@router.put(
+    "/api/v1/profiles/{identity:path}/consent",
+    tags=["profiles"],
+    response_model=ProfileOut,
+    summary="Opt a profile in or out of WhatsApp by hand",
+    description=(
+        "Sets `MSG-whatsapp`, recorded in the consent history with source `api` and the caller (the API "
+        "key's name, or `passcode`). Opting out settles the profile's unsent messages as skipped "
+        "`not_opted_in`. Setting the value it has already changes nothing and records nothing."
+    ),
+)
+def change_consent(identity: str, body: ConsentUpdate, caller: CurrentCaller, db: Db) -> ProfileOut:
+    with db.session() as session:
+        profile = service.change_consent(
+            session, caller.account.id, identity, body.whatsapp, service.ConsentSource.api, caller.actor
+        )
+        return ProfileOut.model_validate(profile)
+
+
+@router.get(
+    "/api/v1/profiles/{identity:path}/messages",
+    tags=["profiles"],
+    response_model=ProfileMessagePage,
+    summary="The WhatsApp messages of a profile, newest first",
+)
+def profile_messages(
+    identity: str, account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0
+) -> ProfileMessagePage:
+    with db.read() as session:
+        messages, total = service.profile_messages(session, account.id, identity, limit, offset)
+    return ProfileMessagePage(
+        identity=identity,
+        total=total,
+        limit=limit,
+        offset=offset,
+        items=[ProfileMessageOut.model_validate(m) for m in messages],
+    )
 
 
 @router.get(

@@ -70,10 +70,15 @@ class ProfileOut(BaseModel):
 
 
 class ProfilePage(BaseModel):
-    total: int = Field(description="How many profiles the account has")
+    total: int | None = Field(description="How many profiles the account has (null in a search: not counted)")
     limit: int
     offset: int
-    items: list[ProfileOut] = Field(description="Newest first")
+    items: list[ProfileOut] = Field(
+        description="Newest first; in a search (`q`), those found by identity, then by phone, then by name"
+    )
+    next_cursor: str | None = Field(
+        default=None, description="In a search: pass it as `cursor` for the next page; null after the last"
+    )
 
 
 class EventOut(BaseModel):
@@ -92,3 +97,77 @@ class EventPage(BaseModel):
     limit: int
     offset: int
     items: list[EventOut] = Field(description="Latest first")
+
+
+class ConsentChangeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    old_value: bool | None = Field(
+        description="`MSG-whatsapp` before; null when the change created the profile"
+    )
+    new_value: bool = Field(description="`MSG-whatsapp` after")
+    source: Literal["upload", "api", "dashboard", "keyword"] = Field(
+        description="`upload` POST /1/upload, `api` PUT …/consent, `dashboard` the profile page, `keyword` a "
+        "STOP/START keyword sent by WhatsApp"
+    )
+    actor: str | None = Field(
+        description="Who: an API key's name or `passcode` (upload, api), a user's e-mail (dashboard), the "
+        "phone number that sent the keyword (keyword)"
+    )
+    changed_at: datetime
+
+
+class ConsentPage(BaseModel):
+    identity: str
+    total: int = Field(description="How many changes the profile has")
+    limit: int
+    offset: int
+    items: list[ConsentChangeOut] = Field(description="Newest first")
+
+
+class ConsentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    whatsapp: bool = Field(description="Opt in (true) or out (false) of WhatsApp (`MSG-whatsapp`)")
+
+
+class ProfileMessageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    campaign_id: int | None
+    campaign_name: str | None
+    variant: str | None = Field(description="The variant's key (A, B, …) of a multivariate campaign")
+    state: str = Field(description="queued, sending, sent, delivered, read, failed, control or skipped")
+    reason: str | None = Field(description="Why it was skipped or failed")
+    error_detail: str | None
+    to_phone: str | None
+    params: list[str] | None = Field(description="The rendered {{n}} values")
+    text: str | None = Field(description="Free text (an agent's reply)")
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    replied_at: datetime | None
+    failed_at: datetime | None
+
+
+class ProfileMessagePage(BaseModel):
+    identity: str
+    total: int = Field(description="How many messages the profile has")
+    limit: int
+    offset: int
+    items: list[ProfileMessageOut] = Field(description="Newest first")
+
+
+class CatalogueEvent(BaseModel):
+    name: str
+    last_seen_at: datetime = Field(description="When an event of this name was last uploaded (to the hour)")
+    properties: dict[str, datetime] = Field(description="Its property names, each with when last uploaded")
+
+
+class PropertyCatalogueOut(BaseModel):
+    profile: dict[str, datetime] = Field(
+        description="The profile property names uploaded, each with when last uploaded (to the hour)"
+    )
+    events: list[CatalogueEvent] = Field(description="By name")

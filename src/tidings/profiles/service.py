@@ -27,16 +27,27 @@ Profile property semantics:
 - ``"$D_<epoch seconds>"`` strings become ISO-8601 UTC strings ``YYYY-MM-DDTHH:MM:SSZ``;
 - ``Phone`` is normalised to E.164 and mirrored in ``Profile.phone``;
 - ``MSG-whatsapp`` (``true``/``false`` or the strings) is mirrored in ``Profile.whatsapp_opt_in``;
-  a profile is opted out until it is set true.
+  a profile is opted out until it is set true. Every change of it, whatever the path (this upload, the
+  consent API or page, a STOP/START keyword), is kept in ``consent_changes`` (:func:`record_consent`);
+- ``Name`` is mirrored, case-folded, in ``Profile.name_key`` (:func:`find_profiles`).
+
+The ingest also keeps the account's property catalogue (``property_catalogue``: the profile property
+names, the event names and each event's property names, with when they were last uploaded) for the
+pickers of the dashboard: it reads the catalogue rows of the batch's event names and writes, in one
+statement, only the names that are new or were last seen more than an hour ago (:func:`property_catalogue`
+reads it whole, however many events the account has).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import lru_cache
 from hashlib import sha256
 from typing import Any, cast
@@ -55,7 +66,9 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    not_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -63,10 +76,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.db import UTCDateTime, is_postgres, utcnow
+from tidings.delivery.models import Message
 from tidings.delivery.send_rules import skip_not_opted_in
 from tidings.errors import Invalid, NotFound
-from tidings.profiles.models import Event, Profile
+from tidings.profiles.models import CatalogueEntry, ConsentChange, Event, Profile
 
 BUCKET_PRIME = 1_000_003
 
@@ -86,6 +101,19 @@ MIN_DATE = -62_135_596_800  # 0001-01-01T00:00:00Z, the earliest $D_ date
 
 PHONE = "Phone"
 WHATSAPP = "MSG-whatsapp"
+NAME = "Name"
+NAME_KEY_CHARS = 120  # Profile.name_key
+CATALOGUE_STEP = timedelta(hours=1)  # a catalogue entry's last_seen_at is rewritten at most this often
+
+
+class ConsentSource(StrEnum):
+    """The path a change of ``MSG-whatsapp`` came through (``consent_changes.source``)."""
+
+    upload = "upload"  # POST /1/upload (CleverTap's MSG-whatsapp property)
+    api = "api"  # PUT /api/v1/profiles/{identity}/consent
+    dashboard = "dashboard"  # the profile page's opt in / opt out
+    keyword = "keyword"  # a STOP / START keyword (or button) sent by WhatsApp message
+
 
 # CleverTap's per-record codes.
 MISSING_EVENT_NAME = 509
@@ -100,6 +128,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OPERATIONS = ("$add", "$remove", "$incr", "$decr", "$delete")
 _PROFILES = cast(Table, Profile.__table__)
 _EVENTS = cast(Table, Event.__table__)
+_CONSENT = cast(Table, ConsentChange.__table__)
+_CATALOGUE = cast(Table, CatalogueEntry.__table__)
 
 
 def profile_seed(account_id: str, identity: str) -> int:
@@ -516,9 +546,19 @@ def _apply(properties: dict[str, Any], ops: list[_Op]) -> str | None:
     return None
 
 
-def _columns(properties: dict[str, Any]) -> tuple[str | None, bool]:
+def name_key(name: Any) -> str | None:
+    """The ``Name`` as ``Profile.name_key`` holds it (and as a name search is compared with it)."""
+    return name.casefold()[:NAME_KEY_CHARS] if isinstance(name, str) and name else None
+
+
+def _columns(properties: dict[str, Any]) -> tuple[str | None, bool, str | None]:
+    """The columns mirrored from the properties: phone, opted in, name key."""
     phone = properties.get(PHONE)
-    return (phone if isinstance(phone, str) else None), properties.get(WHATSAPP) is True
+    return (
+        (phone if isinstance(phone, str) else None),
+        properties.get(WHATSAPP) is True,
+        name_key(properties.get(NAME)),
+    )
 
 
 @dataclass(slots=True)
@@ -592,12 +632,19 @@ def _load(session: Session, account_id: str, keys: Sequence[str], lock: bool) ->
 
 
 def ingest(
-    session: Session, account_id: str, records: Sequence[Any], now: datetime | None = None
+    session: Session,
+    account_id: str,
+    records: Sequence[Any],
+    now: datetime | None = None,
+    *,
+    source: ConsentSource = ConsentSource.upload,
+    actor: str | None = None,
 ) -> IngestResult:
     """Upload CleverTap records (profiles and events) for an account, in order, set-based.
 
     Each record that cannot be applied is reported in ``unprocessed`` with its code and is not written;
-    the others are. The caller owns the transaction (the request's unit of work).
+    the others are. Changes of ``MSG-whatsapp`` are recorded with ``source`` and ``actor``. The caller
+    owns the transaction (the request's unit of work).
     """
     now = now or utcnow()
     failures: dict[int, tuple[int, str]] = {}
@@ -632,14 +679,17 @@ def ingest(
 
     ids = {key: row.id for key, row in rows.items()}
     created: list[int] = []
+    consent: list[tuple[int, bool | None, bool]] = []  # (profile id, old, new) of MSG-whatsapp
     if creates:
         new_rows = []
         for key in sorted(creates):  # one insert order for every batch: no deadlock between two
-            phone, opted_in = _columns(creates[key])
-            new_rows.append((key, phone, opted_in, creates[key], profile_seed(account_id, key)))
+            phone, opted_in, name = _columns(creates[key])
+            new_rows.append((key, phone, opted_in, name, creates[key], profile_seed(account_id, key)))
         for row_id, identity in _insert_profiles(session, account_id, new_rows, now):
             ids[identity] = row_id
             created.append(row_id)
+            if WHATSAPP in creates[identity]:  # a new profile's consent, as uploaded
+                consent.append((row_id, None, creates[identity][WHATSAPP] is True))
         raced = [key for key in creates if key not in ids]
         if raced:  # created by a concurrent upload since our SELECT: apply this batch on top of theirs
             theirs = _load(session, account_id, sorted(raced), lock=True)
@@ -648,18 +698,20 @@ def ingest(
                 ids[key] = row.id
                 updates[key] = (row, properties)
 
-    changes: list[tuple[int, str | None, bool, dict[str, Any]]] = []
+    changes: list[tuple[int, str | None, bool, str | None, dict[str, Any]]] = []
     opted_out: list[int] = []  # MSG-whatsapp true → false in this batch
     for row, properties in updates.values():
-        phone, opted_in = _columns(properties)
+        phone, opted_in, name = _columns(properties)
         if row.phone != phone or row.whatsapp_opt_in != opted_in or not _same(row.properties, properties):
-            changes.append((row.id, phone, opted_in, properties))
+            changes.append((row.id, phone, opted_in, name, properties))
+        if row.whatsapp_opt_in != opted_in:
+            consent.append((row.id, row.whatsapp_opt_in, opted_in))
         if row.whatsapp_opt_in and not opted_in:
             opted_out.append(row.id)
     if changes:
         _update_profiles(session, changes, now)
+    record_consent(session, account_id, consent, source, actor, now)
     if opted_out:  # their unsent messages are settled in the same transaction, in one statement
-
         skip_not_opted_in(session, opted_out)
 
     events = [item for item in parsed if isinstance(item, _EventRecord)]
@@ -675,6 +727,7 @@ def ingest(
     for failed in apply_failures.values():
         for index, (code, message) in failed.items():
             failures[index] = (code, message)
+    _catalogue(session, account_id, parsed, failures, now)
     unprocessed = [
         {"status": "fail", "code": code, "error": message, "record": records[index]}
         for index, (code, message) in sorted(failures.items())
@@ -705,17 +758,18 @@ def _json(value: Any) -> str:
 def _insert_profiles(
     session: Session,
     account_id: str,
-    rows: list[tuple[str, str | None, bool, dict[str, Any], int]],
+    rows: list[tuple[str, str | None, bool, str | None, dict[str, Any], int]],
     now: datetime,
 ) -> list[tuple[int, str]]:
-    """``INSERT … ON CONFLICT DO NOTHING`` of (identity, phone, opted in, properties, seed) rows;
+    """``INSERT … ON CONFLICT DO NOTHING`` of (identity, phone, opted in, name key, properties, seed) rows;
     (id, identity) of the rows inserted (not of those another upload inserted first)."""
     if is_postgres(session):
-        identity, phone, opt_in, properties, seed = (list(column) for column in zip(*rows, strict=True))
+        identity, phone, opt_in, name, properties, seed = (list(column) for column in zip(*rows, strict=True))
         new = _arrays(
             ("identity", identity, String),
             ("phone", phone, String),
             ("opt_in", opt_in, Boolean),
+            ("name_key", name, String),
             ("properties", [_json(p) for p in properties], Text),
             ("seed", seed, Integer),
         )
@@ -725,12 +779,13 @@ def _insert_profiles(
             new.c.identity,
             new.c.phone,
             new.c.opt_in,
+            new.c.name_key,
             new.c.properties.cast(JSONB),
             new.c.seed,
             at,
             at,
         )
-        columns = ["account_id", "identity", "phone", "whatsapp_opt_in", "properties", "seed"]
+        columns = ["account_id", "identity", "phone", "whatsapp_opt_in", "name_key", "properties", "seed"]
         stmt: Any = pg_insert(_PROFILES).from_select([*columns, "created_at", "updated_at"], source)
         stmt = stmt.on_conflict_do_nothing(index_elements=["account_id", "identity"])
         return [
@@ -742,12 +797,13 @@ def _insert_profiles(
             "identity": identity,
             "phone": phone,
             "whatsapp_opt_in": opted_in,
+            "name_key": name,
             "properties": properties,
             "seed": seed,
             "created_at": now,
             "updated_at": now,
         }
-        for identity, phone, opted_in, properties, seed in rows
+        for identity, phone, opted_in, name, properties, seed in rows
     ]
     stmt = sqlite_insert(_PROFILES).on_conflict_do_nothing(index_elements=["account_id", "identity"])
     result = session.execute(stmt.returning(_PROFILES.c.id, _PROFILES.c.identity), params)
@@ -755,15 +811,16 @@ def _insert_profiles(
 
 
 def _update_profiles(
-    session: Session, changes: list[tuple[int, str | None, bool, dict[str, Any]]], now: datetime
+    session: Session, changes: list[tuple[int, str | None, bool, str | None, dict[str, Any]]], now: datetime
 ) -> None:
-    """Write (id, phone, opted in, properties) of changed profiles, in one statement."""
+    """Write (id, phone, opted in, name key, properties) of changed profiles, in one statement."""
     if is_postgres(session):
-        ids, phone, opt_in, properties = (list(column) for column in zip(*changes, strict=True))
+        ids, phone, opt_in, name, properties = (list(column) for column in zip(*changes, strict=True))
         new = _arrays(
             ("id", ids, BigInteger),
             ("phone", phone, String),
             ("opt_in", opt_in, Boolean),
+            ("name_key", name, String),
             ("properties", [_json(p) for p in properties], Text),
         )
         session.execute(
@@ -772,6 +829,7 @@ def _update_profiles(
             .values(
                 phone=new.c.phone,
                 whatsapp_opt_in=new.c.opt_in,
+                name_key=new.c.name_key,
                 properties=new.c.properties.cast(JSONB),
                 updated_at=bindparam("now", now, type_=UTCDateTime()),
             )
@@ -783,12 +841,20 @@ def _update_profiles(
         .values(
             phone=bindparam("b_phone"),
             whatsapp_opt_in=bindparam("b_opt_in"),
+            name_key=bindparam("b_name_key"),
             properties=bindparam("b_properties"),
             updated_at=bindparam("b_updated_at"),
         ),
         [
-            {"b_id": i, "b_phone": phone, "b_opt_in": opt_in, "b_properties": props, "b_updated_at": now}
-            for i, phone, opt_in, props in changes
+            {
+                "b_id": i,
+                "b_phone": phone,
+                "b_opt_in": opt_in,
+                "b_name_key": name,
+                "b_properties": props,
+                "b_updated_at": now,
+            }
+            for i, phone, opt_in, name, props in changes
         ],
     )
 
@@ -845,6 +911,86 @@ def _insert_events(
     return ids
 
 
+def record_consent(
+    session: Session,
+    account_id: str,
+    changes: Sequence[tuple[int, bool | None, bool]],
+    source: ConsentSource,
+    actor: str | None,
+    now: datetime,
+) -> None:
+    """Keep (profile id, old value or None for a new profile, new value) changes of ``MSG-whatsapp`` in
+    the consent history, in one statement (an executemany)."""
+    if not changes:
+        return
+    session.execute(
+        insert(_CONSENT),
+        [
+            {
+                "account_id": account_id,
+                "profile_id": profile_id,
+                "old_value": old,
+                "new_value": new,
+                "source": source.value,
+                "actor": actor[:254] if actor else None,
+                "changed_at": now,
+            }
+            for profile_id, old, new in changes
+        ],
+    )
+
+
+def _catalogue(
+    session: Session,
+    account_id: str,
+    parsed: Sequence[_ProfileRecord | _EventRecord],
+    failures: dict[int, tuple[int, str]],
+    now: datetime,
+) -> None:
+    """Add the batch's property and event names to the account's catalogue: one SELECT of the catalogue
+    rows of the batch's event names, then one upsert of the names new to it or last seen over
+    ``CATALOGUE_STEP`` ago (so that most uploads write nothing there, and two uploads of one account
+    seldom wait for each other on a catalogue row)."""
+    names: set[tuple[str, str]] = set()
+    for item in parsed:
+        if item.index in failures:
+            continue
+        if isinstance(item, _EventRecord):
+            names.add((item.name, ""))
+            names.update((item.name, key) for key in item.properties)
+        else:
+            names.update(("", op.key) for op in item.ops if op.kind != "delete")
+    if not names:
+        return
+    events = sorted({event for event, _ in names})
+    fresh = {
+        (row.event_name, row.property)
+        for row in session.execute(
+            select(_CATALOGUE.c.event_name, _CATALOGUE.c.property).where(
+                _CATALOGUE.c.account_id == account_id,
+                _CATALOGUE.c.event_name.in_(events),
+                _CATALOGUE.c.last_seen_at > now - CATALOGUE_STEP,
+            )
+        )
+    }
+    stale = sorted(names - fresh)  # in one order for every batch: no deadlock between two
+    if not stale:
+        return
+    upsert: Any = pg_insert(_CATALOGUE) if is_postgres(session) else sqlite_insert(_CATALOGUE)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=["account_id", "event_name", "property"],
+        set_={"last_seen_at": upsert.excluded.last_seen_at},
+        where=_CATALOGUE.c.last_seen_at < upsert.excluded.last_seen_at,
+    )
+    session.execute(
+        upsert,
+        [
+            {"account_id": account_id, "event_name": event, "property": key, "last_seen_at": now}
+            for event, key in stale
+        ],
+    )
+
+
 # --------------------------------------------------------------------------------------------- other domains
 
 
@@ -885,16 +1031,35 @@ def profile_by_phone(session: Session, account_id: str, phone: str) -> Profile |
     ).first()
 
 
-def set_whatsapp_opt_in(session: Session, profile: Profile, value: bool) -> None:
-    """Opt a profile in to or out of WhatsApp (the column and the ``MSG-whatsapp`` property); opting out
-    settles the profile's unsent messages as skipped ``not_opted_in`` in the same transaction."""
-    profile.whatsapp_opt_in = value
-    profile.properties = {**(profile.properties or {}), WHATSAPP: value}
-    profile.updated_at = utcnow()
+def _set_whatsapp_opt_in(
+    session: Session,
+    account_id: str,
+    profiles: Sequence[Profile],
+    value: bool,
+    source: ConsentSource,
+    actor: str | None,
+) -> None:
+    """Set the column and ``MSG-whatsapp`` of these profiles, keep the changes in the consent history,
+    and on an opt-out settle all their unsent messages as skipped ``not_opted_in``, in one statement."""
+    now = utcnow()
+    changed = [(p.id, p.whatsapp_opt_in, value) for p in profiles if p.whatsapp_opt_in != value]
+    for profile in profiles:
+        profile.whatsapp_opt_in = value
+        profile.properties = {**(profile.properties or {}), WHATSAPP: value}
+        profile.updated_at = now
     session.flush()
-    if not value:  # an opt-out wins over everything queued: its unsent messages are settled now
+    record_consent(session, account_id, changed, source, actor, now)
+    if not value and profiles:  # an opt-out wins over everything queued: its unsent messages are settled now
+        skip_not_opted_in(session, [p.id for p in profiles])
 
-        skip_not_opted_in(session, [profile.id])
+
+def set_whatsapp_opt_in(
+    session: Session, profile: Profile, value: bool, source: ConsentSource, actor: str | None
+) -> None:
+    """Opt a profile in to or out of WhatsApp (the column and the ``MSG-whatsapp`` property), recorded in
+    its consent history with ``source`` and ``actor``; opting out settles the profile's unsent messages as
+    skipped ``not_opted_in`` in the same transaction."""
+    _set_whatsapp_opt_in(session, profile.account_id, [profile], value, source, actor)
 
 
 def profiles_by_phone(session: Session, account_id: str, phone: str) -> list[Profile]:
@@ -910,23 +1075,16 @@ def profiles_by_phone(session: Session, account_id: str, phone: str) -> list[Pro
     )
 
 
-def set_whatsapp_opt_in_by_phone(session: Session, account_id: str, phone: str, value: bool) -> list[int]:
+def set_whatsapp_opt_in_by_phone(
+    session: Session, account_id: str, phone: str, value: bool, source: ConsentSource, actor: str | None
+) -> list[int]:
     """Opt every profile with this phone in to or out of WhatsApp: one person, one number, whatever
-    identities they have. As ``set_whatsapp_opt_in`` does for one (the column and ``MSG-whatsapp``; an
-    opt-out settles the unsent messages of all of them as skipped ``not_opted_in``, in one statement).
-    Returns the ids of the profiles it applied to."""
+    identities they have. As ``set_whatsapp_opt_in`` does for one (the column and ``MSG-whatsapp``, the
+    consent history; an opt-out settles the unsent messages of all of them as skipped ``not_opted_in``,
+    in one statement). Returns the ids of the profiles it applied to."""
     profiles = profiles_by_phone(session, account_id, phone)
-    now = utcnow()
-    for profile in profiles:
-        profile.whatsapp_opt_in = value
-        profile.properties = {**(profile.properties or {}), WHATSAPP: value}
-        profile.updated_at = now
-    session.flush()
-    ids = [p.id for p in profiles]
-    if not value and ids:
-
-        skip_not_opted_in(session, ids)
-    return ids
+    _set_whatsapp_opt_in(session, account_id, profiles, value, source, actor)
+    return [p.id for p in profiles]
 
 
 def list_profiles(
@@ -955,3 +1113,226 @@ def list_events(
         select(Event).where(*where).order_by(Event.ts.desc(), Event.id.desc()).limit(limit).offset(offset)
     ).all()
     return list(page), int(total or 0)
+
+
+def consent_history(
+    session: Session, account_id: str, identity: str, limit: int = 50, offset: int = 0
+) -> tuple[list[ConsentChange], int]:
+    """A page of a profile's ``MSG-whatsapp`` changes, newest first, and how many it has (NotFound if no
+    profile)."""
+    profile = get_profile(session, account_id, identity)
+    where = ConsentChange.profile_id == profile.id
+    total = session.scalar(select(func.count()).select_from(ConsentChange).where(where))
+    page = session.scalars(
+        select(ConsentChange)
+        .where(where)
+        .order_by(ConsentChange.changed_at.desc(), ConsentChange.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(page), int(total or 0)
+
+
+def change_consent(
+    session: Session,
+    account_id: str,
+    identity: str,
+    whatsapp: bool,
+    source: ConsentSource,
+    actor: str | None,
+) -> Profile:
+    """Opt a profile in or out by hand (the consent API, the profile page): see ``set_whatsapp_opt_in``."""
+    profile = get_profile(session, account_id, identity)
+    set_whatsapp_opt_in(session, profile, whatsapp, source, actor)
+    return profile
+
+
+# Finding a profile: by identity prefix, then by phone prefix, then by name prefix (case-folded). Each is a
+# range scan of one index — uq_profiles_account_id (account_id, identity), ix_profiles_account_phone
+# (account_id, phone), ix_profiles_account_name_key (account_id, name_key, id) — read in index order from
+# where the cursor points, at most ``limit + 1`` rows each; a profile found by an earlier one is not
+# repeated by a later one.
+_FIND_BY = ("identity", "phone", "name")
+_PHONE_PUNCTUATION = str.maketrans("", "", " -().")
+
+
+def _past_prefix(prefix: str) -> str | None:
+    """The least string after every string that starts with ``prefix`` (in code point order, which is
+    the order of UTF-8 bytes, of SQLite and of PostgreSQL's C collations); None: no such string."""
+    while prefix:
+        following = ord(prefix[-1]) + 1
+        if 0xD800 <= following <= 0xDFFF:
+            following = 0xE000
+        if following <= 0x10FFFF:
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
+
+
+def _phone_prefix(q: str) -> str | None:
+    """The E.164 form (or its beginning) a search for a phone number is written in, else None."""
+    text = q.strip()
+    e164 = normalize_phone(text if text.startswith("+") else f"+{text}")
+    if e164 is not None:
+        return e164
+    digits = text.translate(_PHONE_PUNCTUATION)
+    body = digits[1:] if digits.startswith("+") else digits
+    return f"+{body}" if body.isascii() and body.isdigit() else None
+
+
+def _search_column(kind: str) -> Any:
+    return {"identity": Profile.identity, "phone": Profile.phone, "name": Profile.name_key}[kind]
+
+
+def _cursor(kind: int, key: str, row_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([kind, key, row_id]).encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[int, str, int]:
+    try:
+        kind, key, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise Invalid("the cursor is not one this list gave", code="invalid_cursor") from None
+    if not (
+        isinstance(kind, int)
+        and 0 <= kind < len(_FIND_BY)
+        and isinstance(key, str)
+        and isinstance(row_id, int)
+    ):
+        raise Invalid("the cursor is not one this list gave", code="invalid_cursor")
+    return kind, key, row_id
+
+
+def find_profiles(
+    session: Session, account_id: str, q: str, limit: int = 20, cursor: str | None = None
+) -> tuple[list[Profile], str | None]:
+    """The account's profiles whose identity starts with ``q``, then those whose phone starts with the
+    E.164 form of ``q`` (written in any format ``normalize_phone`` reads, or digits), then those whose
+    ``Name`` starts with ``q`` whatever the case; a page of them and the cursor of the next page (None
+    after the last)."""
+    text = q.strip()
+    phone = _phone_prefix(text)
+    prefixes = [text or None, phone, name_key(text)]
+    start, after_key, after_id = _read_cursor(cursor) if cursor else (0, None, 0)
+    found: list[tuple[int, Profile]] = []
+    for kind in range(start, len(_FIND_BY)):
+        prefix = prefixes[kind]
+        if prefix is None:
+            continue
+        column = _search_column(_FIND_BY[kind])
+        stmt = select(Profile).where(Profile.account_id == account_id, *_starts(column, prefix))
+        if kind == start and after_key is not None:
+            stmt = stmt.where(tuple_(column, Profile.id) > tuple_(after_key, after_id))
+        for earlier in range(kind):  # found by an earlier kind already
+            if prefixes[earlier] is not None:
+                earlier_column = _search_column(_FIND_BY[earlier])
+                stmt = stmt.where(
+                    not_(and_(earlier_column.is_not(None), *_starts(earlier_column, prefixes[earlier])))
+                )
+        stmt = stmt.order_by(column, Profile.id).limit(limit + 1 - len(found))
+        found.extend((kind, profile) for profile in session.scalars(stmt))
+        if len(found) > limit:
+            break
+    page = found[:limit]
+    if len(found) <= limit:
+        return [profile for _, profile in page], None
+    kind, last = page[-1]
+    key = {"identity": last.identity, "phone": last.phone, "name": last.name_key}[_FIND_BY[kind]]
+    return [profile for _, profile in page], _cursor(kind, key or "", last.id)
+
+
+def _starts(column: Any, prefix: str | None) -> list[Any]:
+    """The conditions of ``column`` starting with ``prefix``, as an index range."""
+    assert prefix is not None
+    past = _past_prefix(prefix)
+    return [column >= prefix] if past is None else [column >= prefix, column < past]
+
+
+@dataclass(frozen=True)
+class ProfileMessage:
+    """A WhatsApp message of a profile's, from the ledger, with its campaign's name and variant."""
+
+    id: int
+    campaign_id: int | None
+    campaign_name: str | None
+    variant: str | None
+    state: str
+    reason: str | None
+    error_detail: str | None
+    to_phone: str | None
+    params: list[str] | None
+    text: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    replied_at: datetime | None
+    failed_at: datetime | None
+
+
+def profile_messages(
+    session: Session, account_id: str, identity: str, limit: int = 50, offset: int = 0
+) -> tuple[list[ProfileMessage], int]:
+    """A page of the profile's ledger rows (every message planned or sent to it, agent replies too), newest
+    first, and how many it has (NotFound if no profile); ix_messages_profile_created serves both."""
+    profile = get_profile(session, account_id, identity)
+    where = (Message.profile_id == profile.id, Message.account_id == account_id)
+    total = session.scalar(select(func.count()).select_from(Message).where(*where))
+    rows = session.execute(
+        select(Message, Campaign.name, CampaignVariant.key)
+        .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+        .outerjoin(CampaignVariant, CampaignVariant.id == Message.variant_id)
+        .where(*where)
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    page = [
+        ProfileMessage(
+            id=m.id,
+            campaign_id=m.campaign_id,
+            campaign_name=campaign_name,
+            variant=variant,
+            state=m.state,
+            reason=m.reason,
+            error_detail=m.error_detail,
+            to_phone=m.to_phone,
+            params=m.params,
+            text=m.text,
+            created_at=m.created_at,
+            sent_at=m.sent_at,
+            delivered_at=m.delivered_at,
+            read_at=m.read_at,
+            replied_at=m.replied_at,
+            failed_at=m.failed_at,
+        )
+        for m, campaign_name, variant in rows
+    ]
+    return page, int(total or 0)
+
+
+@dataclass(frozen=True)
+class PropertyCatalogue:
+    """The property names the account has uploaded, each with when it was last uploaded (to the hour)."""
+
+    profile: dict[str, datetime]
+    events: dict[str, tuple[datetime, dict[str, datetime]]]  # event name → (last seen, its properties)
+
+
+def property_catalogue(session: Session, account_id: str) -> PropertyCatalogue:
+    """The account's catalogue, read from its own small table (its primary key's range for the account)."""
+    profile: dict[str, datetime] = {}
+    events: dict[str, tuple[datetime, dict[str, datetime]]] = {}
+    rows = session.execute(
+        select(_CATALOGUE.c.event_name, _CATALOGUE.c.property, _CATALOGUE.c.last_seen_at)
+        .where(_CATALOGUE.c.account_id == account_id)
+        .order_by(_CATALOGUE.c.event_name, _CATALOGUE.c.property)
+    )
+    for event, key, seen in rows:
+        if not event:
+            profile[key] = seen
+        elif not key:
+            events[event] = (seen, {})
+        else:
+            events.setdefault(event, (seen, {}))[1][key] = seen
+    return PropertyCatalogue(profile, events)
