@@ -1152,7 +1152,7 @@ def change_consent(
 # (account_id, phone), ix_profiles_account_name_key (account_id, name_key, id) — read in index order from
 # where the cursor points, at most ``limit + 1`` rows each; a profile found by an earlier one is not
 # repeated by a later one.
-_FIND_BY = ("identity", "phone", "name")
+_FIND_BY = (Profile.identity, Profile.phone, Profile.name_key)
 _PHONE_PUNCTUATION = str.maketrans("", "", " -().")
 
 
@@ -1178,10 +1178,6 @@ def _phone_prefix(q: str) -> str | None:
     digits = text.translate(_PHONE_PUNCTUATION)
     body = digits[1:] if digits.startswith("+") else digits
     return f"+{body}" if body.isascii() and body.isdigit() else None
-
-
-def _search_column(kind: str) -> Any:
-    return {"identity": Profile.identity, "phone": Profile.phone, "name": Profile.name_key}[kind]
 
 
 def _cursor(kind: int, key: str, row_id: int) -> str:
@@ -1219,17 +1215,20 @@ def find_profiles(
         prefix = prefixes[kind]
         if prefix is None:
             continue
-        column = _search_column(_FIND_BY[kind])
+        column = _FIND_BY[kind]
+        # Identities are unique in an account: their order needs no id (and their index has none).
+        order = (column,) if column is Profile.identity else (column, Profile.id)
         stmt = select(Profile).where(Profile.account_id == account_id, *_starts(column, prefix))
         if kind == start and after_key is not None:
-            stmt = stmt.where(tuple_(column, Profile.id) > tuple_(after_key, after_id))
+            after = column > after_key if len(order) == 1 else tuple_(*order) > tuple_(after_key, after_id)
+            stmt = stmt.where(after)
         for earlier in range(kind):  # found by an earlier kind already
             if prefixes[earlier] is not None:
-                earlier_column = _search_column(_FIND_BY[earlier])
+                earlier_column = _FIND_BY[earlier]
                 stmt = stmt.where(
                     not_(and_(earlier_column.is_not(None), *_starts(earlier_column, prefixes[earlier])))
                 )
-        stmt = stmt.order_by(column, Profile.id).limit(limit + 1 - len(found))
+        stmt = stmt.order_by(*order).limit(limit + 1 - len(found))
         found.extend((kind, profile) for profile in session.scalars(stmt))
         if len(found) > limit:
             break
@@ -1237,8 +1236,7 @@ def find_profiles(
     if len(found) <= limit:
         return [profile for _, profile in page], None
     kind, last = page[-1]
-    key = {"identity": last.identity, "phone": last.phone, "name": last.name_key}[_FIND_BY[kind]]
-    return [profile for _, profile in page], _cursor(kind, key or "", last.id)
+    return [profile for _, profile in page], _cursor(kind, getattr(last, _FIND_BY[kind].key), last.id)
 
 
 def _starts(column: Any, prefix: str | None) -> list[Any]:
