@@ -74,7 +74,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Result, Row
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
 
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.db import UTCDateTime, is_postgres, utcnow
@@ -1107,12 +1109,15 @@ def list_events(
 ) -> tuple[list[Event], int]:
     """A page of a profile's events, latest first, and how many it has in all (NotFound if no profile)."""
     profile = get_profile(session, account_id, identity)
-    where = (Event.account_id == account_id, Event.profile_id == profile.id)
-    total = session.scalar(select(func.count()).select_from(Event).where(*where))
-    page = session.scalars(
-        select(Event).where(*where).order_by(Event.ts.desc(), Event.id.desc()).limit(limit).offset(offset)
-    ).all()
-    return list(page), int(total or 0)
+    events = select(Event).where(Event.account_id == account_id, Event.profile_id == profile.id)
+    page, total = _page(session, events.order_by(Event.ts.desc(), Event.id.desc()), limit, offset)
+    return list(page.scalars()), total
+
+
+def _page(session: Session, rows: Select[Any], limit: int, offset: int) -> tuple[Result[Any], int]:
+    """A page of ``rows`` (in their order), and how many rows there are in all."""
+    total = session.scalar(select(func.count()).select_from(rows.order_by(None).subquery()))
+    return session.execute(rows.limit(limit).offset(offset)), int(total or 0)
 
 
 def consent_history(
@@ -1121,16 +1126,10 @@ def consent_history(
     """A page of a profile's ``MSG-whatsapp`` changes, newest first, and how many it has (NotFound if no
     profile)."""
     profile = get_profile(session, account_id, identity)
-    where = ConsentChange.profile_id == profile.id
-    total = session.scalar(select(func.count()).select_from(ConsentChange).where(where))
-    page = session.scalars(
-        select(ConsentChange)
-        .where(where)
-        .order_by(ConsentChange.changed_at.desc(), ConsentChange.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return list(page), int(total or 0)
+    changes = select(ConsentChange).where(ConsentChange.profile_id == profile.id)
+    newest_first = changes.order_by(ConsentChange.changed_at.desc(), ConsentChange.id.desc())
+    page, total = _page(session, newest_first, limit, offset)
+    return list(page.scalars()), total
 
 
 def change_consent(
@@ -1246,67 +1245,27 @@ def _starts(column: Any, prefix: str | None) -> list[Any]:
     return [column >= prefix] if past is None else [column >= prefix, column < past]
 
 
-@dataclass(frozen=True)
-class ProfileMessage:
-    """A WhatsApp message of a profile's, from the ledger, with its campaign's name and variant."""
-
-    id: int
-    campaign_id: int | None
-    campaign_name: str | None
-    variant: str | None
-    state: str
-    reason: str | None
-    error_detail: str | None
-    to_phone: str | None
-    params: list[str] | None
-    text: str | None
-    created_at: datetime
-    sent_at: datetime | None
-    delivered_at: datetime | None
-    read_at: datetime | None
-    replied_at: datetime | None
-    failed_at: datetime | None
-
-
 def profile_messages(
     session: Session, account_id: str, identity: str, limit: int = 50, offset: int = 0
-) -> tuple[list[ProfileMessage], int]:
-    """A page of the profile's ledger rows (every message planned or sent to it, agent replies too), newest
-    first, and how many it has (NotFound if no profile); ix_messages_profile_created serves both."""
+) -> tuple[list[Row[Any]], int]:
+    """A page of the profile's ledger rows (every message planned or sent to it, agent replies too), each
+    with its campaign's name and its variant's key, newest first, and how many it has (NotFound if no
+    profile); ix_messages_profile_created serves both."""
     profile = get_profile(session, account_id, identity)
-    where = (Message.profile_id == profile.id, Message.account_id == account_id)
-    total = session.scalar(select(func.count()).select_from(Message).where(*where))
-    rows = session.execute(
-        select(Message, Campaign.name, CampaignVariant.key)
+    messages = (
+        select(
+            *cast(Table, Message.__table__).c,
+            Campaign.name.label("campaign_name"),
+            CampaignVariant.key.label("variant"),
+        )
         .outerjoin(Campaign, Campaign.id == Message.campaign_id)
         .outerjoin(CampaignVariant, CampaignVariant.id == Message.variant_id)
-        .where(*where)
-        .order_by(Message.created_at.desc(), Message.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    page = [
-        ProfileMessage(
-            id=m.id,
-            campaign_id=m.campaign_id,
-            campaign_name=campaign_name,
-            variant=variant,
-            state=m.state,
-            reason=m.reason,
-            error_detail=m.error_detail,
-            to_phone=m.to_phone,
-            params=m.params,
-            text=m.text,
-            created_at=m.created_at,
-            sent_at=m.sent_at,
-            delivered_at=m.delivered_at,
-            read_at=m.read_at,
-            replied_at=m.replied_at,
-            failed_at=m.failed_at,
-        )
-        for m, campaign_name, variant in rows
-    ]
-    return page, int(total or 0)
+        .where(Message.profile_id == profile.id, Message.account_id == account_id)
+    )
+    page, total = _page(
+        session, messages.order_by(Message.created_at.desc(), Message.id.desc()), limit, offset
+    )
+    return list(page), total
 
 
 @dataclass(frozen=True)
