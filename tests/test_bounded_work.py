@@ -342,6 +342,8 @@ def test_trigger_planning_statements_do_not_grow_with_the_events(
         kind="inaction",
         trigger={"event": "Charged", "absent_event": "Refund", "within_minutes": 30},
     )
+    with db.session() as session:  # the property catalogue knows Charged and its properties already
+        ingest(session, account.account_id, [_charged("known", int(time.time()))])
     statements: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
