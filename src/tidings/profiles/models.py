@@ -19,6 +19,8 @@ class Profile(Base):
         Index("ix_profiles_account_phone", "account_id", "phone"),
         # Find a profile by name: a prefix range of one account's ``name_key``, in (name_key, id) order.
         Index("ix_profiles_account_name_key", "account_id", "name_key", "id"),
+        # The newest profiles first, a page at a time (profiles.service.newest_profiles).
+        Index("ix_profiles_account_newest", "account_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -42,6 +44,8 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_account_name_ts", "account_id", "name", "ts"),
         Index("ix_events_profile_name_ts", "profile_id", "name", "ts"),
+        # A profile's latest events, newest first, a page at a time (profiles.service.profile_events).
+        Index("ix_events_profile_ts", "profile_id", "ts", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

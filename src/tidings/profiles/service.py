@@ -1114,6 +1114,48 @@ def list_events(
     return list(page.scalars()), total
 
 
+def profile_events(
+    session: Session, profile: Profile, limit: int = 20, cursor: str | None = None
+) -> tuple[list[Event], str | None]:
+    """A page of the profile's events, newest first (``ts``, then ``id``), and the cursor of the next page
+    (None after the last): a range of ix_events_profile_ts from the cursor, ``limit + 1`` rows read, not
+    counted, however many events the profile has."""
+    events = select(Event).where(Event.profile_id == profile.id)
+    if cursor:
+        ts, event_id = _read_event_cursor(cursor)
+        events = events.where(tuple_(Event.ts, Event.id) < tuple_(literal(ts, UTCDateTime()), event_id))
+    found = list(session.scalars(events.order_by(Event.ts.desc(), Event.id.desc()).limit(limit + 1)))
+    if len(found) <= limit:
+        return found, None
+    last = found[limit - 1]
+    return found[:limit], f"{(last.ts - _EPOCH) // timedelta(microseconds=1)}.{last.id}"
+
+
+def _read_event_cursor(cursor: str) -> tuple[datetime, int]:
+    micros, _, event_id = cursor.partition(".")
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros)), int(event_id)
+    except (ValueError, OverflowError):
+        raise Invalid("the cursor is not one this list gave", code="invalid_cursor") from None
+
+
+def newest_profiles(
+    session: Session, account_id: str, limit: int = 20, cursor: str | None = None
+) -> tuple[list[Profile], str | None]:
+    """A page of the account's profiles, newest (highest id) first, and the cursor of the next page (None
+    after the last): ix_profiles_account_newest read backwards from the cursor, ``limit + 1`` rows, not
+    counted."""
+    profiles = select(Profile).where(Profile.account_id == account_id)
+    if cursor:
+        if not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**63):
+            raise Invalid("the cursor is not one this list gave", code="invalid_cursor")
+        profiles = profiles.where(Profile.id < int(cursor))
+    found = list(session.scalars(profiles.order_by(Profile.id.desc()).limit(limit + 1)))
+    if len(found) <= limit:
+        return found, None
+    return found[:limit], str(found[limit - 1].id)
+
+
 def _page(session: Session, rows: Select[Any], limit: int, offset: int) -> tuple[Result[Any], int]:
     """A page of ``rows`` (in their order), and how many rows there are in all."""
     total = session.scalar(select(func.count()).select_from(rows.order_by(None).subquery()))

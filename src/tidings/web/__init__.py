@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings.web.auth import BadCsrf, PageForbidden, SignInNeeded
-from tidings.web.pages import campaigns, segments, settings, signin
+from tidings.web.pages import campaigns, profiles, segments, settings, signin
 from tidings.web.render import HERE, page_exception
 
 # One line per area.
@@ -17,6 +17,7 @@ PAGE_ROUTERS = [
     signin.router,
     campaigns.router,
     segments.router,
+    profiles.router,
     settings.router,
 ]
 
