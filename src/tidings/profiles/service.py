@@ -1136,7 +1136,7 @@ def _read_event_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         return _EPOCH + timedelta(microseconds=int(micros)), int(event_id)
     except (ValueError, OverflowError):
-        raise Invalid("the cursor is not one this list gave", code="invalid_cursor") from None
+        raise _bad_cursor() from None
 
 
 def newest_profiles(
@@ -1148,7 +1148,7 @@ def newest_profiles(
     profiles = select(Profile).where(Profile.account_id == account_id)
     if cursor:
         if not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**63):
-            raise Invalid("the cursor is not one this list gave", code="invalid_cursor")
+            raise _bad_cursor()
         profiles = profiles.where(Profile.id < int(cursor))
     found = list(session.scalars(profiles.order_by(Profile.id.desc()).limit(limit + 1)))
     if len(found) <= limit:
@@ -1221,6 +1221,10 @@ def _phone_prefix(q: str) -> str | None:
     return f"+{body}" if body.isascii() and body.isdigit() else None
 
 
+def _bad_cursor() -> Invalid:
+    return Invalid("the cursor is not one this list gave", code="invalid_cursor")
+
+
 def _cursor(kind: int, key: str, row_id: int) -> str:
     return base64.urlsafe_b64encode(json.dumps([kind, key, row_id]).encode()).decode().rstrip("=")
 
@@ -1229,14 +1233,14 @@ def _read_cursor(cursor: str) -> tuple[int, str, int]:
     try:
         kind, key, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, TypeError, binascii.Error):
-        raise Invalid("the cursor is not one this list gave", code="invalid_cursor") from None
+        raise _bad_cursor() from None
     if not (
         isinstance(kind, int)
         and 0 <= kind < len(_FIND_BY)
         and isinstance(key, str)
         and isinstance(row_id, int)
     ):
-        raise Invalid("the cursor is not one this list gave", code="invalid_cursor")
+        raise _bad_cursor()
     return kind, key, row_id
 
 
