@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -321,11 +321,17 @@ def _check_dependents(session: Session, account_id: str, segment: Segment, chang
             ) from exc
 
 
+class CampaignRef(NamedTuple):
+    id: int
+    name: str
+    state: str
+
+
 @dataclass
 class SegmentUsers:
     """What refers to a saved segment: campaigns (any state, newest first) and other saved segments."""
 
-    campaigns: list[Campaign] = field(default_factory=list)
+    campaigns: list[CampaignRef] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
 
 
@@ -333,12 +339,16 @@ def segment_users(session: Session, account_id: str) -> dict[int, SegmentUsers]:
     """For each of the account's segments that something refers to directly: the campaigns whose target,
     and the segments whose definition, name it. Two queries, whatever the number of segments."""
     found: dict[int, SegmentUsers] = {}
-    campaigns = session.scalars(
-        select(Campaign).where(Campaign.account_id == account_id).order_by(Campaign.id.desc())
+    campaigns = session.execute(
+        select(Campaign.id, Campaign.name, Campaign.state, Campaign.target)
+        .where(Campaign.account_id == account_id)
+        .order_by(Campaign.id.desc())
     )
-    for campaign in campaigns:
-        for segment_id in _referenced_ids(campaign.target):
-            found.setdefault(segment_id, SegmentUsers()).campaigns.append(campaign)
+    for campaign_id, name, state, target in campaigns:
+        for segment_id in _referenced_ids(target):
+            found.setdefault(segment_id, SegmentUsers()).campaigns.append(
+                CampaignRef(campaign_id, name, state)
+            )
     for segment in list_segments(session, account_id):
         for segment_id in _referenced_ids(segment.definition):
             found.setdefault(segment_id, SegmentUsers()).segments.append(segment)
