@@ -168,7 +168,20 @@ def test_build_a_segment_watch_its_estimate_save_and_edit_it(
     page.get_by_label("Group 1, condition 2: times").fill("0")  # "at least 0" is refused by the service
     expect(estimate).to_contain_text("Group 1, condition 2")
     check_page(page)
-    shoot(page, "segment-builder", tmp_path)
+
+    # a second group comes and goes; the whole definition can be edited as JSON and back
+    page.get_by_role("button", name="+ Profile property in a new group").click()
+    redrawn(page)
+    expect(page.get_by_role("group", name="Group 2")).to_be_visible()
+    page.get_by_role("button", name="Remove group 2, condition 1").click()
+    redrawn(page)
+    expect(page.get_by_role("group", name="Group 2")).to_have_count(0)
+    page.get_by_role("button", name="Edit as JSON").click()
+    redrawn(page)
+    expect(page.get_by_label("Definition as JSON")).to_contain_text('"event": "Charged"')
+    page.get_by_role("button", name="Back to the visual builder").click()
+    redrawn(page)
+    expect(page.get_by_label("Group 1, condition 2: event")).to_have_value("Charged")
 
     # errors next to their fields: the row's, and the name's
     page.get_by_label("Name").fill("Loyal")
@@ -210,6 +223,8 @@ def test_build_a_segment_watch_its_estimate_save_and_edit_it(
     expect(estimate).to_contain_text("0 profiles")
     page.get_by_label("Group 1, condition 2, filter 1: value", exact=True).fill("800")
     expect(estimate).to_contain_text("1 profile")
+    check_page(page)
+    shoot(page, "segment-builder", tmp_path)
     page.get_by_role("button", name="Save changes").click()
     expect(page.get_by_role("status")).to_have_text("Saved.")
     with site.db.read() as session:

@@ -48,10 +48,10 @@ OP_LABELS = {
     "gte": "is at least",
     "lt": "is less than",
     "lte": "is at most",
-    "before": "is a date before",
-    "after": "is a date after",
-    "within_last_days": "is a date in the last … days",
-    "within_next_days": "is a date in the next … days",
+    "before": "is before (date)",
+    "after": "is after (date)",
+    "within_last_days": "is in the last N days",
+    "within_next_days": "is in the next N days",
 }
 assert set(OP_LABELS) == set(PROPERTY_OPS)
 NO_VALUE_OPS = ("exists", "not_exists")
@@ -144,7 +144,9 @@ class Test:
             return f"{self.property} {OP_LABELS[self.op]}"
         if self.op in DAY_OPS:
             which = "last" if self.op == "within_last_days" else "next"
-            return f"{self.property} is a date in the {which} {self.value} days"
+            return f"{self.property} is in the {which} {self.value} days"
+        if self.op in DATE_OPS:
+            return f"{self.property} is {self.op} {self.value}"
         return f"{self.property} {OP_LABELS[self.op]} {self.value}"
 
 
