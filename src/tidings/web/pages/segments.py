@@ -22,13 +22,13 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from tidings.bounds import Id
-from tidings.db import utcnow
+from tidings.db import Database, utcnow
 from tidings.deps import Db
 from tidings.errors import ApiError, Invalid
 from tidings.segments import service as segments
 from tidings.segments.compiler import PROPERTY_OPS
 from tidings.users.models import Role
-from tidings.web.auth import MARKETER_PAGES, CurrentViewer, need
+from tidings.web.auth import MARKETER_PAGES, CurrentViewer, Viewer, need
 from tidings.web.render import render
 
 router = APIRouter(include_in_schema=False, dependencies=[MARKETER_PAGES])
@@ -650,9 +650,7 @@ def segment_list(request: Request, viewer: CurrentViewer, db: Db) -> Response:
 
 @router.get("/segments/new", dependencies=[need(Role.marketer)])
 def new_segment(request: Request, viewer: CurrentViewer, db: Db) -> Response:
-    with db.read() as session:
-        context = builder_context(session, viewer.account.id, Builder(groups=[Group(rows=[Row()])]))
-    return render(request, "segments/edit.html", viewer, {"title": "New segment", "name": "", **context})
+    return _page(request, viewer, db)
 
 
 @router.post("/segments/new")
@@ -663,27 +661,13 @@ def create_segment(
     builder: PostedBuilder,
     name: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
-    try:
-        definition = builder.definition()
-        with db.session() as session:
-            segment = segments.create_segment(session, viewer.account.id, name=name, definition=definition)
-            segment_id = segment.id
-    except ApiError as exc:
-        return _refused(request, viewer, db, builder, exc, {"title": "New segment", "name": name})
-    return RedirectResponse(f"/segments/{segment_id}?saved=1", status_code=303)
+    return _save(request, viewer, db, builder, name)
 
 
 @router.get("/segments/{segment_id}")
 def segment_page(request: Request, viewer: CurrentViewer, db: Db, segment_id: Id) -> Response:
     """A marketer edits the segment here; an agent sees it in words. Both see what uses it."""
-    with db.read() as session:
-        segment = segments.get_segment(session, viewer.account.id, segment_id)
-        context = _segment_context(session, viewer.account.id, segment)
-        context |= builder_context(
-            session, viewer.account.id, builder_for(segment.definition), exclude_segment=segment.id
-        )
-    context["saved"] = request.query_params.get("saved") == "1"
-    return render(request, "segments/edit.html", viewer, context)
+    return _page(request, viewer, db, segment_id=segment_id, saved=request.query_params.get("saved") == "1")
 
 
 @router.post("/segments/{segment_id}")
@@ -695,18 +679,7 @@ def update_segment(
     builder: PostedBuilder,
     name: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
-    try:
-        definition = builder.definition()
-        with db.session() as session:
-            segments.update_segment(session, viewer.account.id, segment_id, name=name, definition=definition)
-    except ApiError as exc:
-        if exc.status == 404:
-            raise
-        with db.read() as session:
-            segment = segments.get_segment(session, viewer.account.id, segment_id)
-            context = _segment_context(session, viewer.account.id, segment)
-        return _refused(request, viewer, db, builder, exc, {**context, "name": name})
-    return RedirectResponse(f"/segments/{segment_id}?saved=1", status_code=303)
+    return _save(request, viewer, db, builder, name, segment_id)
 
 
 @router.post("/segments/{segment_id}/delete")
@@ -718,14 +691,7 @@ def delete_segment(request: Request, viewer: CurrentViewer, db: Db, segment_id: 
     except ApiError as exc:
         if exc.status == 404:
             raise
-        with db.read() as session:
-            segment = segments.get_segment(session, viewer.account.id, segment_id)
-            context = _segment_context(session, viewer.account.id, segment)
-            context |= builder_context(
-                session, viewer.account.id, builder_for(segment.definition), exclude_segment=segment.id
-            )
-        context["errors"] = {"delete": exc.message}
-        return render(request, "segments/edit.html", viewer, context, exc.status)
+        return _page(request, viewer, db, segment_id=segment_id, refused=exc, errors={"delete": exc.message})
     return RedirectResponse("/segments", status_code=303)
 
 
@@ -742,31 +708,64 @@ def saved_estimate(request: Request, viewer: CurrentViewer, db: Db, segment_id: 
     return render(request, "segments/_estimate.html", viewer, context)
 
 
-def _segment_context(session: Session, account_id: str, segment: Any) -> dict[str, Any]:
-    users = segments.segment_users(session, account_id).get(segment.id)
-    return {
-        "title": segment.name,
-        "segment": segment,
-        "name": segment.name,
-        "users": users,
-        "editing": segment.id,
-        "description": builder_for(segment.definition).describe(
-            {s.id: s.name for s in segments.list_segments(session, account_id)}
-        ),
-    }
-
-
-def _refused(
-    request: Request, viewer: Any, db: Any, builder: Builder, exc: ApiError, context: dict[str, Any]
+def _save(
+    request: Request, viewer: Viewer, db: Database, builder: Builder, name: str, segment_id: int | None = None
 ) -> Response:
-    """The form again with the service's refusal next to its field (the name, or a row of the builder)."""
-    errors = {"name": exc.message} if exc.code in ("invalid_name", "segment_exists") else {}
+    """Create the segment (or change segment ``segment_id``) and show it; refused: the form again."""
+    try:
+        definition = builder.definition()
+        with db.session() as session:
+            if segment_id is None:
+                saved = segments.create_segment(session, viewer.account.id, name=name, definition=definition)
+            else:
+                saved = segments.update_segment(
+                    session, viewer.account.id, segment_id, name=name, definition=definition
+                )
+            saved_id = saved.id
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        return _page(request, viewer, db, segment_id=segment_id, builder=builder, name=name, refused=exc)
+    return RedirectResponse(f"/segments/{saved_id}?saved=1", status_code=303)
+
+
+def _page(
+    request: Request,
+    viewer: Viewer,
+    db: Database,
+    *,
+    segment_id: int | None = None,
+    builder: Builder | None = None,
+    name: str | None = None,
+    refused: ApiError | None = None,
+    errors: dict[str, str] | None = None,
+    saved: bool = False,
+) -> Response:
+    """The new segment's page, or segment ``segment_id``'s with what uses it; ``builder``: the builder as
+    posted (else the saved definition's); ``refused``: the service's refusal, put next to the name, or next
+    to the builder's row it concerns, unless ``errors`` places it."""
+    if refused is not None and errors is None:
+        errors = {"name": refused.message} if refused.code in ("invalid_name", "segment_exists") else {}
+    builder_error = refused if refused is not None and not errors else None
     with db.read() as session:
+        context: dict[str, Any] = {"title": "New segment", "name": ""}
+        if segment_id is not None:
+            segment = segments.get_segment(session, viewer.account.id, segment_id)
+            found = segments.list_segments(session, viewer.account.id)
+            context = {
+                "title": segment.name,
+                "segment": segment,
+                "name": segment.name,
+                "users": segments.segment_users(session, viewer.account.id).get(segment.id),
+                "editing": segment.id,
+                "description": builder_for(segment.definition).describe({s.id: s.name for s in found}),
+            }
+            builder = builder or builder_for(segment.definition)
+        builder = builder or Builder(groups=[Group(rows=[Row()])])  # a new segment starts with one row
         context |= builder_context(
-            session,
-            viewer.account.id,
-            builder,
-            error=None if errors else exc,
-            exclude_segment=context.get("editing"),
+            session, viewer.account.id, builder, error=builder_error, exclude_segment=segment_id
         )
-    return render(request, "segments/edit.html", viewer, {**context, "errors": errors}, exc.status)
+    if name is not None:
+        context["name"] = name
+    context |= {"errors": errors or {}, "saved": saved}
+    return render(request, "segments/edit.html", viewer, context, refused.status if refused else 200)
