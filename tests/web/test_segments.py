@@ -146,6 +146,10 @@ def test_build_a_segment_watch_its_estimate_save_and_edit_it(
     expect(page).to_have_url(re.compile(r"/segments/new$"))
     estimate = page.locator("#seg-estimate")
     expect(estimate).to_contain_text("4 profiles")  # no condition yet: everyone
+    # the names to pick from are the account's own (the upload's catalogue)
+    expect(page.locator("#seg-profile-properties option")).to_have_attribute("value", "City")
+    expect(page.locator("#seg-events option")).to_have_attribute("value", "Charged")
+    expect(page.locator("#seg-event-properties option")).to_have_attribute("value", "Amount")
 
     page.get_by_label("Group 1, condition 1: property").fill("City")
     page.get_by_label("Group 1, condition 1: value", exact=True).fill("Pune")

@@ -25,6 +25,7 @@ from tidings.bounds import Id
 from tidings.db import Database, utcnow
 from tidings.deps import Db
 from tidings.errors import ApiError, Invalid
+from tidings.profiles import service as profiles
 from tidings.segments import service as segments
 from tidings.segments.compiler import PROPERTY_OPS
 from tidings.users.models import Role
@@ -550,8 +551,14 @@ def apply_action(builder: Builder, action: str) -> None:
 
 
 def suggestions(session: Session, account_id: str) -> dict[str, list[str]]:
-    """Names to pick from: the account's profile properties, event names and event properties."""
-    return {"profile_properties": [], "events": [], "event_properties": []}
+    """Names to pick from: the account's profile properties, event names and event properties (of any
+    event), from the catalogue the upload keeps."""
+    catalogue = profiles.property_catalogue(session, account_id)
+    return {
+        "profile_properties": sorted(catalogue.profile),
+        "events": sorted(catalogue.events),
+        "event_properties": sorted({name for _, names in catalogue.events.values() for name in names}),
+    }
 
 
 def builder_context(
