@@ -298,6 +298,10 @@ def test_an_agent_may_look_but_not_build(site: Site, page: Page) -> None:
     expect(page.get_by_role("button", name="Delete segment")).to_have_count(0)
     expect(page.get_by_label("Name")).to_have_count(0)
     check_page(page)
+    # a definition the builder's rows cannot show is shown as it is
+    odd = _segment(site, "Neither", {"not": {"or": [{"did": "Refund"}, {"did": "Complaint"}]}})
+    page.goto(f"/segments/{odd}")
+    expect(page.locator("pre")).to_contain_text('"did": "Complaint"')
     response = page.goto("/segments/new")
     assert response is not None and response.status == 403
     expect(page.get_by_role("main")).to_contain_text("This page needs the marketer role")
