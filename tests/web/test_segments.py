@@ -218,6 +218,10 @@ def test_build_a_segment_watch_its_estimate_save_and_edit_it(
     expect(estimate).to_contain_text("1 profile")
     page.get_by_role("button", name="+ Filter on the event's properties").click()
     redrawn(page)
+    # the filter offers the properties of its event
+    listed = page.get_by_label("Group 1, condition 2, filter 1: property").get_attribute("list")
+    assert listed == "seg-ep-0"  # Charged's, the only event
+    expect(page.locator(f"datalist#{listed} option")).to_have_attribute("value", "Amount")
     page.get_by_label("Group 1, condition 2, filter 1: property").fill("Amount")
     page.get_by_label("Group 1, condition 2, filter 1: test").select_option("gte")
     redrawn(page)

@@ -550,14 +550,18 @@ def apply_action(builder: Builder, action: str) -> None:
         return  # a stale button (the form changed meanwhile): nothing to do
 
 
-def suggestions(session: Session, account_id: str) -> dict[str, list[str]]:
-    """Names to pick from: the account's profile properties, event names and event properties (of any
-    event), from the catalogue the upload keeps."""
+def suggestions(session: Session, account_id: str) -> dict[str, Any]:
+    """Names to pick from, from the catalogue the upload keeps: the account's profile properties, event
+    names, each event's properties (``event_lists``: event name → the id of its datalist) and those of
+    every event (for a filter whose event is not known yet)."""
     catalogue = profiles.property_catalogue(session, account_id)
+    events = sorted(catalogue.events)
     return {
         "profile_properties": sorted(catalogue.profile),
-        "events": sorted(catalogue.events),
+        "events": events,
         "event_properties": sorted({name for _, names in catalogue.events.values() for name in names}),
+        "per_event": [(f"seg-ep-{i}", sorted(catalogue.events[e][1])) for i, e in enumerate(events)],
+        "event_lists": {event: f"seg-ep-{i}" for i, event in enumerate(events)},
     }
 
 
