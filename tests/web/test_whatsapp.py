@@ -1,0 +1,239 @@
+"""Settings → WhatsApp in the browser: connecting a provider (the form drawn from its plug-in's models),
+secrets that never come back, a test message, and the Templates tab with its live preview."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from tests.web.conftest import Site, check_page, shoot, sign_in
+from tidings.accounts import integrations
+from tidings.templates.service import create_template
+
+SECRET = "vonage-api-secret-Zq81Lm"
+SIGNATURE = "vonage-signature-secret-Pw44Kd"
+
+
+def _provider(page: Page, kind: str) -> None:
+    page.get_by_label("Send WhatsApp messages with").select_option(kind)
+
+
+def _fieldset(page: Page, kind: str):  # type: ignore[no-untyped-def]
+    return page.locator(f"fieldset[data-provider={kind}]")
+
+
+def test_admin_connects_the_sandbox_and_sends_a_test(site: Site, admin: Page, tmp_path: Path) -> None:
+    page = admin
+    # start from Vonage, so that connecting the sandbox is a change
+    with site.db.session() as session:
+        integrations.configure(
+            session,
+            site.app.state.box,
+            site.account.account_id,
+            kind="vonage",
+            settings={"sender": "447700900000"},
+            secrets={"api_key": "k", "api_secret": SECRET, "signature_secret": SIGNATURE},
+        )
+    page.goto("/settings/whatsapp")
+    expect(page.get_by_role("heading", name="WhatsApp", level=1)).to_be_visible()
+    tabs = page.get_by_role("navigation", name="WhatsApp settings")
+    expect(tabs.get_by_role("link", name="Integration")).to_have_attribute("aria-current", "page")
+    expect(_fieldset(page, "vonage")).to_be_visible()
+    _provider(page, "sandbox")
+    expect(_fieldset(page, "vonage")).to_be_hidden()
+    expect(_fieldset(page, "sandbox")).to_be_visible()
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("The sandbox is the account's WhatsApp provider")
+
+    base = f"{site.url}/webhooks/sandbox/{site.account.account_id}"
+    expect(page.get_by_label("Status URL", exact=True)).to_have_value(f"{base}/status")
+    expect(page.get_by_label("Inbound URL", exact=True)).to_have_value(f"{base}/inbound")
+    expect(page.get_by_role("button", name="Copy the status URL")).to_have_attribute("data-copy", "#wh-status")
+
+    page.get_by_label("To (phone number)").fill("+14155550123")
+    page.get_by_role("button", name="Send test message").click()
+    answer = page.locator("#test-answer")
+    expect(answer).to_contain_text("Accepted by sandbox")
+    expect(answer).to_contain_text("Message id")
+    assert page.url.endswith("/settings/whatsapp?saved=1")  # the answer came in place (htmx)
+
+    page.get_by_label("To (phone number)").fill("not a number")
+    page.get_by_role("button", name="Send test message").click()
+    expect(answer).to_contain_text("not a phone number in E.164 form")
+    page.get_by_label("To (phone number)").fill("+14155550123")
+    page.get_by_role("button", name="Send test message").click()
+    expect(answer).to_contain_text("Accepted by sandbox")
+    check_page(page)
+    shoot(page, "whatsapp-settings", tmp_path)
+
+
+def test_saved_secrets_never_come_back_to_the_page(site: Site, admin: Page) -> None:
+    page = admin
+    page.goto("/settings/whatsapp")
+    _provider(page, "vonage")
+    vonage = _fieldset(page, "vonage")
+    vonage.get_by_label("Sender", exact=True).fill("447700900000")
+    vonage.get_by_label("Api Key (optional)").fill("a1b2c3d4")
+    vonage.get_by_label("Api Secret (optional)").fill(SECRET)
+    vonage.get_by_label("Signature Secret (optional)").fill(SIGNATURE)
+    vonage.get_by_label("Messaging Limit (optional)").fill("1000")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("Vonage is the account's WhatsApp provider")
+    html = page.content()
+    assert SECRET not in html and SIGNATURE not in html
+    expect(vonage.get_by_label("Api Secret (optional)")).to_have_value("")
+    expect(vonage).to_contain_text(f"Saved (…{SECRET[-4:]}): leave empty to keep it.")
+    expect(vonage.get_by_label("Messaging Limit (optional)")).to_have_value("1000")
+    expect(page.get_by_label("Rate (messages a second, optional)")).to_have_value("30.0")
+
+    # a new sender without typing the secrets again: they are kept, and still not shown
+    vonage.get_by_label("Sender", exact=True).fill("447700900001")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("Saved")
+    expect(vonage.get_by_label("Sender", exact=True)).to_have_value("447700900001")
+    expect(vonage).to_contain_text(f"Saved (…{SIGNATURE[-4:]}): leave empty to keep it.")
+    html = page.content()
+    assert SECRET not in html and SIGNATURE not in html
+    with site.db.read() as session:
+        from tidings.accounts.service import get_integration
+
+        sealed = get_integration(session, site.account.account_id).secrets
+    assert site.app.state.box.open(sealed)["api_secret"] == SECRET
+
+
+def test_a_refused_value_is_shown_next_to_its_field(site: Site, admin: Page) -> None:
+    page = admin
+    page.goto("/settings/whatsapp")
+    _provider(page, "vonage")
+    vonage = _fieldset(page, "vonage")
+    sender = vonage.get_by_label("Sender", exact=True)
+    sender.fill("44-77-ab")
+    vonage.get_by_label("Api Key (optional)").fill("a1b2c3d4")
+    vonage.get_by_label("Api Secret (optional)").fill(SECRET)
+    vonage.get_by_label("Signature Secret (optional)").fill(SIGNATURE)
+    page.get_by_role("button", name="Save").click()
+    expect(sender).to_have_attribute("aria-invalid", "true")
+    expect(vonage.get_by_role("alert")).to_have_text(
+        "settings.sender must be the WhatsApp number in E.164 digits, e.g. 447700900000"
+    )
+    expect(sender).to_have_value("44-77-ab")  # what was typed stays, the secrets do not
+    assert SECRET not in page.content()
+
+    _provider(page, "meta")
+    meta = _fieldset(page, "meta")
+    meta.get_by_label("Phone Number Id", exact=True).fill("1234567")
+    meta.get_by_label("Access Token (optional)").fill("EAAG-token")
+    page.get_by_role("button", name="Save").click()  # no app secret
+    expect(meta.get_by_label("App Secret (optional)")).to_have_attribute("aria-invalid", "true")
+    expect(meta.get_by_role("alert")).to_have_text("secrets.app_secret is required")
+    meta.get_by_label("Access Token (optional)").fill("EAAG-token")
+    meta.get_by_label("App Secret (optional)").fill("meta-app-secret")
+    meta.get_by_label("Api Version (optional)").fill("23")
+    page.get_by_role("button", name="Save").click()
+    expect(meta.get_by_label("Api Version (optional)")).to_have_attribute("aria-invalid", "true")
+    expect(meta.get_by_role("alert")).to_contain_text("a Graph API version such as v23.0")
+    page.get_by_label("Rate (messages a second, optional)").fill("-5")
+    meta.get_by_label("Api Version (optional)").fill("v23.0")
+    meta.get_by_label("Access Token (optional)").fill("EAAG-token")
+    meta.get_by_label("App Secret (optional)").fill("meta-app-secret")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_label("Rate (messages a second, optional)")).to_have_attribute("aria-invalid", "true")
+    with site.db.read() as session:
+        from tidings.accounts.service import get_integration
+
+        assert get_integration(session, site.account.account_id).kind == "sandbox"  # nothing was saved
+
+
+def test_add_a_template_with_the_format_error_first(site: Site, marketer: Page, tmp_path: Path) -> None:
+    page = marketer
+    page.goto("/settings/whatsapp/templates")
+    tabs = page.get_by_role("navigation", name="WhatsApp settings")
+    expect(tabs.get_by_role("link", name="Templates")).to_have_attribute("aria-current", "page")
+    expect(tabs.get_by_role("link", name="Integration")).to_have_count(0)  # an admin's tab
+    page.get_by_role("link", name="+ Add New").click()
+    expect(page).to_have_url(re.compile(r"/settings/whatsapp/templates/new$"))
+    expect(page.get_by_role("note")).to_contain_text(
+        "write its name in this format: <template_namespace>:<template_name>"
+    )
+
+    page.get_by_label("Name").fill("booking_confirmation")
+    page.get_by_label("Language").fill("en_US")
+    page.get_by_label("Category").select_option("UTILITY")
+    page.get_by_label("Body").fill("Hi {{1}}, your booking {{2}} is confirmed. See you on {{3}}!")
+    preview = page.locator("#preview")
+    expect(preview.locator(".var")).to_have_text(["{{1}}", "{{2}}", "{{3}}"])  # live, before saving
+    expect(preview).to_contain_text("3 variables")
+    page.get_by_role("button", name="Save template").click()
+    name = page.get_by_label("Name")
+    expect(name).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#e-name")).to_have_text(
+        "name must be <template_namespace>:<template_name>, e.g. tickets:booking_confirmation "
+        "(the colon between the two parts is missing)"
+    )
+    expect(preview.locator(".var")).to_have_count(3)  # the refused form keeps the body and its preview
+
+    page.get_by_label("Body").fill("Hi {{1}}, your booking {{3}} is confirmed.")
+    expect(preview).to_contain_text("{{2}} is missing")
+    page.get_by_label("Body").fill("Hi {{1}}, your booking {{2}} is confirmed. See you on {{3}}!")
+    expect(preview.locator(".var")).to_have_count(3)
+    name.fill("tickets:booking_confirmation")
+    check_page(page)
+    shoot(page, "template-new", tmp_path)
+    page.get_by_role("button", name="Save template").click()
+
+    expect(page).to_have_url(re.compile(r"/settings/whatsapp/templates\?created="))
+    expect(page.get_by_role("status")).to_contain_text("Template tickets:booking_confirmation added")
+    row = page.get_by_role("row").filter(has_text="tickets:booking_confirmation")
+    expect(row).to_contain_text("APPROVED")
+    expect(row).to_contain_text("en_US")
+    expect(row).to_contain_text("Utility")
+    expect(page.get_by_role("button", name="Sync")).to_be_visible()  # the sandbox reviews templates
+    check_page(page)
+    shoot(page, "templates-list", tmp_path)
+
+
+def test_sync_only_where_the_provider_can(site: Site, marketer: Page) -> None:
+    page = marketer
+    page.goto("/settings/whatsapp/templates")
+    page.get_by_role("button", name="Sync").click()
+    expect(page.get_by_role("status")).to_contain_text("Synced with the provider: nothing changed")
+    with site.db.session() as session:
+        integrations.configure(
+            session,
+            site.app.state.box,
+            site.account.account_id,
+            kind="vonage",
+            settings={"sender": "447700900000"},
+            secrets={"api_key": "k", "api_secret": SECRET, "signature_secret": SIGNATURE},
+        )
+    page.goto("/settings/whatsapp/templates")
+    expect(page.get_by_role("link", name="+ Add New")).to_be_visible()
+    expect(page.get_by_role("button", name="Sync")).to_have_count(0)  # Vonage lists no templates
+
+
+def test_roles(site: Site, page: Page) -> None:
+    with site.db.session() as session:
+        create_template(
+            session, site.account.account_id, name="tickets:reminder", body="See you {{1}}", category="UTILITY"
+        )
+    sign_in(page, site.user("agent@acme.test", "agent"))
+    response = page.goto("/settings/whatsapp/templates")
+    assert response is not None and response.status == 200
+    expect(page.get_by_role("row").filter(has_text="tickets:reminder")).to_contain_text("APPROVED")
+    expect(page.get_by_role("link", name="+ Add New")).to_have_count(0)
+    expect(page.get_by_role("button", name="Sync")).to_have_count(0)
+    for path in ("/settings/whatsapp", "/settings/whatsapp/templates/new"):
+        response = page.goto(path)
+        assert response is not None and response.status == 403, path
+        expect(page.get_by_role("main")).to_contain_text("you are signed in as agent")
+    refused = page.request.post("/settings/whatsapp/templates/sync")  # no form of the agent's can post
+    assert refused.status == 403
+
+    page.context.clear_cookies()
+    sign_in(page, site.user("marketer@acme.test", "marketer"))
+    response = page.goto("/settings/whatsapp")
+    assert response is not None and response.status == 403
+    response = page.goto("/settings/whatsapp/templates/new")
+    assert response is not None and response.status == 200
