@@ -48,9 +48,14 @@ def test_admin_connects_the_sandbox_and_sends_a_test(site: Site, admin: Page, tm
     expect(page.get_by_role("status")).to_contain_text("The sandbox is the account's WhatsApp provider")
 
     base = f"{site.url}/webhooks/sandbox/{site.account.account_id}"
-    expect(page.get_by_label("Status URL", exact=True)).to_have_value(f"{base}/status")
-    expect(page.get_by_label("Inbound URL", exact=True)).to_have_value(f"{base}/inbound")
-    expect(page.get_by_role("button", name="Copy the status URL")).to_have_attribute("data-copy", "#wh-status")
+    webhooks = page.get_by_role("region", name="Webhook URLs")
+    expect(webhooks.get_by_role("definition")).to_have_text([f"{base}/status Copy", f"{base}/inbound Copy"])
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    copy = webhooks.locator("button[data-copy='#wh-status']")
+    expect(copy).to_have_accessible_description("Status URL")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == f"{base}/status"
 
     page.get_by_label("To (phone number)").fill("+14155550123")
     page.get_by_role("button", name="Send test message").click()
@@ -75,18 +80,18 @@ def test_saved_secrets_never_come_back_to_the_page(site: Site, admin: Page) -> N
     _provider(page, "vonage")
     vonage = _fieldset(page, "vonage")
     vonage.get_by_label("Sender", exact=True).fill("447700900000")
-    vonage.get_by_label("Api Key (optional)").fill("a1b2c3d4")
-    vonage.get_by_label("Api Secret (optional)").fill(SECRET)
-    vonage.get_by_label("Signature Secret (optional)").fill(SIGNATURE)
-    vonage.get_by_label("Messaging Limit (optional)").fill("1000")
+    vonage.get_by_label("API key (optional)").fill("a1b2c3d4")
+    vonage.get_by_label("API secret (optional)").fill(SECRET)
+    vonage.get_by_label("Signature secret (optional)").fill(SIGNATURE)
+    vonage.get_by_label("Messaging limit (optional)").fill("1000")
     page.get_by_role("button", name="Save").click()
     expect(page.get_by_role("status")).to_contain_text("Vonage is the account's WhatsApp provider")
     html = page.content()
     assert SECRET not in html and SIGNATURE not in html
-    expect(vonage.get_by_label("Api Secret (optional)")).to_have_value("")
+    expect(vonage.get_by_label("API secret (optional)")).to_have_value("")
     expect(vonage).to_contain_text(f"Saved (…{SECRET[-4:]}): leave empty to keep it.")
-    expect(vonage.get_by_label("Messaging Limit (optional)")).to_have_value("1000")
-    expect(page.get_by_label("Rate (messages a second, optional)")).to_have_value("30.0")
+    expect(vonage.get_by_label("Messaging limit (optional)")).to_have_value("1000")
+    expect(vonage.get_by_label("Rate (messages a second, optional)")).to_have_value("30")
 
     # a new sender without typing the secrets again: they are kept, and still not shown
     vonage.get_by_label("Sender", exact=True).fill("447700900001")
@@ -110,9 +115,9 @@ def test_a_refused_value_is_shown_next_to_its_field(site: Site, admin: Page) -> 
     vonage = _fieldset(page, "vonage")
     sender = vonage.get_by_label("Sender", exact=True)
     sender.fill("44-77-ab")
-    vonage.get_by_label("Api Key (optional)").fill("a1b2c3d4")
-    vonage.get_by_label("Api Secret (optional)").fill(SECRET)
-    vonage.get_by_label("Signature Secret (optional)").fill(SIGNATURE)
+    vonage.get_by_label("API key (optional)").fill("a1b2c3d4")
+    vonage.get_by_label("API secret (optional)").fill(SECRET)
+    vonage.get_by_label("Signature secret (optional)").fill(SIGNATURE)
     page.get_by_role("button", name="Save").click()
     expect(sender).to_have_attribute("aria-invalid", "true")
     expect(vonage.get_by_role("alert")).to_have_text(
@@ -123,23 +128,23 @@ def test_a_refused_value_is_shown_next_to_its_field(site: Site, admin: Page) -> 
 
     _provider(page, "meta")
     meta = _fieldset(page, "meta")
-    meta.get_by_label("Phone Number Id", exact=True).fill("1234567")
-    meta.get_by_label("Access Token (optional)").fill("EAAG-token")
+    meta.get_by_label("Phone number ID", exact=True).fill("1234567")
+    meta.get_by_label("Access token (optional)").fill("EAAG-token")
     page.get_by_role("button", name="Save").click()  # no app secret
-    expect(meta.get_by_label("App Secret (optional)")).to_have_attribute("aria-invalid", "true")
+    expect(meta.get_by_label("App secret (optional)")).to_have_attribute("aria-invalid", "true")
     expect(meta.get_by_role("alert")).to_have_text("secrets.app_secret is required")
-    meta.get_by_label("Access Token (optional)").fill("EAAG-token")
-    meta.get_by_label("App Secret (optional)").fill("meta-app-secret")
-    meta.get_by_label("Api Version (optional)").fill("23")
+    meta.get_by_label("Access token (optional)").fill("EAAG-token")
+    meta.get_by_label("App secret (optional)").fill("meta-app-secret")
+    meta.get_by_label("Graph API version (optional)").fill("23")
     page.get_by_role("button", name="Save").click()
-    expect(meta.get_by_label("Api Version (optional)")).to_have_attribute("aria-invalid", "true")
+    expect(meta.get_by_label("Graph API version (optional)")).to_have_attribute("aria-invalid", "true")
     expect(meta.get_by_role("alert")).to_contain_text("a Graph API version such as v23.0")
-    page.get_by_label("Rate (messages a second, optional)").fill("-5")
-    meta.get_by_label("Api Version (optional)").fill("v23.0")
-    meta.get_by_label("Access Token (optional)").fill("EAAG-token")
-    meta.get_by_label("App Secret (optional)").fill("meta-app-secret")
+    meta.get_by_label("Rate (messages a second, optional)").fill("-5")
+    meta.get_by_label("Graph API version (optional)").fill("v23.0")
+    meta.get_by_label("Access token (optional)").fill("EAAG-token")
+    meta.get_by_label("App secret (optional)").fill("meta-app-secret")
     page.get_by_role("button", name="Save").click()
-    expect(page.get_by_label("Rate (messages a second, optional)")).to_have_attribute("aria-invalid", "true")
+    expect(meta.get_by_label("Rate (messages a second, optional)")).to_have_attribute("aria-invalid", "true")
     with site.db.read() as session:
         from tidings.accounts.service import get_integration
 
@@ -173,14 +178,14 @@ def test_add_a_template_with_the_format_error_first(site: Site, marketer: Page, 
         "(the colon between the two parts is missing)"
     )
     expect(preview.locator(".var")).to_have_count(3)  # the refused form keeps the body and its preview
+    check_page(page)
+    shoot(page, "template-new", tmp_path)
 
     page.get_by_label("Body").fill("Hi {{1}}, your booking {{3}} is confirmed.")
     expect(preview).to_contain_text("{{2}} is missing")
     page.get_by_label("Body").fill("Hi {{1}}, your booking {{2}} is confirmed. See you on {{3}}!")
     expect(preview.locator(".var")).to_have_count(3)
     name.fill("tickets:booking_confirmation")
-    check_page(page)
-    shoot(page, "template-new", tmp_path)
     page.get_by_role("button", name="Save template").click()
 
     expect(page).to_have_url(re.compile(r"/settings/whatsapp/templates\?created="))
@@ -216,7 +221,11 @@ def test_sync_only_where_the_provider_can(site: Site, marketer: Page) -> None:
 def test_roles(site: Site, page: Page) -> None:
     with site.db.session() as session:
         create_template(
-            session, site.account.account_id, name="tickets:reminder", body="See you {{1}}", category="UTILITY"
+            session,
+            site.account.account_id,
+            name="tickets:reminder",
+            body="See you {{1}}",
+            category="UTILITY",
         )
     sign_in(page, site.user("agent@acme.test", "agent"))
     response = page.goto("/settings/whatsapp/templates")

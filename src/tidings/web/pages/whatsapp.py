@@ -114,7 +114,7 @@ def _field_error(exc: ApiError, kind: str) -> tuple[str, str]:
     """The form field a refusal concerns ("" for none) and its message without the kind's prefix."""
     message = exc.message.removeprefix(f"{kind}: ")
     if exc.message.startswith("rate_limit"):
-        return "rate_limit", message
+        return f"{kind}.rate_limit", message
     found = _FIELD.search(exc.message)
     return (f"{kind}.{found.group(1)}.{found.group(2)}" if found else ""), message
 
@@ -139,28 +139,35 @@ def _settings_page(
     for plugin in registry.plugins():
         same = plugin.kind == shown["kind"]
         saved_settings = shown["settings"] if same else {}
+        rate = shown["rate_limit"] if same else plugin.default_rate
         if form is not None and plugin.kind == chosen:  # a refused save: show what was typed
             saved_settings = _submitted(form, plugin.kind, "settings")
+            rate = form.get(f"{plugin.kind}.rate_limit")
+        default = f"{plugin.default_rate:g} a second" if plugin.default_rate else "no limit"
         providers.append(
             {
                 "kind": plugin.kind,
                 "title": _title(plugin),
-                "rate": plugin.default_rate,
                 "settings": _controls(plugin, "settings", saved_settings),
                 "secrets": _controls(plugin, "secrets", shown["secrets"] if same else {}),
+                "rate": Control(
+                    name=f"{plugin.kind}.rate_limit",
+                    label="Rate (messages a second, optional)",
+                    hint=f"How fast the sender may send; empty: {plugin.title}'s own ({default}).",
+                    input="number",
+                    required=False,
+                    value="" if rate is None else f"{float(rate):g}",
+                ),
             }
         )
-    rate = form.get("rate_limit") if form is not None else shown["rate_limit"]
+    current = registry.plugin(shown["kind"])
     context = {
         "title": "WhatsApp",
         "providers": providers,
         "current": shown,
-        "current_title": _title(registry.plugin(shown["kind"])),
+        "current_name": current.title,
+        "current_title": _title(current),
         "chosen": chosen or shown["kind"],
-        "rate": "" if rate is None else rate,
-        "rate_hint": "Empty: the provider's own ("
-        + ", ".join(f"{_title(p)} {p.default_rate:g}" for p in registry.plugins() if p.default_rate)
-        + "; otherwise no limit).",
         "errors": errors or {},
         "saved": request.query_params.get("saved") == "1",
         "test": test,
@@ -186,7 +193,7 @@ def save_settings(
     """Save the chosen provider with the fields of its fieldset; a refusal is shown next to its field."""
     kind = str(form.get("kind", ""))
     known = registry.find(kind) is not None  # an unknown kind: the service says which are known
-    rate = str(form.get("rate_limit", "")).strip()
+    rate = str(form.get(f"{kind}.rate_limit", "")).strip()
     try:
         try:
             rate_limit = float(rate) if rate else None
