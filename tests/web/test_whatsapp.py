@@ -4,12 +4,19 @@ secrets that never come back, a test message, and the Templates tab with its liv
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page, expect
+from pydantic import Field
 
 from tests.web.conftest import Site, check_page, shoot, sign_in
 from tidings.accounts import integrations
+from tidings.accounts.service import get_integration
+from tidings.providers import registry
+from tidings.providers.base import Provider, WebhookEvent
+from tidings.providers.plugin import Deployment, ProviderSecrets, ProviderSettings, ProviderType, shaped
 from tidings.templates.service import create_template
 
 SECRET = "vonage-api-secret-Zq81Lm"
@@ -102,8 +109,6 @@ def test_saved_secrets_never_come_back_to_the_page(site: Site, admin: Page) -> N
     html = page.content()
     assert SECRET not in html and SIGNATURE not in html
     with site.db.read() as session:
-        from tidings.accounts.service import get_integration
-
         sealed = get_integration(session, site.account.account_id).secrets
     assert site.app.state.box.open(sealed)["api_secret"] == SECRET
 
@@ -146,8 +151,6 @@ def test_a_refused_value_is_shown_next_to_its_field(site: Site, admin: Page) -> 
     page.get_by_role("button", name="Save").click()
     expect(meta.get_by_label("Rate (messages a second, optional)")).to_have_attribute("aria-invalid", "true")
     with site.db.read() as session:
-        from tidings.accounts.service import get_integration
-
         assert get_integration(session, site.account.account_id).kind == "sandbox"  # nothing was saved
 
 
@@ -246,3 +249,66 @@ def test_roles(site: Site, page: Page) -> None:
     assert response is not None and response.status == 403
     response = page.goto("/settings/whatsapp/templates/new")
     assert response is not None and response.status == 200
+
+
+class EchoSettings(ProviderSettings):
+    endpoint: str = shaped(r"[a-z]{3,10}", "three to ten small letters", description="Where it sends.")
+    loud: bool = Field(False, description="Whether it shouts.")
+
+
+class EchoSecrets(ProviderSecrets):
+    token: str = Field("", description="Its token.")
+
+
+class Echo(ProviderType[EchoSettings, EchoSecrets]):
+    """A provider that only this test knows: its form comes from its two models alone."""
+
+    kind = "echo"
+    title = "Echo"
+    settings_model = EchoSettings
+    secrets_model = EchoSecrets
+
+    def check(self, settings: EchoSettings, secrets: EchoSecrets) -> None:
+        if not secrets.token:
+            raise ValueError("echo: secrets.token is required")
+
+    def build(self, settings: EchoSettings, secrets: EchoSecrets, deployment: Deployment) -> Provider:
+        raise NotImplementedError
+
+    def read_webhook(
+        self, route: str, headers: Mapping[str, str], body: bytes, settings: Any, secrets: Any
+    ) -> list[WebhookEvent]:
+        return []
+
+
+def test_a_new_provider_gets_its_form_for_free(site: Site, admin: Page) -> None:
+    page = admin
+    with registry.registered(Echo()):
+        page.goto("/settings/whatsapp")
+        _provider(page, "echo")
+        echo = _fieldset(page, "echo")
+        expect(echo.get_by_role("group", name="Echo")).to_have_count(0)  # the fieldset is the group
+        endpoint = echo.get_by_label("Endpoint", exact=True)
+        expect(endpoint).to_have_accessible_description(
+            "Where it sends. It must be three to ten small letters."
+        )
+        expect(echo.get_by_label("Loud")).not_to_be_checked()
+        endpoint.fill("ABC")
+        echo.get_by_label("Token (optional)").fill("echo-token-81x")
+        page.get_by_role("button", name="Save").click()
+        expect(endpoint).to_have_attribute("aria-invalid", "true")
+        expect(echo.get_by_role("alert")).to_have_text("settings.endpoint must be three to ten small letters")
+        endpoint.fill("abc")
+        echo.get_by_label("Loud").check()
+        echo.get_by_label("Token (optional)").fill("echo-token-81x")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("status")).to_contain_text("Echo is the account's WhatsApp provider")
+        expect(endpoint).to_have_value("abc")
+        expect(echo.get_by_label("Loud")).to_be_checked()
+        expect(echo.get_by_label("Token (optional)")).to_have_accessible_description(
+            "Its token. Saved (…-81x): leave empty to keep it."
+        )
+        assert "echo-token-81x" not in page.content()
+        with site.db.read() as session:
+            saved = get_integration(session, site.account.account_id)
+            assert (saved.kind, saved.settings) == ("echo", {"endpoint": "abc", "loud": True})

@@ -140,9 +140,10 @@ def _settings_page(
         same = plugin.kind == shown["kind"]
         saved_settings = shown["settings"] if same else {}
         rate = shown["rate_limit"] if same else plugin.default_rate
+        rate_shown = "" if rate is None else f"{float(rate):g}"
         if form is not None and plugin.kind == chosen:  # a refused save: show what was typed
             saved_settings = _submitted(form, plugin.kind, "settings")
-            rate = form.get(f"{plugin.kind}.rate_limit")
+            rate_shown = str(form.get(f"{plugin.kind}.rate_limit", ""))
         default = f"{plugin.default_rate:g} a second" if plugin.default_rate else "no limit"
         providers.append(
             {
@@ -156,7 +157,7 @@ def _settings_page(
                     hint=f"How fast the sender may send; empty: {plugin.title}'s own ({default}).",
                     input="number",
                     required=False,
-                    value="" if rate is None else f"{float(rate):g}",
+                    value=rate_shown,
                 ),
             }
         )
