@@ -31,9 +31,7 @@ def _fieldset(page: Page, kind: str):  # type: ignore[no-untyped-def]
     return page.locator(f"fieldset[data-provider={kind}]")
 
 
-def test_admin_connects_the_sandbox_and_sends_a_test(site: Site, admin: Page, tmp_path: Path) -> None:
-    page = admin
-    # start from Vonage, so that connecting the sandbox is a change
+def _use_vonage(site: Site) -> None:
     with site.db.session() as session:
         integrations.configure(
             session,
@@ -43,6 +41,11 @@ def test_admin_connects_the_sandbox_and_sends_a_test(site: Site, admin: Page, tm
             settings={"sender": "447700900000"},
             secrets={"api_key": "k", "api_secret": SECRET, "signature_secret": SIGNATURE},
         )
+
+
+def test_admin_connects_the_sandbox_and_sends_a_test(site: Site, admin: Page, tmp_path: Path) -> None:
+    page = admin
+    _use_vonage(site)  # so that connecting the sandbox is a change
     page.goto("/settings/whatsapp")
     expect(page.get_by_role("heading", name="WhatsApp", level=1)).to_be_visible()
     tabs = page.get_by_role("navigation", name="WhatsApp settings")
@@ -204,18 +207,22 @@ def test_add_a_template_with_the_format_error_first(site: Site, marketer: Page, 
 
 def test_sync_only_where_the_provider_can(site: Site, marketer: Page) -> None:
     page = marketer
-    page.goto("/settings/whatsapp/templates")
-    page.get_by_role("button", name="Sync").click()
-    expect(page.get_by_role("status")).to_contain_text("Synced with the provider: nothing changed")
-    with site.db.session() as session:
-        integrations.configure(
+    with site.db.session() as session:  # made here, waiting for the provider's review
+        create_template(
             session,
-            site.app.state.box,
             site.account.account_id,
-            kind="vonage",
-            settings={"sender": "447700900000"},
-            secrets={"api_key": "k", "api_secret": SECRET, "signature_secret": SIGNATURE},
+            name="tickets:reminder",
+            body="See you {{1}}",
+            category="UTILITY",
+            status="PENDING",
         )
+    page.goto("/settings/whatsapp/templates")
+    row = page.get_by_role("row").filter(has_text="tickets:reminder")
+    expect(row).to_contain_text("PENDING")
+    page.get_by_role("button", name="Sync").click()  # the sandbox approves what it reviews
+    expect(page.get_by_role("status")).to_have_text("Synced with the provider: 1 approved.")
+    expect(row).to_contain_text("APPROVED")
+    _use_vonage(site)
     page.goto("/settings/whatsapp/templates")
     expect(page.get_by_role("link", name="+ Add New")).to_be_visible()
     expect(page.get_by_role("button", name="Sync")).to_have_count(0)  # Vonage lists no templates
