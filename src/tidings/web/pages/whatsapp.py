@@ -335,7 +335,7 @@ def create_template(
     return RedirectResponse(f"{TEMPLATES}?{urlencode({'created': name})}", status_code=303)
 
 
-@templates_router.get(f"{TEMPLATES}/preview", dependencies=[need(Role.marketer)])
+@templates_router.get(f"{TEMPLATES}/preview")
 def preview(request: Request, viewer: CurrentViewer, body: str = "") -> Response:
     """The live preview of the body being typed (htmx), rendered by the templates service."""
     return render(request, "whatsapp/_preview.html", viewer, {"preview": templates.preview(body[:4096])})
