@@ -129,7 +129,7 @@ def test_a_refused_value_is_shown_next_to_its_field(site: Site, admin: Page) -> 
     page.get_by_role("button", name="Save").click()
     expect(sender).to_have_attribute("aria-invalid", "true")
     expect(vonage.get_by_role("alert")).to_have_text(
-        "settings.sender must be the WhatsApp number in E.164 digits, e.g. 447700900000"
+        "Sender must be the WhatsApp number in E.164 digits, e.g. 447700900000"
     )
     expect(sender).to_have_value("44-77-ab")  # what was typed stays, the secrets do not
     assert SECRET not in page.content()
@@ -140,7 +140,7 @@ def test_a_refused_value_is_shown_next_to_its_field(site: Site, admin: Page) -> 
     meta.get_by_label("Access token (optional)").fill("EAAG-token")
     page.get_by_role("button", name="Save").click()  # no app secret
     expect(meta.get_by_label("App secret (optional)")).to_have_attribute("aria-invalid", "true")
-    expect(meta.get_by_role("alert")).to_have_text("secrets.app_secret is required")
+    expect(meta.get_by_role("alert")).to_have_text("App secret is required")
     meta.get_by_label("Access token (optional)").fill("EAAG-token")
     meta.get_by_label("App secret (optional)").fill("meta-app-secret")
     meta.get_by_label("Graph API version (optional)").fill("23")
@@ -153,6 +153,7 @@ def test_a_refused_value_is_shown_next_to_its_field(site: Site, admin: Page) -> 
     meta.get_by_label("App secret (optional)").fill("meta-app-secret")
     page.get_by_role("button", name="Save").click()
     expect(meta.get_by_label("Rate (messages a second, optional)")).to_have_attribute("aria-invalid", "true")
+    expect(meta.get_by_role("alert")).to_have_text("The rate must be a positive number of messages a second")
     with site.db.read() as session:
         assert get_integration(session, site.account.account_id).kind == "sandbox"  # nothing was saved
 
@@ -304,7 +305,7 @@ def test_a_new_provider_gets_its_form_for_free(site: Site, admin: Page) -> None:
         echo.get_by_label("Token (optional)").fill("echo-token-81x")
         page.get_by_role("button", name="Save").click()
         expect(endpoint).to_have_attribute("aria-invalid", "true")
-        expect(echo.get_by_role("alert")).to_have_text("settings.endpoint must be three to ten small letters")
+        expect(echo.get_by_role("alert")).to_have_text("Endpoint must be three to ten small letters")
         endpoint.fill("abc")
         echo.get_by_label("Loud").check()
         echo.get_by_label("Token (optional)").fill("echo-token-81x")

@@ -62,7 +62,9 @@ def _controls(plugin: AnyProviderType, part: str, saved: dict[str, Any]) -> list
     schema = model.model_json_schema()
     required = set(schema.get("required", ()))
     controls = []
-    for field, spec in schema.get("properties", {}).items():
+    # what must be filled in first (a sender model's own id before the tier it inherits), then the rest
+    fields = sorted(schema.get("properties", {}).items(), key=lambda item: item[0] not in required)
+    for field, spec in fields:
         hints = [spec.get("description", "")]
         if "x-must" in spec:
             hints.append(f"It must be {spec['x-must']}.")
@@ -111,12 +113,22 @@ def _submitted(form: FormData, kind: str, part: str) -> dict[str, Any]:
 
 
 def _field_error(exc: ApiError, kind: str) -> tuple[str, str]:
-    """The form field a refusal concerns ("" for none) and its message without the kind's prefix."""
+    """The form field a refusal concerns ("" for none: the first field it names) and its message as the
+    form says it: without the kind's prefix, each field named by its label ("App secret is required")."""
     message = exc.message.removeprefix(f"{kind}: ")
-    if exc.message.startswith("rate_limit"):
-        return f"{kind}.rate_limit", message
-    found = _FIELD.search(exc.message)
-    return (f"{kind}.{found.group(1)}.{found.group(2)}" if found else ""), message
+    if message.startswith("rate_limit"):
+        return f"{kind}.rate_limit", "The rate" + message.removeprefix("rate_limit")
+    plugin = registry.find(kind)
+    found = _FIELD.search(message)
+    if plugin is None or found is None:
+        return "", message
+    titles = {
+        f"{part}.{name}": spec.get("title", name)
+        for part, model in (("settings", plugin.settings_model), ("secrets", plugin.secrets_model))
+        for name, spec in model.model_json_schema().get("properties", {}).items()
+    }
+    labelled = _FIELD.sub(lambda m: titles.get(m.group(0), m.group(0)), message)
+    return f"{kind}.{found.group(0)}", labelled[:1].upper() + labelled[1:]
 
 
 def _settings_page(
