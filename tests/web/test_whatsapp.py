@@ -80,6 +80,7 @@ def test_admin_connects_the_sandbox_and_sends_a_test(site: Site, admin: Page, tm
     page.get_by_label("To (phone number)").fill("+14155550123")
     page.get_by_role("button", name="Send test message").click()
     expect(answer).to_contain_text("Accepted by sandbox")
+    expect(copy).to_have_text("Copy")  # back after a moment
     check_page(page)
     shoot(page, "whatsapp-settings", tmp_path)
 
