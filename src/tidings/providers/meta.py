@@ -721,20 +721,26 @@ class MetaSettings(SenderSettings):
     phone_number_id: str = shaped(
         _DIGITS,
         "the phone number id Meta shows (digits)",
+        title="Phone number ID",
         description="The id of the business phone number messages are sent from (WhatsApp Manager).",
     )
     waba_id: str = shaped(
         _DIGITS,
         "the WhatsApp Business Account id (digits)",
         default="",
+        title="WhatsApp Business Account ID",
         description="The WhatsApp Business Account's id: needed to sync templates (their namespace).",
     )
     base_url: str = Field(
         DEFAULT_BASE_URL,
+        title="Base URL",
         description="The Graph API host: graph.facebook.com or a host in TIDINGS_EXTRA_PROVIDER_HOSTS.",
     )
     api_version: str = shaped(
-        r"v\d{1,3}\.\d{1,3}", "a Graph API version such as v23.0", default=DEFAULT_API_VERSION
+        r"v\d{1,3}\.\d{1,3}",
+        "a Graph API version such as v23.0",
+        default=DEFAULT_API_VERSION,
+        title="Graph API version",
     )
     verify_token: str = Field(
         "", description="The token Meta's webhook handshake must present; made up when left empty."

@@ -24,15 +24,21 @@ from tidings.providers.base import Provider, RemoteTemplate, WebhookError, Webho
 from tidings.providers.trust import check_base_url
 
 
+def sentence_case(name: str, _info: Any) -> str:
+    """A field's default title: ``phone_number_id`` → "Phone number id"."""
+    return name.replace("_", " ").capitalize()
+
+
 class ProviderSettings(BaseModel):
     """A provider's public settings, shown as they are by ``GET /api/v1/integrations/whatsapp``.
 
     A field made with ``shaped`` is an id that goes into request paths: its pattern is in the OpenAPI
     document and is checked when the integration is saved and again before every use
     (``ProviderType.usable``), so a row saved before a check existed cannot splice anything into a path.
+    A field's title (its label in the dashboard's form) is its name in sentence case unless it has one.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", field_title_generator=sentence_case)
 
 
 class SenderSettings(ProviderSettings):
@@ -60,15 +66,19 @@ class ProviderSecrets(BaseModel):
     """A provider's secrets: sealed at rest, never shown again. Every field may be left out of a save
     (with the same kind the saved value stays); ``ProviderType.check`` says which the provider needs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", field_title_generator=sentence_case)
 
 
-def shaped(pattern: str, must: str, default: Any = ..., description: str = "") -> Any:
+def shaped(
+    pattern: str, must: str, default: Any = ..., description: str = "", title: str | None = None
+) -> Any:
     """A settings field whose value must match ``pattern`` (when it is not empty, for an optional one).
     It is refused with ``invalid_integration`` and ``must`` as the reason, not as a malformed request: the
     same check runs where a request is made, on rows saved long ago."""
     anchored = f"^(?:{pattern})$"  # JSON Schema patterns match anywhere: this one the whole value
-    return Field(default, description=description, json_schema_extra={"pattern": anchored, "x-must": must})
+    return Field(
+        default, title=title, description=description, json_schema_extra={"pattern": anchored, "x-must": must}
+    )
 
 
 def check_shapes(kind: str, settings: ProviderSettings) -> None:

@@ -569,6 +569,7 @@ class VonageSettings(SenderSettings):
     )
     base_url: str = Field(
         DEFAULT_BASE_URL,
+        title="Base URL",
         description="The Messages API host: one of Vonage's (api.nexmo.com, api-eu.vonage.com, …, "
         "messages-sandbox.nexmo.com) or a host in TIDINGS_EXTRA_PROVIDER_HOSTS.",
     )
@@ -576,6 +577,7 @@ class VonageSettings(SenderSettings):
         r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}",
         "the Vonage application's id (a UUID)",
         default="",
+        title="Application ID",
         description="The Vonage application's id, for JWT authentication (with secrets.private_key).",
     )
     legacy_template_names: bool = Field(
@@ -585,8 +587,12 @@ class VonageSettings(SenderSettings):
 
 class VonageSecrets(ProviderSecrets):
     private_key: str = Field("", description="The application's PEM RSA private key (JWT authentication).")
-    api_key: str = Field("", description="The account's API key (Basic authentication, with api_secret).")
-    api_secret: str = Field("", description="The account's API secret (Basic authentication).")
+    api_key: str = Field(
+        "", title="API key", description="The account's API key (Basic authentication, with api_secret)."
+    )
+    api_secret: str = Field(
+        "", title="API secret", description="The account's API secret (Basic authentication)."
+    )
     signature_secret: str = Field(
         "", description="The account's signature secret: Vonage signs its webhooks with it (required)."
     )

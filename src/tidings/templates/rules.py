@@ -172,6 +172,26 @@ def validate_provider_template_id(provider_template_id: str | None) -> str | Non
     return provider_template_id
 
 
+def body_parts(body: str) -> list[tuple[str, int | None]]:
+    """The body cut into text and variables, in order: ``(text, None)`` for plain text and
+    ``("{{n}}", n)`` for each variable (what a preview highlights). Anything between braces that is not a
+    variable stays text; whether the body is valid is ``validate_body``'s to say."""
+    parts: list[tuple[str, int | None]] = []
+    at = 0
+    for match in _PLACEHOLDER.finditer(body):
+        try:
+            number = _variable_number(match.group(0), match.group(1))
+        except ValueError:
+            continue
+        if match.start() > at:
+            parts.append((body[at : match.start()], None))
+        parts.append((match.group(0), number))
+        at = match.end()
+    if at < len(body):
+        parts.append((body[at:], None))
+    return parts
+
+
 def render_body(body: str, params: Sequence[str]) -> str:
     """Fill each ``{{n}}`` with ``params[n-1]``. There must be exactly one value per variable; the values
     are inserted as they are (a value that itself looks like ``{{1}}`` is not filled again)."""

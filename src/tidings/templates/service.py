@@ -8,6 +8,7 @@ body. Functions flush but never commit: the caller owns the unit of work.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -280,3 +281,22 @@ def set_status(session: Session, account_id: str, *, name: str, language: str | 
 def render_body(body: str, params: Sequence[str]) -> str:
     """The body with each ``{{n}}`` replaced by ``params[n-1]`` (``ValueError`` if the counts differ)."""
     return rules.render_body(body, params)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A body as a preview shows it: its parts (``rules.body_parts``), how many variables it has, and
+    what is wrong with it (None when the template rules accept it)."""
+
+    parts: list[tuple[str, int | None]]
+    variables: int
+    error: str | None
+
+
+def preview(body: str) -> Preview:
+    """The preview of a body being typed: highlighted where it can be, with the rule it breaks."""
+    try:
+        variables, error = rules.validate_body(body), None
+    except ValueError as exc:
+        variables, error = 0, str(exc)
+    return Preview(parts=rules.body_parts(body), variables=variables, error=error)

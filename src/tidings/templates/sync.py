@@ -94,6 +94,11 @@ def _upsert(db: Database, account_id: str, listing: TemplateListing) -> Counter[
     return outcome
 
 
+def can_sync(plugin: AnyProviderType) -> bool:
+    """Whether a sync does anything with this provider: it lists its templates or reviews ours."""
+    return plugin.capabilities.list_templates or plugin.capabilities.submit_templates
+
+
 async def sync_templates(db: Database, box: SecretBox, app: Settings, account_id: str) -> dict[str, int]:
     """Bring the account's templates in line with its provider; returns counts of what happened."""
     with db.session() as session:
@@ -102,7 +107,7 @@ async def sync_templates(db: Database, box: SecretBox, app: Settings, account_id
         kind, raw, sealed = integration.kind, dict(integration.settings), integration.secrets
     plugin = registry.plugin(kind)
     capabilities = plugin.capabilities
-    if not (capabilities.list_templates or capabilities.submit_templates):
+    if not can_sync(plugin):
         raise Conflict(
             f"{plugin.title} has no template listing: add approved templates by hand",
             code="sync_not_supported",

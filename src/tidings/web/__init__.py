@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings.web.auth import BadCsrf, PageForbidden, SignInNeeded
-from tidings.web.pages import campaigns, profiles, segments, settings, signin
+from tidings.web.pages import campaigns, profiles, segments, settings, signin, whatsapp
 from tidings.web.render import HERE, page_exception
 
 # One line per area.
@@ -19,6 +19,8 @@ PAGE_ROUTERS = [
     segments.router,
     profiles.router,
     settings.router,
+    whatsapp.settings_router,
+    whatsapp.templates_router,
 ]
 
 
