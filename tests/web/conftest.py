@@ -40,7 +40,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# One browser a module: while Playwright's sync API runs, its event loop is the thread's, so that no
+# other test could start one (asyncio.run) while a session-wide browser stayed open.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
