@@ -43,6 +43,8 @@ class Campaign(Base):
     conversion_event: Mapped[str | None] = mapped_column(String(255), nullable=True)
     conversion_window_hours: Mapped[int | None] = mapped_column(Integer, nullable=True)
     checked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # on_date sweep
+    # A draft: the step of the dashboard's guided flow it was left at (it reopens there).
+    draft_step: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

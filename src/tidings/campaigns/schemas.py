@@ -175,9 +175,19 @@ TemplateRef = Annotated[
 ]
 
 
+def _some_value(source: str) -> str:
+    if not source.strip():  # rendered empty for every user: nobody could be sent the message
+        raise PydanticCustomError("empty_value", "a value is required: text, or a property with a default")
+    return source
+
+
+# One template variable's Liquid source: fixed text, or e.g. `{{ Profile.Name | default: "there" }}`.
+Source = Annotated[str, AfterValidator(_some_value)]
+
+
 class VariantCreate(_Strict):
     template_id: TemplateRef
-    variables: list[str] = Field(default_factory=list, description="One Liquid source per {{n}}.")
+    variables: list[Source] = Field(default_factory=list, description="One Liquid source per {{n}}.")
     key: str | None = Field(None, max_length=16, description='A label ("A", "B", … by default).')
     weight: int | None = Field(None, ge=1, le=100, description="Percent of users, for a split by percentage.")
     match_value: str | None = Field(
@@ -210,7 +220,7 @@ class CampaignCreate(_Strict):
     template_id: TemplateRef | None = Field(
         None, description="The template of a single-message campaign: its id or `<namespace>:<name>`."
     )
-    variables: list[str] = Field(
+    variables: list[Source] = Field(
         default_factory=list,
         description="One Liquid source per template variable {{1}}…{{N}}: fixed text, or e.g. "
         '`{{ Profile.Name | default: "there" }}`, `{{ Event.ticket_no }}`; `{% abort %}` skips the user.',

@@ -72,11 +72,12 @@ def _check_where(trigger: Trigger | None) -> None:
 
 
 def _columns(
-    session: Session, account_id: str, spec: CampaignCreate
+    session: Session, account_id: str, spec: CampaignCreate, draft_step: str | None
 ) -> tuple[dict[str, Any], list[CampaignVariant]]:
     """The campaign's columns and its variants (without ``campaign_id``), from a checked ``spec``: what the
     model could not check alone (templates and their variables, the target's saved segments) is checked
-    here; ``Invalid`` names what is wrong."""
+    here; ``Invalid`` names what is wrong. ``draft_step``: where the dashboard's guided flow reopens a
+    draft."""
     variants = []
     for i, v in enumerate(spec.variants):
         template_id = _check_values(session, account_id, v.template_id, v.variables, f"variants[{i}]")
@@ -122,6 +123,7 @@ def _columns(
         "respect_rules": spec.respect_rules,
         "conversion_event": spec.conversion.event if spec.conversion else None,
         "conversion_window_hours": spec.conversion.within_hours if spec.conversion else None,
+        "draft_step": draft_step if spec.draft else None,
     }
     return columns, variants
 
@@ -133,9 +135,12 @@ def _add_variants(session: Session, campaign_id: int, variants: list[CampaignVar
     session.flush()
 
 
-def create_campaign(session: Session, account_id: str, spec: CampaignCreate) -> Campaign:
-    """A campaign of one of the four kinds, scheduled for ``spec.send_at`` or saved as a draft."""
-    columns, variants = _columns(session, account_id, spec)
+def create_campaign(
+    session: Session, account_id: str, spec: CampaignCreate, *, draft_step: str | None = None
+) -> Campaign:
+    """A campaign of one of the four kinds, scheduled for ``spec.send_at`` or saved as a draft (which the
+    dashboard reopens at ``draft_step``)."""
+    columns, variants = _columns(session, account_id, spec, draft_step)
     campaign = Campaign(account_id=account_id, **columns)
     session.add(campaign)
     session.flush()
@@ -192,12 +197,19 @@ def _not_draft(campaign: Campaign, doing: str) -> Conflict:
     return Conflict(f"campaign is {campaign.state}; only a draft can be {doing}")
 
 
-def update_draft(session: Session, account_id: str, campaign_id: int, spec: CampaignCreate) -> Campaign:
+def update_draft(
+    session: Session,
+    account_id: str,
+    campaign_id: int,
+    spec: CampaignCreate,
+    *,
+    draft_step: str | None = None,
+) -> Campaign:
     """Rewrite a draft with ``spec``, checked as at creation (``spec.draft`` false schedules it). 409 once
     it is no longer a draft: the change is one guarded UPDATE, so it cannot reach a campaign that a
     concurrent request scheduled."""
     campaign = get_campaign(session, account_id, campaign_id)
-    columns, variants = _columns(session, account_id, spec)
+    columns, variants = _columns(session, account_id, spec, draft_step)
     changed = session.execute(
         update(Campaign)
         .where(Campaign.id == campaign.id, Campaign.state == "draft")

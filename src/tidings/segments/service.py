@@ -104,6 +104,17 @@ def estimate(
     return int(session.scalar(query) or 0)
 
 
+def sample_profile(
+    session: Session, account_id: str, target: dict[str, Any], now: datetime
+) -> Profile | None:
+    """One profile the target selects, opted in to WhatsApp when one is (a real user to preview a message
+    for): the first such profile by id (the scan stops at the first match)."""
+    resolved = _resolve(session, account_id, target, "target", allow_empty=True)
+    condition = compile_tree(parse(resolved, "target", resolved=True, allow_empty=True), now)
+    query = select(Profile).where(Profile.account_id == account_id, condition).order_by(Profile.id).limit(1)
+    return session.scalars(query.where(Profile.whatsapp_opt_in)).first() or session.scalars(query).first()
+
+
 def _resolve(
     session: Session,
     account_id: str,

@@ -9,12 +9,13 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings.web.auth import BadCsrf, PageForbidden, SignInNeeded
-from tidings.web.pages import campaigns, profiles, segments, settings, signin, whatsapp
+from tidings.web.pages import campaign_builder, campaigns, profiles, segments, settings, signin, whatsapp
 from tidings.web.render import HERE, page_exception
 
-# One line per area.
+# One line per area (campaign_builder before campaigns: /campaigns/new is not the campaign /campaigns/{id}).
 PAGE_ROUTERS = [
     signin.router,
+    campaign_builder.router,
     campaigns.router,
     segments.router,
     profiles.router,
