@@ -246,7 +246,7 @@ def test_live_campaigns_of_each_type(site: Site, shop: Shop, marketer: Page) -> 
     next_step(page, "Control group")
     next_step(page, "When")
     next_step(page, "Review")
-    expect(page.locator("dl.review")).to_contain_text("1 days before the date in Flight Date, at 09:00")
+    expect(page.locator("dl.review")).to_contain_text("1 day before the date in Flight Date, at 09:00")
     page.get_by_role("button", name="Schedule").click()
     out = read_back(site, the_id(page))
     assert (out.kind, out.target) == ("on_date", {"segment_id": shop.segment_id})

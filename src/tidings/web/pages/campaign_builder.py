@@ -443,7 +443,7 @@ def _draw(request: Request, viewer: CurrentViewer, db: Db, flow: Flow, status: i
     later = isinstance(send_at, str) and _after_now(send_at)
     context.update(
         within=_in_unit(trigger.get("within_minutes")),
-        offset=_in_unit(abs(offset) if isinstance(offset, int) else None),
+        offset=_in_unit(abs(offset)) if isinstance(offset, int) else (1, "days"),
         offset_before=isinstance(offset, int) and offset < 0,
         rules=account_rules(viewer.account.settings),
         later=later,
