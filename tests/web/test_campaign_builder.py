@@ -339,3 +339,29 @@ def test_an_agent_may_not_build_a_campaign(site: Site, page: Page) -> None:
     response = page.goto("/campaigns/new")
     assert response is not None and response.status == 403
     expect(page.get_by_text("This page needs the marketer role")).to_be_visible()
+
+
+def test_a_draft_changes_type(site: Site, shop: Shop, marketer: Page) -> None:
+    """Another type needs another trigger: the who step asks for it, and the draft changes only then."""
+    page = marketer
+    begin(page, "Changing", "Single action")
+    next_step(page, "Who")
+    page.get_by_label("Event", exact=True).fill("Charged")
+    next_step(page, "What")
+    welcome_message(page, "X1")
+    next_step(page, "Control group")
+    campaign_id = the_id(page)
+    page.get_by_role("link", name="1. Type").click()
+    page.get_by_label("Inaction within time", exact=True).check()
+    page.get_by_role("button", name="Next: Who").click()
+    expect(page.get_by_role("heading", level=2)).to_have_text("2. Who")
+    expect(page.locator("#e-event")).to_contain_text("needs a trigger")
+    assert read_back(site, campaign_id).kind == "single_action"  # not saved while refused
+    page.get_by_label("The user does").fill("Added To Cart")
+    page.get_by_label("And does not do").fill("Charged")
+    page.get_by_label("Within").fill("2")
+    page.get_by_label("Unit").select_option("hours")
+    next_step(page, "What")
+    out = read_back(site, campaign_id)
+    assert out.kind == "inaction" and out.state == "draft"
+    assert out.trigger is not None and out.trigger.model_dump()["within_minutes"] == 120

@@ -383,6 +383,7 @@ class Flow:
     campaign_id: int | None = None
     errors: dict[str, str] = field(default_factory=dict)
     forms: list[VariantForm] | None = None  # the "what" step as it was posted, to draw it again
+    carried: bool = False  # the form carries the campaign (a refused change of a draft, not saved)
 
     @property
     def action(self) -> str:
@@ -407,7 +408,7 @@ def _draw(request: Request, viewer: CurrentViewer, db: Db, flow: Flow, status: i
         "steps": STEPS,
         "index": KEYS.index(flow.step),
         "spec": spec,
-        "spec_json": json.dumps(spec) if flow.campaign_id is None else "",
+        "spec_json": json.dumps(spec) if flow.campaign_id is None or flow.carried else "",
         "errors": flow.errors,
         "kinds": [(k, *KIND_TEXT[k]) for k in KINDS],
         "not_on_whatsapp": NOT_ON_WHATSAPP,
@@ -532,14 +533,19 @@ def edit(request: Request, campaign_id: Id, viewer: CurrentViewer, db: Db, step:
     return _draw(request, viewer, db, Flow(step, spec, campaign_id))
 
 
+def _carried(form: FormData) -> dict[str, Any] | None:
+    """The campaign the form carries (before its draft exists, or a refused change of a draft)."""
+    try:
+        spec = json.loads(str(form.get("spec") or "null"))
+    except json.JSONDecodeError:
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
 @router.post("/campaigns/new")
 async def submit_new(request: Request, viewer: CurrentViewer, db: Db) -> Response:
     form = await request.form()
-    try:
-        spec = json.loads(str(form.get("spec") or "{}"))
-    except json.JSONDecodeError:
-        spec = {}
-    return _submit(request, viewer, db, form, {**_new_spec(), **spec}, None)
+    return _submit(request, viewer, db, form, {**_new_spec(), **(_carried(form) or {})}, None)
 
 
 @router.post("/campaigns/{campaign_id}/edit")
@@ -547,7 +553,7 @@ async def submit_edit(request: Request, campaign_id: Id, viewer: CurrentViewer, 
     form = await request.form()
     with db.read() as session:
         campaign = campaigns.get_campaign(session, viewer.account.id, campaign_id)
-        spec = _spec_of(campaigns.described(session, campaign))
+        spec = _carried(form) or _spec_of(campaigns.described(session, campaign))
     return _submit(request, viewer, db, form, spec, campaign_id)
 
 
@@ -626,5 +632,5 @@ def _refused(
     for step, name, message in placed:
         if KEYS.index(step) == first:
             flow.errors.setdefault(name, message)
-    flow.step = KEYS[first]
+    flow.step, flow.carried = KEYS[first], True
     return _draw(request, viewer, db, flow, 422)
