@@ -264,6 +264,11 @@ def test_multivariate_campaign(site: Site, shop: Shop, marketer: Page) -> None:
     page = marketer
     begin(page, "A/B welcome", "One time")
     next_step(page, "Who")
+    page.get_by_label("Users matching these conditions").check()  # the segment builder
+    page.get_by_label("Group 1, condition 1: property").fill("City")
+    page.get_by_label("Group 1, condition 1: value", exact=True).fill("Pune")
+    expect(page.locator("#seg-estimate")).to_contain_text("1 profile")
+    check_page(page)
     next_step(page, "What")
     page.get_by_label("Multivariate").check()
     expect(page.get_by_role("heading", name="Variant B")).to_be_visible()
@@ -279,6 +284,7 @@ def test_multivariate_campaign(site: Site, shop: Shop, marketer: Page) -> None:
     expect(page.locator("dl.review")).to_contain_text("2 variants (A: 70 %, B: 30 %)")
     page.get_by_role("button", name="Schedule").click()
     out = read_back(site, the_id(page))
+    assert out.target == {"property": "City", "op": "equals", "value": "Pune"}
     assert out.split is not None and out.split.by == "percentage"
     assert [(v.key, v.template_id, v.weight, v.variables) for v in out.variants] == [
         ("A", shop.welcome, 70, ['{{ Profile.Name | default: "there" }}', "A10"]),

@@ -35,6 +35,7 @@ from tidings.templates import service as templates
 from tidings.templates.models import Template
 from tidings.users.models import Role
 from tidings.web.auth import MARKETER_PAGES, CurrentViewer, need
+from tidings.web.pages.segments import Builder, Group, Row, builder_context, builder_for, read_builder
 from tidings.web.render import render
 
 router = APIRouter(include_in_schema=False, dependencies=[MARKETER_PAGES, need(Role.marketer)])
@@ -188,6 +189,8 @@ def _read_step(step: str, form: FormData, spec: dict[str, Any], tz: ZoneInfo) ->
         audience = _text(form, "audience")
         segment = _number(_text(form, "segment_id"))
         spec["target"] = {"segment_id": segment} if audience == "segment" else {"all": True}
+        if audience == "builder":  # the segment builder's own fields (web/pages/segments.py)
+            spec["target"] = read_builder(form).definition("target") or {"all": True}
         spec["trigger"] = _trigger(spec.get("kind", ""), form)
     elif step == "what":
         spec.update(_message(_variant_forms(form)))
@@ -316,7 +319,7 @@ def _placed(loc: tuple[Any, ...], message: str) -> tuple[str, str, str]:
     if head in ("name", "kind"):
         return "type", str(head), message
     if head == "target":
-        return "who", "segment_id", message
+        return "who", "builder" if len(loc) > 1 else "segment_id", message
     if head == "trigger":
         where, _, rest = message.partition(": ")
         if where in TRIGGER_FIELDS:
@@ -384,6 +387,8 @@ class Flow:
     errors: dict[str, str] = field(default_factory=dict)
     forms: list[VariantForm] | None = None  # the "what" step as it was posted, to draw it again
     carried: bool = False  # the form carries the campaign (a refused change of a draft, not saved)
+    builder: Builder | None = None  # the who step's segment builder as posted
+    builder_error: ApiError | None = None
 
     @property
     def action(self) -> str:
@@ -427,8 +432,14 @@ def _draw(request: Request, viewer: CurrentViewer, db: Db, flow: Flow, status: i
                 variant.variables = (variant.variables + [Variable() for _ in range(wanted)])[:wanted]
         if flow.step in ("what", "review"):
             context["previews"] = [_preview(session, account_id, spec, v, found) for v in variants]
+        if flow.step == "who":
+            target = spec.get("target") or {}
+            own = _audience(target) == "builder"
+            builder = flow.builder or (builder_for(target) if own else Builder(groups=[Group(rows=[Row()])]))
+            context.update(builder_context(session, account_id, builder, error=flow.builder_error))
     trigger = spec.get("trigger") or {}
     context.update(
+        audience=_audience(spec.get("target") or {}),
         templates_by_id=found,
         template_options=[(t.id, f"{t.name} ({t.language})") for t in found.values()],
         template_names={t.id: t.name for t in found.values()},
@@ -452,6 +463,13 @@ def _draw(request: Request, viewer: CurrentViewer, db: Db, flow: Flow, status: i
         ends_at_local=_local(spec.get("ends_at"), tz),
     )
     return render(request, f"campaigns/step_{flow.step}.html", viewer, context, status)
+
+
+def _audience(target: dict[str, Any]) -> str:
+    """Who the target is, as the who step offers it: everyone, a saved segment, or conditions."""
+    if target in ({}, {"all": True}):
+        return "all"
+    return "segment" if set(target) == {"segment_id"} else "builder"
 
 
 def _after_now(value: str) -> bool:
@@ -571,9 +589,14 @@ def _submit(
     if step not in KEYS:
         step = "type"
     action = _text(form, "action") or "next"
-    spec = _read_step(step, form, spec, zone(viewer.account.timezone))
-    index = KEYS.index(step)
     forms = _variant_forms(form) if step == "what" else None
+    builder = read_builder(form) if step == "who" and _text(form, "audience") == "builder" else None
+    try:
+        spec = _read_step(step, form, spec, zone(viewer.account.timezone))
+    except ApiError as exc:  # a value of the segment builder that is not of its type
+        flow = Flow(step, spec, campaign_id, builder=builder, builder_error=exc)
+        return _refused(request, viewer, db, flow, [("who", "builder", exc.message)])
+    index = KEYS.index(step)
     if action == "add_variant" and forms and forms[0].multivariate:
         forms.append(VariantForm(forms[-1].template_id, None, list(forms[-1].variables), True))
         spec.update(_message(forms))
@@ -594,7 +617,8 @@ def _submit(
             placed = [p for p in placed if KEYS.index(p[0]) <= index]
             if not placed:
                 return _draw(request, viewer, db, Flow(goes_to, spec))
-        return _refused(request, viewer, db, Flow(step, spec, campaign_id, forms=forms), placed)
+        flow = Flow(step, spec, campaign_id, forms=forms, builder=builder)
+        return _refused(request, viewer, db, flow, placed)
     if campaign_id is None and index < DRAFTED_FROM:
         return _draw(request, viewer, db, Flow(goes_to, spec))
     try:
