@@ -35,7 +35,18 @@ from tidings.templates import service as templates
 from tidings.templates.models import Template
 from tidings.users.models import Role
 from tidings.web.auth import MARKETER_PAGES, CurrentViewer, need
-from tidings.web.pages.segments import Builder, Group, Row, builder_context, builder_for, read_builder
+from tidings.web.pages.segments import (
+    OP_LABELS,
+    VALUE_TYPES,
+    Builder,
+    Group,
+    NotVisual,
+    Row,
+    Test,
+    builder_context,
+    builder_for,
+    read_builder,
+)
 from tidings.web.render import render
 
 router = APIRouter(include_in_schema=False, dependencies=[MARKETER_PAGES, need(Role.marketer)])
@@ -214,10 +225,11 @@ def _read_step(step: str, form: FormData, spec: dict[str, Any], tz: ZoneInfo) ->
 
 def _trigger(kind: str, form: FormData) -> dict[str, Any] | None:
     if kind == "single_action":
-        return {"event": _text(form, "event")}
+        return {"event": _text(form, "event"), "where": _where(form)}
     if kind == "inaction":
         return {
             "event": _text(form, "event"),
+            "where": _where(form),
             "absent_event": _text(form, "absent_event"),
             "within_minutes": _minutes(form, "within"),
         }
@@ -232,6 +244,46 @@ def _trigger(kind: str, form: FormData) -> dict[str, Any] | None:
             "timezone": _text(form, "date_timezone") or "account",
         }
     return None
+
+
+def _filters(form: FormData) -> list[Test]:
+    """The trigger event's filters as the form holds them (a row without a property is left out)."""
+    tests = []
+    i = 0
+    while f"where.{i}.property" in form:
+        op, kind = _text(form, f"where.{i}.op"), _text(form, f"where.{i}.type")
+        test = Test(
+            property=_text(form, f"where.{i}.property"),
+            op=op if op in OP_LABELS else "equals",
+            value=_text(form, f"where.{i}.value"),
+            type=kind if kind in VALUE_TYPES else "text",
+        )
+        if test.property:
+            tests.append(test)
+        i += 1
+    return tests
+
+
+def _where(form: FormData) -> dict[str, Any] | None:
+    """The trigger's conditions on the event's properties, in the segment language (the segment builder's
+    tests: ``Invalid`` for a value that is not of its type), all of them required."""
+    kept = _text(form, "where_json")
+    if kept:  # filters the rows cannot show, kept as they are
+        found: dict[str, Any] = json.loads(kept)
+        return found
+    nodes = [test.node(f"trigger.where[{i}]") for i, test in enumerate(_filters(form))]
+    return None if not nodes else nodes[0] if len(nodes) == 1 else {"and": nodes}
+
+
+def _filter_rows(where: Any) -> list[Test] | None:
+    """The filters of a stored trigger as rows, or None when the rows cannot show them."""
+    if where is None:
+        return []
+    nodes = where["and"] if isinstance(where, dict) and set(where) == {"and"} else [where]
+    try:
+        return [Test.of(node) for node in nodes]
+    except NotVisual:
+        return None
 
 
 def _minutes(form: FormData, name: str) -> int | str | None:
@@ -365,6 +417,8 @@ def _service_error(exc: ApiError) -> tuple[str, str, str]:
         return "what", name, found.group(3)
     if exc.code in ("not_found", "template_ambiguous") and "template" in message:
         return "what", "v0_template", message
+    if message.startswith("trigger.where"):
+        return "who", "where", message
     if message.startswith("trigger.") or exc.code == "invalid_trigger":
         return "who", "event", message
     if exc.code.startswith(("segment", "invalid_segment")) or message.startswith("target"):
@@ -389,6 +443,7 @@ class Flow:
     carried: bool = False  # the form carries the campaign (a refused change of a draft, not saved)
     builder: Builder | None = None  # the who step's segment builder as posted
     builder_error: ApiError | None = None
+    filters: list[Test] | None = None  # the who step's event filters as posted (with a blank one more)
 
     @property
     def action(self) -> str:
@@ -438,7 +493,13 @@ def _draw(request: Request, viewer: CurrentViewer, db: Db, flow: Flow, status: i
             builder = flow.builder or (builder_for(target) if own else Builder(groups=[Group(rows=[Row()])]))
             context.update(builder_context(session, account_id, builder, error=flow.builder_error))
     trigger = spec.get("trigger") or {}
+    filters = flow.filters if flow.filters is not None else _filter_rows(trigger.get("where"))
     context.update(
+        filters=filters or [],
+        blank_filter=Test(),
+        where_json=json.dumps(trigger.get("where")) if filters is None else "",
+        op_labels=OP_LABELS,
+        value_types=VALUE_TYPES,
         audience=_audience(spec.get("target") or {}),
         templates_by_id=found,
         template_options=[(t.id, f"{t.name} ({t.language})") for t in found.values()],
@@ -591,17 +652,24 @@ def _submit(
     action = _text(form, "action") or "next"
     forms = _variant_forms(form) if step == "what" else None
     builder = read_builder(form) if step == "who" and _text(form, "audience") == "builder" else None
+    filters = _filters(form) if step == "who" else None
     try:
         spec = _read_step(step, form, spec, zone(viewer.account.timezone))
-    except ApiError as exc:  # a value of the segment builder that is not of its type
-        flow = Flow(step, spec, campaign_id, builder=builder, builder_error=exc)
+    except ApiError as exc:  # a value of the segment builder, or of a filter, that is not of its type
+        flow = Flow(step, spec, campaign_id, builder=builder, filters=filters)
+        if exc.message.startswith("trigger.where"):
+            return _refused(request, viewer, db, flow, [("who", "where", exc.message)])
+        flow.builder_error = exc
         return _refused(request, viewer, db, flow, [("who", "builder", exc.message)])
     index = KEYS.index(step)
+    if action == "add_filter" and filters is not None:
+        filters.append(Test())
+        action = "refresh"
     if action == "add_variant" and forms and forms[0].multivariate:
         forms.append(VariantForm(forms[-1].template_id, None, list(forms[-1].variables), True))
         spec.update(_message(forms))
     if action in ("refresh", "add_variant"):
-        return _draw(request, viewer, db, Flow(step, spec, campaign_id, forms=forms))
+        return _draw(request, viewer, db, Flow(step, spec, campaign_id, forms=forms, filters=filters))
     if action == "back" and campaign_id is None:
         return _draw(request, viewer, db, Flow(KEYS[max(index - 1, 0)], spec))
     goes_to = KEYS[min(index + 1, len(KEYS) - 1)] if action == "next" else step
@@ -617,7 +685,7 @@ def _submit(
             placed = [p for p in placed if KEYS.index(p[0]) <= index]
             if not placed:
                 return _draw(request, viewer, db, Flow(goes_to, spec))
-        flow = Flow(step, spec, campaign_id, forms=forms, builder=builder)
+        flow = Flow(step, spec, campaign_id, forms=forms, builder=builder, filters=filters)
         return _refused(request, viewer, db, flow, placed)
     if campaign_id is None and index < DRAFTED_FROM:
         return _draw(request, viewer, db, Flow(goes_to, spec))
