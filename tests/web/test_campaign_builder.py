@@ -150,8 +150,10 @@ def test_one_time_campaign_step_by_step(site: Site, shop: Shop, marketer: Page, 
     shoot(page, "campaign-new-type", tmp_path)
 
     next_step(page, "Who")
-    page.get_by_label("A saved segment").check()
-    page.get_by_label("Saved segment", exact=True).select_option(label="Pune")
+    page.get_by_label("Users matching these conditions").check()  # the segment builder
+    page.get_by_label("Group 1, condition 1: property").fill("City")
+    page.get_by_label("Group 1, condition 1: value", exact=True).fill("Pune")
+    expect(page.locator("#seg-estimate")).to_contain_text("1 profile")
     check_page(page)
     shoot(page, "campaign-new-who", tmp_path)
 
@@ -175,7 +177,7 @@ def test_one_time_campaign_step_by_step(site: Site, shop: Shop, marketer: Page, 
     check_page(page)
     next_step(page, "Review")
     review = page.locator("dl.review")
-    expect(review).to_contain_text("Segment “Pune”")
+    expect(review).to_contain_text("Users who match: City is Pune")
     expect(review).to_contain_text("10 %")
     expect(page.locator(".preview-bubble")).to_have_text("Hi Asha, your code is PUNE10.")
     check_page(page)
@@ -186,7 +188,7 @@ def test_one_time_campaign_step_by_step(site: Site, shop: Shop, marketer: Page, 
     out = read_back(site, campaign_id)
     assert (out.name, out.kind, out.trigger) == ("Pune welcome", "one_time", None)
     assert out.state in ("scheduled", "running", "completed")
-    assert out.target == {"segment_id": shop.segment_id}
+    assert out.target == {"property": "City", "op": "equals", "value": "Pune"}
     assert out.template_id == shop.welcome
     assert out.variables == ['{{ Profile.Name | default: "there" }}', "PUNE10"]
     assert out.control_group_pct == 10 and out.respect_rules
@@ -289,11 +291,8 @@ def test_multivariate_campaign(site: Site, shop: Shop, marketer: Page) -> None:
     page = marketer
     begin(page, "A/B welcome", "One time")
     next_step(page, "Who")
-    page.get_by_label("Users matching these conditions").check()  # the segment builder
-    page.get_by_label("Group 1, condition 1: property").fill("City")
-    page.get_by_label("Group 1, condition 1: value", exact=True).fill("Pune")
-    expect(page.locator("#seg-estimate")).to_contain_text("1 profile")
-    check_page(page)
+    page.get_by_label("A saved segment").check()
+    page.get_by_label("Saved segment", exact=True).select_option(label="Pune")
     next_step(page, "What")
     page.get_by_label("Multivariate").check()
     expect(page.get_by_role("heading", name="Variant B")).to_be_visible()
@@ -310,7 +309,7 @@ def test_multivariate_campaign(site: Site, shop: Shop, marketer: Page) -> None:
     expect(page.locator("dl.review")).to_contain_text("2 variants (A: 70 %, B: 30 %)")
     page.get_by_role("button", name="Schedule").click()
     out = read_back(site, the_id(page))
-    assert out.target == {"property": "City", "op": "equals", "value": "Pune"}
+    assert out.target == {"segment_id": shop.segment_id}
     assert out.split is not None and out.split.by == "percentage"
     assert [(v.key, v.template_id, v.weight, v.variables) for v in out.variants] == [
         ("A", shop.welcome, 70, ['{{ Profile.Name | default: "there" }}', "A10"]),

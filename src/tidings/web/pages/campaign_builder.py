@@ -494,7 +494,9 @@ def _draw(request: Request, viewer: CurrentViewer, db: Db, flow: Flow, status: i
             context.update(builder_context(session, account_id, builder, error=flow.builder_error))
     trigger = spec.get("trigger") or {}
     filters = flow.filters if flow.filters is not None else _filter_rows(trigger.get("where"))
+    target = spec.get("target") or {}
     context.update(
+        audience_words=builder_for(target).describe({s.id: s.name for s in saved}),
         filters=filters or [],
         blank_filter=Test(),
         where_json=json.dumps(trigger.get("where")) if filters is None else "",
