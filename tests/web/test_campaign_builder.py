@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.conftest import basic
 from tests.web.conftest import Site, check_page, shoot, sign_in
 from tidings.accounts.service import update_account
 from tidings.campaigns import service as campaigns
@@ -396,3 +398,14 @@ def test_a_draft_changes_type(site: Site, shop: Shop, marketer: Page) -> None:
     out = read_back(site, campaign_id)
     assert out.kind == "inaction" and out.state == "draft"
     assert out.trigger is not None and out.trigger.model_dump()["within_minutes"] == 120
+
+
+def test_the_api_refuses_an_empty_value_as_the_page_does(site: Site, shop: Shop) -> None:
+    """A variable rendered empty for everyone: refused by the model behind both, naming the value."""
+    body = {"name": "x", "template_id": shop.welcome, "variables": ["Hi", "  "], "draft": True}
+    with httpx.Client(base_url=site.url, headers=basic(site.account)) as http:
+        r = http.post("/api/v1/campaigns", json=body)
+        assert r.status_code == 422, r.text
+        assert "a value is required" in r.text and "variables" in r.text
+        body["variables"] = ["Hi", "{{ Profile.Code | default: 'X' }}"]
+        assert http.post("/api/v1/campaigns", json=body).status_code == 201
