@@ -145,9 +145,7 @@ def test_one_time_campaign_step_by_step(site: Site, shop: Shop, marketer: Page, 
     page.goto("/campaigns/new")
     check_page(page)
     begin(page, "Pune welcome", "One time")
-    expect(
-        page.get_by_text("Recurring and multiple-date campaigns are not possible on WhatsApp")
-    ).to_be_visible()
+    expect(page.get_by_text("WhatsApp does not allow recurring or multi-date campaigns")).to_be_visible()
     check_page(page)
     shoot(page, "campaign-new-type", tmp_path)
 

@@ -155,9 +155,10 @@ def _variants_of(spec: dict[str, Any]) -> list[VariantForm]:
 
 def _local(value: str | None, tz: ZoneInfo) -> str:
     """A stored UTC time as the value of a ``datetime-local`` control, in the account's zone."""
-    if not value:
-        return ""
-    return datetime.fromisoformat(value).astimezone(tz).strftime("%Y-%m-%dT%H:%M")
+    try:
+        return datetime.fromisoformat(value).astimezone(tz).strftime("%Y-%m-%dT%H:%M") if value else ""
+    except ValueError:  # as typed, refused: shown again as it was
+        return value or ""
 
 
 def _utc(value: str, tz: ZoneInfo) -> str | None:
