@@ -30,6 +30,7 @@ from tidings.deps import Db
 from tidings.errors import ApiError
 from tidings.personalization.service import PersonalizationError, Renderer
 from tidings.profiles import service as profiles
+from tidings.profiles.models import Profile
 from tidings.segments import service as segments
 from tidings.templates import service as templates
 from tidings.templates.models import Template
@@ -570,7 +571,7 @@ def _preview(
         return Preview(
             template, problem="No profile is in this audience yet: nobody to preview the message for."
         )
-    event = _sample_event(session, account_id, profile.identity, (spec.get("trigger") or {}).get("event"))
+    event = _sample_event(session, profile, (spec.get("trigger") or {}).get("event"))
     preview = Preview(template, identity=profile.identity)
     try:
         values = Renderer(tuple(sources)).render(profile.properties, event)
@@ -583,11 +584,11 @@ def _preview(
     return preview
 
 
-def _sample_event(session: Any, account_id: str, identity: str, name: str | None) -> dict[str, Any] | None:
+def _sample_event(session: Any, profile: Profile, name: str | None) -> dict[str, Any] | None:
     """The properties of the user's latest ``name`` event (among their 50 latest), for ``Event.*``."""
     if not name:
         return None
-    events, _ = profiles.list_events(session, account_id, identity)
+    events, _ = profiles.profile_events(session, profile, limit=50)
     return next((dict(e.properties or {}) for e in events if e.name == name), None)
 
 
