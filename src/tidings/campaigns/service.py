@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from tidings.campaigns.lifecycle import resume_campaign
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.campaigns.schemas import CampaignCreate, CampaignOut, Trigger
 from tidings.campaigns.triggers import (
@@ -256,12 +257,39 @@ def variants_of(session: Session, campaign_id: int) -> list[CampaignVariant]:
     )
 
 
-def list_campaigns(session: Session, account_id: str) -> list[Campaign]:
-    return list(
-        session.scalars(
-            select(Campaign).where(Campaign.account_id == account_id).order_by(Campaign.id.desc())
+def list_campaigns(
+    session: Session,
+    account_id: str,
+    *,
+    name: str | None = None,
+    kind: str | None = None,
+    state: str | None = None,
+    before: int | None = None,
+    limit: int | None = None,
+) -> list[Campaign]:
+    """The account's campaigns, the newest first: optionally those whose name contains ``name`` (any
+    case), of one kind, in one state, and (keyset paging) with an id below ``before``, ``limit`` at most."""
+    query = select(Campaign).where(Campaign.account_id == account_id)
+    if name:
+        query = query.where(func.lower(Campaign.name).contains(name.lower(), autoescape=True))
+    if kind:
+        query = query.where(Campaign.kind == kind)
+    if state:
+        query = query.where(Campaign.state == state)
+    if before is not None:
+        query = query.where(Campaign.id < before)
+    return list(session.scalars(query.order_by(Campaign.id.desc()).limit(limit)))
+
+
+def resume(session: Session, account_id: str, campaign_id: int) -> Campaign:
+    """A paused campaign runs again (``campaigns.lifecycle``); 409 ``not_paused`` when it is not paused."""
+    campaign = get_campaign(session, account_id, campaign_id)
+    if not resume_campaign(session, account_id, campaign_id):
+        raise Conflict(
+            f"campaign is {campaign.state}; only a paused campaign can be resumed", code="not_paused"
         )
-    )
+    session.refresh(campaign)
+    return campaign
 
 
 def _transition(

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from tidings.bounds import Id
-from tidings.campaigns.lifecycle import resume_campaign
+from tidings.campaigns import service as campaigns
 from tidings.campaigns.progress import campaign_progress
 from tidings.campaigns.service import get_campaign
 from tidings.db import utcnow
 from tidings.deps import MARKETER, CurrentAccount, Db, get_settings
-from tidings.errors import Conflict, error_responses
+from tidings.errors import error_responses
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["delivery"], dependencies=[MARKETER])
 
@@ -64,7 +64,6 @@ def progress(campaign_id: Id, account: CurrentAccount, db: Db, request: Request)
 def resume(campaign_id: Id, account: CurrentAccount, db: Db) -> Resumed:
     """Resume a paused campaign (paused → running, atomically); 409 when it is not paused."""
     with db.session() as session:
-        state = get_campaign(session, account.id, campaign_id).state
-        if not resume_campaign(session, account.id, campaign_id):
-            raise Conflict(f"campaign is {state}; only a paused campaign can be resumed", code="not_paused")
-    return Resumed(campaign_id=campaign_id, state="running")
+        return Resumed(
+            campaign_id=campaign_id, state=campaigns.resume(session, account.id, campaign_id).state
+        )

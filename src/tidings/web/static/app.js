@@ -35,7 +35,7 @@
         var parts = JSON.parse(event.data);
         Object.keys(parts).forEach(function (id) {
           var target = document.getElementById(id);
-          if (target) target.innerHTML = parts[id];
+          if (target) { target.innerHTML = parts[id]; enhance(target); }  // (a chart in it is drawn)
         });
         document.dispatchEvent(new CustomEvent("tidings:live", { detail: parts }));
       });
@@ -61,6 +61,8 @@
         })),
         axes: [{}, {}],
       };
+      // times shown in the account's zone ("tz"), not the browser's
+      if (data.tz) opts.tzDate = function (ts) { return uPlot.tzDate(new Date(ts * 1e3), data.tz); };
       new uPlot(opts, [data.x].concat(data.series.map(function (s) { return s.values; })), el);
     });
   }
