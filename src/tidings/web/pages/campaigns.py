@@ -214,6 +214,7 @@ async def campaign_live(
                 yield f"event: update\ndata: {json.dumps(changed)}\n\n"
             else:
                 quiet += 1
+                yield ": still here\n\n"  # (writing to a browser that went away ends the stream)
             if not sending and quiet >= LIVE_SETTLE:
                 yield "event: done\ndata: {}\n\n"
                 return
