@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.web.conftest import Site, check_page, shoot
+from tests.web.conftest import Site, check_page, shoot, sign_in
 from tidings.campaigns.lifecycle import pause_campaign
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign, stop_campaign
@@ -292,6 +292,19 @@ def test_duplicate_makes_a_draft(site: Site, marketer: Page) -> None:
     page.goto("/campaigns?status=draft")
     expect(page.locator("table.campaign-list tbody tr")).to_have_count(1)
     expect(page.locator("table.campaign-list tbody")).to_contain_text("Monsoon sale (copy)")
+
+    # an agent looks, but has no button to change a campaign, and a hand-made form is refused
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, site.user("agent@acme.test", "agent"))
+    page.goto(f"/campaigns/{original}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Monsoon sale")
+    expect(page.get_by_role("button")).to_have_text(["Sign out"])
+    token = page.locator("input[name=csrf_token]").first.input_value()  # (the sign-out form's)
+    refused = page.request.post(f"/campaigns/{original}/stop", form={"csrf_token": token})
+    assert refused.status == 403 and "needs the marketer role" in refused.text()
+    page.goto("/campaigns")
+    expect(page.get_by_role("link", name="+ Campaign")).to_have_count(0)
+    expect(page.locator("#live-status, table.campaign-list tbody")).to_contain_text("scheduled")
 
 
 def test_recipients_of_one_user_and_the_csv(site: Site, marketer: Page, tmp_path: Path) -> None:
