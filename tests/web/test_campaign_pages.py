@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import re
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.web.conftest import Site, check_page, shoot, sign_in
+from tidings.accounts.service import update_account
 from tidings.campaigns.lifecycle import pause_campaign
 from tidings.campaigns.schemas import CampaignCreate
 from tidings.campaigns.service import create_campaign, start_campaign, stop_campaign
@@ -101,7 +102,8 @@ def test_the_list_shows_figures_and_filters(site: Site, marketer: Page, tmp_path
     approved = template(site)
     sent = campaign(site, "Diwali offers", approved, control_group_pct=10)
     campaign(site, "Diwali reminder", approved, draft=True)
-    campaign(site, "Boarding pass", approved, send_at=utcnow() + timedelta(days=2))
+    boarding = datetime(2030, 1, 15, 3, 30, tzinfo=UTC)  # 09:00 in India
+    campaign(site, "Boarding pass", approved, send_at=boarding)
     campaign(
         site,
         "Cart left behind",
@@ -113,6 +115,8 @@ def test_the_list_shows_figures_and_filters(site: Site, marketer: Page, tmp_path
     stopped = campaign(site, "Old promo", approved, send_at=utcnow() + timedelta(days=1))
     with site.db.session() as session:
         stop_campaign(session, site.account.account_id, stopped)
+    with site.db.session() as session:
+        update_account(session, site.account.account_id, timezone="Asia/Kolkata")
     wait_until_done(page, sent)
     expect(figure(page, "read")).not_to_have_text("0", timeout=WAIT)  # (the sandbox's read receipts)
 
@@ -125,6 +129,8 @@ def test_the_list_shows_figures_and_filters(site: Site, marketer: Page, tmp_path
     expect(done.locator("td").nth(4)).to_have_text(str(figures["sent"]))
     expect(done.locator("td").nth(2)).to_have_text("completed")
     expect(rows.filter(has_text="Cart left behind").locator("td").nth(1)).to_have_text("Inaction within time")
+    expect(page.get_by_role("columnheader", name="Schedule")).to_have_text("Schedule (Asia/Kolkata)")
+    expect(rows.filter(has_text="Boarding pass").locator("td").nth(3)).to_have_text("2030-01-15 09:00")
     expect(rows.filter(has_text="Diwali reminder").get_by_role("link")).to_have_attribute(
         "href", re.compile(r"/campaigns/\d+/edit$")
     )
