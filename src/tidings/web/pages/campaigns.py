@@ -42,6 +42,7 @@ KINDS: dict[CampaignKind, str] = {
 STATES = ("draft", "scheduled", "running", "paused", "completed", "stopped")
 MESSAGE_STATES = get_args(MessageState)
 STOPPABLE = ("scheduled", "running", "paused")  # (a draft is deleted, not stopped)
+PROGRESSING = ("running", "paused")  # the states whose sending progress the stats page shows
 SENDING = ("scheduled", "running")  # the stats page's figures are streamed while the campaign is in one
 LIST_PAGE = 25
 MESSAGES_PAGE = 50
@@ -135,7 +136,11 @@ def _stats_context(
         "variants": [(v, names[v.template_id]) for v in variants],
         "template_name": names[campaign.template_id],
         "stats": campaign_stats(session, campaign.id),
-        "progress": campaign_progress(session, campaign.id, now, reconcile_window=window),
+        "progress": (
+            campaign_progress(session, campaign.id, now, reconcile_window=window)
+            if campaign.state in PROGRESSING
+            else None
+        ),
         "bucket": bucket,
         "timeline": points,
         "chart": _chart(points, bucket, tz),
