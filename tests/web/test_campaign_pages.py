@@ -338,6 +338,11 @@ def test_recipients_of_one_user_and_the_csv(site: Site, marketer: Page, tmp_path
     check_page(page)
     shoot(page, "campaign-messages", tmp_path)
 
+    page.goto(f"/campaigns/{campaign_id}")  # a reason's count leads to the users it concerns
+    page.get_by_role("link", name=re.compile(r"see who \(not_opted_in\)")).click()
+    expect(page.locator(".notice")).to_contain_text("not_opted_in")
+    expect(rows).to_have_count(sum(1 for i in range(30) if i % 7 == 3))
+
     page.goto(f"/campaigns/{campaign_id}/messages")
     page.get_by_label("State").select_option("skipped")
     page.get_by_role("button", name="Filter").click()
