@@ -4,12 +4,15 @@ resume / duplicate — in the browser, against the real server whose worker send
 from __future__ import annotations
 
 import csv
+import json
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -24,6 +27,7 @@ from tidings.profiles.service import ingest
 from tidings.stats.recipients import Filters, campaign_messages
 from tidings.stats.service import campaign_stats
 from tidings.templates.service import create_template, set_status
+from tidings.web.pages import campaigns as pages
 
 WAIT = 60_000  # ms: sending through the sandbox and its webhooks, on a busy machine
 
@@ -360,3 +364,46 @@ def test_recipients_of_one_user_and_the_csv(site: Site, marketer: Page, tmp_path
     assert {line["identity"] for line in lines} == {"asha", *(f"u{i}" for i in range(30) if i != 1)}
     row = next(line for line in lines if line["identity"] == "asha")
     assert row["params"] == '["Asha", "T101"]' and row["sent_at"]
+
+
+def events_of(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    """The server-sent events of a stream, each as its fields (a comment as ``comment``)."""
+    event: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(":")
+            event[name] = value.removeprefix(" ")
+
+
+def test_the_live_stream_resumes_where_the_browser_was(
+    site: Site, marketer: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream lasts a while (so that a page left open never holds up a server that stops), then the
+    browser reconnects with the last event's id, and gets only the parts that changed since."""
+    people(site, 3)
+    campaign_id = campaign(site, "Next week", template(site), send_at=utcnow() + timedelta(days=7))
+    monkeypatch.setattr(pages, "LIVE_STREAM", 0.0)  # one tick a stream
+    session = next(c for c in marketer.context.cookies() if c["name"] == "tidings_session")["value"]
+    with httpx.Client(base_url=site.url, cookies={"tidings_session": session}) as client:
+        with client.stream("GET", f"/campaigns/{campaign_id}/live") as first:
+            assert first.headers["content-type"].startswith("text/event-stream")
+            events = list(events_of(first.iter_lines()))  # (it ends by itself: no "done")
+        assert events[0] == {"retry": "1000"} and events[1]["event"] == "update"
+        parts = json.loads(events[1]["data"])
+        assert set(parts) == set(pages.LIVE_PARTS) and "scheduled" in parts["live-status"]
+        assert not any(e.get("event") == "done" for e in events)
+
+        again = {"last-event-id": events[1]["id"]}
+        with client.stream("GET", f"/campaigns/{campaign_id}/live", headers=again) as second:
+            assert list(events_of(second.iter_lines())) == [{"retry": "1000"}, {"comment": "still here"}]
+        with site.db.session() as db_session:
+            stop_campaign(db_session, site.account.account_id, campaign_id)
+        with client.stream("GET", f"/campaigns/{campaign_id}/live", headers=again) as third:
+            changed = [e for e in events_of(third.iter_lines()) if e.get("event") == "update"]
+        assert set(json.loads(changed[0]["data"])) == {"live-actions", "live-status"}  # Stop is gone

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import zlib
 from collections.abc import AsyncIterator
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, get_args
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -48,6 +50,8 @@ LIST_PAGE = 25
 MESSAGES_PAGE = 50
 LIVE_TICK = 1.0  # seconds between two live updates
 LIVE_SETTLE = 5  # once it no longer sends, updates go on until the figures stayed the same this many ticks
+LIVE_STREAM = 60.0  # seconds one live stream lasts at most (the browser reconnects)
+LIVE_RETRY_MS = 1000  # when the browser reconnects
 # The stats page's parts that live updates replace: element id -> partial template.
 LIVE_PARTS = {
     "live-actions": "campaigns/_head_actions.html",
@@ -159,7 +163,7 @@ def _chart(points: list[dict[str, Any]], bucket: Bucket, tz: ZoneInfo) -> dict[s
     else:
         days = (last.date() - first.date()).days + 2
         x = [
-            int(datetime.combine(first.date() + timedelta(days=d), time(0), tz).timestamp())
+            int(datetime.combine(first.date() + timedelta(days=d), datetime.min.time(), tz).timestamp())
             for d in range(-1, days)
         ]
     empty = dict.fromkeys(SERIES, 0)
@@ -189,13 +193,30 @@ def campaign_page(
     return render(request, "campaigns/stats.html", viewer, context)
 
 
+def _digests(parts: dict[str, str]) -> dict[str, str]:
+    return {key: format(zlib.crc32(html.encode()), "08x") for key, html in parts.items()}
+
+
+def _event_id(digests: dict[str, str]) -> str:
+    """An update's ``id``: a digest of each part the browser now shows. The browser sends the last one back
+    (``Last-Event-ID``) when it reconnects, so that only the parts that changed since are sent again."""
+    return ",".join(f"{key}={digest}" for key, digest in sorted(digests.items()))
+
+
+def _shown(last_event_id: str) -> dict[str, str]:
+    pairs = (item.partition("=") for item in last_event_id.split(","))
+    return {key: digest for key, sep, digest in pairs if sep and key in LIVE_PARTS}
+
+
 @router.get("/campaigns/{campaign_id:int}/live")
 async def campaign_live(
     request: Request, viewer: CurrentViewer, db: Db, campaign_id: Id, bucket: Bucket = "hour"
 ) -> Response:
     """Server-sent events for the stats page (``data-live``): ``update`` with the parts that changed, every
     second while the campaign is scheduled or running and until its figures settle, then ``done``. The
-    stream ends when the browser goes away (the response's task is cancelled)."""
+    stream ends when the browser goes away (the next write fails), and after ``LIVE_STREAM`` seconds
+    without ``done``: the browser then reconnects (``retry``), and a server that is stopping is not held
+    up by a page left open."""
     window = timedelta(seconds=get_settings(request).reconcile_seconds)
 
     def snapshot() -> tuple[dict[str, str], bool]:
@@ -206,22 +227,27 @@ async def campaign_live(
         return parts, campaign.state in SENDING
 
     first = await run_in_threadpool(snapshot)  # a campaign not found is a 404 page, not a stream
+    shown = _shown(request.headers.get("last-event-id", ""))
 
     async def events() -> AsyncIterator[str]:
-        shown: dict[str, str] = {}
+        ends = time.monotonic() + LIVE_STREAM
         quiet = 0
         parts, sending = first
+        yield f"retry: {LIVE_RETRY_MS}\n\n"
         while True:
-            changed = {key: html for key, html in parts.items() if shown.get(key) != html}
+            digests = _digests(parts)
+            changed = {key: html for key, html in parts.items() if shown.get(key) != digests[key]}
             if changed:
-                shown.update(changed)
+                shown.update(digests)
                 quiet = 0
-                yield f"event: update\ndata: {json.dumps(changed)}\n\n"
+                yield f"id: {_event_id(shown)}\nevent: update\ndata: {json.dumps(changed)}\n\n"
             else:
                 quiet += 1
                 yield ": still here\n\n"  # (writing to a browser that went away ends the stream)
             if not sending and quiet >= LIVE_SETTLE:
                 yield "event: done\ndata: {}\n\n"
+                return
+            if time.monotonic() >= ends:
                 return
             await asyncio.sleep(LIVE_TICK)
             parts, sending = await run_in_threadpool(snapshot)
