@@ -24,23 +24,19 @@ from tidings.campaigns.api import messages_export
 from tidings.campaigns.models import Campaign
 from tidings.campaigns.progress import campaign_progress
 from tidings.campaigns.rules import zone
-from tidings.campaigns.schemas import CampaignKind, MessageState
+from tidings.campaigns.schemas import MessageState
 from tidings.db import utcnow
 from tidings.deps import Db, get_settings
 from tidings.stats.recipients import Filters, campaign_messages
 from tidings.stats.service import SERIES, Bucket, campaign_stats, campaign_timeline, list_figures
 from tidings.templates.service import get_template, render_body
 from tidings.web.auth import MARKETER_PAGES, CurrentViewer, Viewer, safe_next
+from tidings.web.pages.campaign_builder import KIND_TEXT
 from tidings.web.render import env, render
 
 router = APIRouter(include_in_schema=False, dependencies=[MARKETER_PAGES])
 
-KINDS: dict[CampaignKind, str] = {
-    "one_time": "One-time",
-    "single_action": "Single action",
-    "inaction": "Inaction within time",
-    "on_date": "On a date/time",
-}
+KINDS = {kind: label for kind, (label, _explained) in KIND_TEXT.items()}  # the guided flow's names
 STATES = ("draft", "scheduled", "running", "paused", "completed", "stopped")
 MESSAGE_STATES = get_args(MessageState)
 STOPPABLE = ("scheduled", "running", "paused")  # (a draft is deleted, not stopped)
