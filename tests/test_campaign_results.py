@@ -321,6 +321,8 @@ WRITTEN = (
 def test_every_reason_the_code_writes_is_explained() -> None:
     found: set[str] = set()
     for path in SRC.rglob("*.py"):
+        if "web" in path.relative_to(SRC).parts:  # pages write no ledger rows (their field names match)
+            continue
         text = path.read_text()
         for pattern in WRITTEN:
             found |= set(re.findall(pattern, text))
