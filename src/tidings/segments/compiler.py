@@ -615,6 +615,9 @@ _SQLITE_TYPES = {
     "array": ("array",),
     "present": ("text", "integer", "real", "true", "false", "array", "object"),
 }
+# An "in" list is looked for in the JSON text (_SqliteValue.mentions) when it holds at most this many
+# strings: each costs a bound parameter, and a test has SIZE_PER_CONDITION of them besides one per value.
+_MAX_MENTIONS = 8
 _SIMPLE_KEY = re.compile(r"[ !#-\[\]-~]+")  # printable ASCII but '"' and '\': safe in an SQLite JSON path
 
 
@@ -633,6 +636,15 @@ class _SqliteValue:
             entry = func.json_each(column).table_valued("key", "type", "value").alias("entry")
             self.type = select(entry.c.type).where(entry.c.key == _text(key)).scalar_subquery()
             self.value = select(entry.c.value).where(entry.c.key == _text(key)).scalar_subquery()
+
+    def mentions(self, needles: list[str]) -> ColumnElement[bool]:
+        """Whether the JSON text holds one of the strings: a necessary condition of a string test, checked
+        first because it is far cheaper than parsing the JSON of every row. Only for strings of printable
+        ASCII but quotes and backslashes, which the JSON writer stores as they are (it escapes the others,
+        e.g. non-ASCII as \\uXXXX); for other strings it is left out (true)."""
+        if not all(_SIMPLE_KEY.fullmatch(needle) for needle in needles):
+            return true()
+        return or_(*(func.instr(self.column, _text(needle)) > 0 for needle in needles))
 
     def kind(self, *kinds: str) -> ColumnElement[bool]:
         names = [name for kind in kinds for name in _SQLITE_TYPES[kind]]
@@ -673,6 +685,9 @@ class _PostgresValue:
         self.node = column.op("->", return_type=JSONB)(_text(key))
         self.type = func.jsonb_typeof(self.node)
         self.raw_text = column.op("->>", return_type=Text)(_text(key))
+
+    def mentions(self, needles: list[str]) -> ColumnElement[bool]:
+        return true()  # JSONB is stored parsed: a key is found without reading the document as text
 
     def kind(self, *kinds: str) -> ColumnElement[bool]:
         checks: list[ColumnElement[bool]] = []
@@ -721,10 +736,11 @@ def _property_sql(v: _Value, test: PropertyTest, now: datetime | None) -> Column
         return v.kind("present")
     if op == "not_exists":
         return not_(v.kind("present"))
-    if op == "equals":
-        return _typed_equals(v, value)
-    if op == "not_equals":
-        return not_(_typed_equals(v, value))
+    if op in ("equals", "not_equals"):
+        equal = _typed_equals(v, value)
+        if isinstance(value, str):
+            equal = and_(v.mentions([value]), equal)
+        return equal if op == "equals" else not_(equal)
     if op == "in":
         strings = [x for x in value if isinstance(x, str)]
         numbers = [x for x in value if _is_number(x)]
@@ -733,10 +749,14 @@ def _property_sql(v: _Value, test: PropertyTest, now: datetime | None) -> Column
             checks.append(and_(v.kind("string"), v.text().in_([_text(s) for s in dict.fromkeys(strings)])))
         if numbers:
             checks.append(and_(v.kind("number"), v.number().in_([v.number_literal(n) for n in numbers])))
+        if len(strings) == len(value) <= _MAX_MENTIONS:
+            return and_(v.mentions(list(dict.fromkeys(strings))), or_(*checks))
         return or_(*checks)
     if op == "contains":
         if isinstance(value, str):
-            return or_(and_(v.kind("string"), v.substring(value)), v.array_has(value))
+            return and_(
+                v.mentions([value]), or_(and_(v.kind("string"), v.substring(value)), v.array_has(value))
+            )
         return v.array_has(value)
     if op in ("gt", "gte", "lt", "lte"):
         if isinstance(value, str):
