@@ -109,22 +109,13 @@ def explain(engine: Engine, account: str, definition: dict[str, Any], now: datet
             lines = [row[0] for row in cur.fetchall()]
         else:
             cur.execute("EXPLAIN QUERY PLAN " + statement, parameters)
-            lines = [f"{'  ' * _depth(row, cur)}{row[3]}" for row in cur.fetchall()]
+            depth: dict[int, int] = {0: -1}  # node id -> indentation (SQLite gives each row's parent)
+            lines = []
+            for node, parent, _, detail in cur.fetchall():
+                depth[node] = depth.get(parent, -1) + 1
+                lines.append("  " * depth[node] + detail)
         conn.rollback()
     return "\n".join(lines)
-
-
-_parents: dict[int, int] = {}
-
-
-def _depth(row: Any, _cur: Any) -> int:
-    node, parent = row[0], row[1]
-    _parents[node] = parent
-    depth = 0
-    while parent and depth < 50:
-        parent = _parents.get(parent, 0)
-        depth += 1
-    return depth
 
 
 def main() -> None:
