@@ -108,7 +108,7 @@ def test_control_group_is_stable_and_close_to_the_percentage(db: Database, accou
         plan_audience(
             session,
             campaign,
-            profile_condition(campaign.target),
+            profile_condition(campaign.target, account_id=account.account_id),
             utcnow(),
             rules=context.rules,
             account_tz=context.tz,

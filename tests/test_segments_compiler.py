@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import new_account
 from tests.test_segments_property import Person, selected, store
 from tidings.accounts.service import NewAccount
 from tidings.db import Database
 from tidings.errors import Invalid
+from tidings.profiles.models import Event, Profile
+from tidings.secrets import SecretBox
 from tidings.segments.service import profile_condition, validate_target
 
 NOW = datetime(2026, 3, 15, 12, 0, 0, 500_000, tzinfo=UTC)
@@ -192,6 +195,28 @@ def test_past_behaviour(db: Database, people: str, definition: dict[str, Any], e
     assert selected(db, people, definition) == expected
 
 
+def test_a_condition_selects_only_its_accounts_profiles(db: Database, box: SecretBox, people: str) -> None:
+    """The condition names the account (callers need not): another account's profiles are never selected,
+    not by a complement ("did not", "at most") either, and their events count for no one here."""
+    other = new_account(db, box, "Other").account_id
+    with db.session() as session:
+        stranger = Profile(account_id=other, identity="x", properties={"City": "Pune"}, seed=0)
+        session.add(stranger)
+        session.flush()
+        session.add_all(
+            Event(account_id=other, profile_id=stranger.id, name=name, properties={}, ts=NOW - DAY)
+            for name in ("Charged", "Charged", "Refund", "Viewed")
+        )
+    assert selected(db, people, {"all": True}) == EVERYONE
+    assert selected(db, people, prop("City", "equals", "Pune")) == {"a"}
+    assert selected(db, people, {"did_not": "Charged"}) == {"c", "d"}
+    assert selected(db, people, did("Charged", count={"at_most": 1})) == {"c", "d", "e"}
+    assert selected(db, people, did("Charged", count={"exactly": 2})) == {"b"}
+    assert selected(db, people, {"did": "Viewed"}) == {"c"}
+    assert selected(db, other, {"did": {"event": "Charged", "count": {"exactly": 2}}}) == {"x"}
+    assert selected(db, other, {"did_not": "Charged"}) == set()
+
+
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
@@ -212,12 +237,10 @@ def test_the_forms_campaigns_send_still_work(
 def test_relative_windows_follow_the_now_passed_in(db: Database, people: str) -> None:
     from sqlalchemy import select
 
-    from tidings.profiles.models import Profile
-
     def at(now: datetime, definition: dict[str, Any]) -> set[str]:
         with db.session() as session:
             query = select(Profile.identity).where(
-                Profile.account_id == people, profile_condition(definition, now=now)
+                Profile.account_id == people, profile_condition(definition, account_id=people, now=now)
             )
             return set(session.scalars(query))
 
@@ -233,29 +256,29 @@ def test_relative_windows_follow_the_now_passed_in(db: Database, people: str) ->
 
 
 def test_now_is_needed_only_for_relative_windows() -> None:
-    profile_condition({"did": "Charged"})
-    profile_condition(prop("Joined", "before", "2026-01-01"))
+    profile_condition({"did": "Charged"}, account_id="A")
+    profile_condition(prop("Joined", "before", "2026-01-01"), account_id="A")
     with pytest.raises(ValueError, match="now"):
-        profile_condition(did("Charged", in_the_last={"days": 1}))
+        profile_condition(did("Charged", in_the_last={"days": 1}), account_id="A")
     with pytest.raises(ValueError, match="now"):
-        profile_condition(did("X", where=prop("When", "within_next_days", 3)))
+        profile_condition(did("X", where=prop("When", "within_next_days", 3)), account_id="A")
     with pytest.raises(ValueError, match="aware"):
-        profile_condition({"did": "Charged"}, now=datetime(2026, 1, 1))
+        profile_condition({"did": "Charged"}, account_id="A", now=datetime(2026, 1, 1))
 
 
 def test_a_saved_segment_must_be_inlined_before_compiling() -> None:
     with pytest.raises(Invalid, match=r"target\.and\[0\]\.segment_id: .*resolve_target"):
-        profile_condition({"and": [{"segment_id": 3}]}, now=NOW)
+        profile_condition({"and": [{"segment_id": 3}]}, account_id="A", now=NOW)
 
 
 def test_the_same_definition_compiles_for_either_database_from_one_statement(
     db: Database, people: str
 ) -> None:
     """The statement cache must not mix the two spellings up: run the same compiled object twice."""
-    condition = profile_condition({"and": [prop("Tags", "contains", "shoes"), {"did": "Charged"}]}, now=NOW)
+    condition = profile_condition(
+        {"and": [prop("Tags", "contains", "shoes"), {"did": "Charged"}]}, account_id=people, now=NOW
+    )
     from sqlalchemy import select
-
-    from tidings.profiles.models import Profile
 
     query = select(Profile.identity).where(Profile.account_id == people, condition)
     with db.session() as session:

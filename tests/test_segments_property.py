@@ -392,9 +392,7 @@ def store(db: Database, account_id: str, group: list[Person]) -> None:
 
 def selected(db: Database, account_id: str, definition: dict[str, Any]) -> set[str]:
     with db.session() as session:
-        query = select(Profile.identity).where(
-            Profile.account_id == account_id, profile_condition(definition, now=NOW)
-        )
+        query = select(Profile.identity).where(profile_condition(definition, account_id=account_id, now=NOW))
         return set(session.scalars(query))
 
 

@@ -401,7 +401,9 @@ def start_campaign(session: Session, campaign_id: int, now: datetime) -> int | N
     if campaign.kind != "one_time":
         return 0
     context = engagement_context(session, campaign.account_id)
-    audience = profile_condition(resolve_target(session, campaign.account_id, campaign.target), now=now)
+    audience = profile_condition(
+        resolve_target(session, campaign.account_id, campaign.target), account_id=campaign.account_id, now=now
+    )
     size = planning.plan_audience(
         session,
         campaign,

@@ -55,7 +55,9 @@ def _trigger(campaign: Campaign) -> Trigger:
 
 
 def _audience(session: Session, campaign: Campaign, now: datetime) -> ColumnElement[bool]:
-    return profile_condition(resolve_target(session, campaign.account_id, campaign.target), now=now)
+    return profile_condition(
+        resolve_target(session, campaign.account_id, campaign.target), account_id=campaign.account_id, now=now
+    )
 
 
 def _variants(session: Session, campaign: Campaign) -> list[CampaignVariant]:

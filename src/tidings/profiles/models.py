@@ -42,7 +42,9 @@ class Event(Base):
 
     __tablename__ = "events"
     __table_args__ = (
-        Index("ix_events_account_name_ts", "account_id", "name", "ts"),
+        # An account's events of a name in a window, with their profiles from the index alone (a segment's
+        # past-behaviour test reads the set of profile ids once; live triggers and conversions).
+        Index("ix_events_account_name_ts", "account_id", "name", "ts", "profile_id"),
         Index("ix_events_profile_name_ts", "profile_id", "name", "ts"),
         # A profile's latest events, newest first, a page at a time (profiles.service.profile_events).
         Index("ix_events_profile_ts", "profile_id", "ts", "id"),

@@ -12,8 +12,9 @@ The language is documented in ``docs/segments.md``; in short, a node is one of
 
 Every condition compiles to a predicate that is never NULL (so that ``NOT`` is exact): a property test checks
 the JSON type of the value first (a string never equals a number, ``true`` never equals ``1``), and past
-behaviour is a correlated ``EXISTS`` or a counted subquery on ``events`` that the (profile_id, name, ts)
-index answers. No clock is read here: relative windows are computed from the ``now`` passed in.
+behaviour is membership in a set of profile ids that the database reads once from the account's events of
+that name (the (account_id, name, ts) index), not a subquery run once per profile. No clock is read here:
+relative windows are computed from the ``now`` passed in.
 """
 
 from __future__ import annotations
@@ -614,6 +615,9 @@ _SQLITE_TYPES = {
     "array": ("array",),
     "present": ("text", "integer", "real", "true", "false", "array", "object"),
 }
+# An "in" list is looked for in the JSON text (_SqliteValue.mentions) when it holds at most this many
+# strings: each costs a bound parameter, and a test has SIZE_PER_CONDITION of them besides one per value.
+_MAX_MENTIONS = 8
 _SIMPLE_KEY = re.compile(r"[ !#-\[\]-~]+")  # printable ASCII but '"' and '\': safe in an SQLite JSON path
 
 
@@ -632,6 +636,15 @@ class _SqliteValue:
             entry = func.json_each(column).table_valued("key", "type", "value").alias("entry")
             self.type = select(entry.c.type).where(entry.c.key == _text(key)).scalar_subquery()
             self.value = select(entry.c.value).where(entry.c.key == _text(key)).scalar_subquery()
+
+    def mentions(self, needles: list[str]) -> ColumnElement[bool]:
+        """Whether the JSON text holds one of the strings: a necessary condition of a string test, checked
+        first because it is far cheaper than parsing the JSON of every row. Only for strings of printable
+        ASCII but quotes and backslashes, which the JSON writer stores as they are (it escapes the others,
+        e.g. non-ASCII as \\uXXXX); for other strings it is left out (true)."""
+        if not all(_SIMPLE_KEY.fullmatch(needle) for needle in needles):
+            return true()
+        return or_(*(func.instr(self.column, _text(needle)) > 0 for needle in needles))
 
     def kind(self, *kinds: str) -> ColumnElement[bool]:
         names = [name for kind in kinds for name in _SQLITE_TYPES[kind]]
@@ -672,6 +685,9 @@ class _PostgresValue:
         self.node = column.op("->", return_type=JSONB)(_text(key))
         self.type = func.jsonb_typeof(self.node)
         self.raw_text = column.op("->>", return_type=Text)(_text(key))
+
+    def mentions(self, needles: list[str]) -> ColumnElement[bool]:
+        return true()  # JSONB is stored parsed: a key is found without reading the document as text
 
     def kind(self, *kinds: str) -> ColumnElement[bool]:
         checks: list[ColumnElement[bool]] = []
@@ -720,10 +736,11 @@ def _property_sql(v: _Value, test: PropertyTest, now: datetime | None) -> Column
         return v.kind("present")
     if op == "not_exists":
         return not_(v.kind("present"))
-    if op == "equals":
-        return _typed_equals(v, value)
-    if op == "not_equals":
-        return not_(_typed_equals(v, value))
+    if op in ("equals", "not_equals"):
+        equal = _typed_equals(v, value)
+        if isinstance(value, str):
+            equal = and_(v.mentions([value]), equal)
+        return equal if op == "equals" else not_(equal)
     if op == "in":
         strings = [x for x in value if isinstance(x, str)]
         numbers = [x for x in value if _is_number(x)]
@@ -732,10 +749,14 @@ def _property_sql(v: _Value, test: PropertyTest, now: datetime | None) -> Column
             checks.append(and_(v.kind("string"), v.text().in_([_text(s) for s in dict.fromkeys(strings)])))
         if numbers:
             checks.append(and_(v.kind("number"), v.number().in_([v.number_literal(n) for n in numbers])))
+        if len(strings) == len(value) <= _MAX_MENTIONS:
+            return and_(v.mentions(list(dict.fromkeys(strings))), or_(*checks))
         return or_(*checks)
     if op == "contains":
         if isinstance(value, str):
-            return or_(and_(v.kind("string"), v.substring(value)), v.array_has(value))
+            return and_(
+                v.mentions([value]), or_(and_(v.kind("string"), v.substring(value)), v.array_has(value))
+            )
         return v.array_has(value)
     if op in ("gt", "gte", "lt", "lte"):
         if isinstance(value, str):
@@ -791,79 +812,109 @@ def _has_events(node: Node) -> bool:
 def _cheap_first(items: tuple[Node, ...]) -> list[Node]:
     """Property tests before past behaviour (a stable sort: the order is otherwise kept). Conditions have no
     side effects and are never NULL, so the order does not change the result, and a database that tests
-    AND/OR terms left to right and stops early skips the subqueries on events for most profiles."""
+    AND/OR terms left to right and stops early skips the tests on events for most profiles."""
     return sorted(items, key=_has_events)
 
 
-def _compile(node: Node, column: ColumnElement[Any], now: datetime | None) -> ColumnElement[bool]:
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What compiling a tree needs besides the tree: ``now`` for relative windows, and the account, which
+    every set of profile ids read from ``events`` is restricted to (so that the (account_id, name, ts)
+    index reads only that account's events of that name)."""
+
+    now: datetime | None
+    account_id: str | None  # None: a tree of property tests only (properties_condition)
+
+
+def _compile(node: Node, column: ColumnElement[Any], scope: _Scope) -> ColumnElement[bool]:
     if isinstance(node, Everyone):
         return true()
     if isinstance(node, AllOf):
-        return and_(*(_compile(item, column, now) for item in _cheap_first(node.items)))
+        return and_(*(_compile(item, column, scope) for item in _cheap_first(node.items)))
     if isinstance(node, AnyOf):
-        return or_(*(_compile(item, column, now) for item in _cheap_first(node.items)))
+        return or_(*(_compile(item, column, scope) for item in _cheap_first(node.items)))
     if isinstance(node, Negation):
-        return not_(_compile(node.item, column, now))
+        return not_(_compile(node.item, column, scope))
     if isinstance(node, PropertyTest):
-        return _property_condition(column, node, now)
+        return _property_condition(column, node, scope.now)
     if isinstance(node, EventTest):
-        return _event_condition(node, now)
+        return _event_condition(node, scope)
     raise Invalid(
         f"{node.path}.segment_id: the saved segment must be inlined (resolve_target) before compiling",
         code=CODE,
     )
 
 
-def _event_condition(test: EventTest, now: datetime | None) -> ColumnElement[bool]:
+def _event_condition(test: EventTest, scope: _Scope) -> ColumnElement[bool]:
+    """Whether the profile did the event between ``at_least`` and ``at_most`` times. "At most N times"
+    (N = 0: never) is the complement of "at least N + 1 times", so that profiles without any such event
+    are in it.
+
+    When the count matters, the test is membership in one set of profile ids that the database reads once
+    from the account's events of that name in the window (the (account_id, name, ts) index), counted per
+    profile (``GROUP BY … HAVING``), not a count run once per profile. On SQLite every test is such a set
+    (``IN``, built once into a temporary index; ``NOT IN`` is exact: ``events.profile_id`` is never NULL).
+    PostgreSQL is given ``EXISTS``: as a term of the top-level AND its planner makes it a semi (or anti)
+    join, choosing between reading the account's events and probing the (profile_id, name, ts) index once
+    per profile; elsewhere it is a subplan, hashed when the set fits in memory."""
     events = _EVENTS.alias()
-    conditions: list[ColumnElement[bool]] = [
-        events.c.profile_id == _PROFILES.c.id,
-        events.c.name == _text(test.event),
-    ]
+    conditions: list[ColumnElement[bool]] = [events.c.name == _text(test.event)]
     if test.last is not None:
-        if now is None:
+        if scope.now is None:
             raise ValueError("an 'in_the_last' condition needs now= to compile")
-        conditions += [events.c.ts >= now - test.last, events.c.ts <= now]
+        conditions += [events.c.ts >= scope.now - test.last, events.c.ts <= scope.now]
     if test.since is not None:
         conditions.append(events.c.ts >= test.since)
     if test.until is not None:
         conditions.append(events.c.ts <= test.until if test.until_inclusive else events.c.ts < test.until)
     if test.where is not None:
-        conditions.append(_compile(test.where, events.c.properties, now))
+        conditions.append(_compile(test.where, events.c.properties, scope))
 
-    def happened() -> ColumnElement[bool]:
-        # The account is implied by the profile; saying it lets PostgreSQL, when it turns EXISTS into a
-        # hash (anti) join, read only this account's events through the (account_id, name, ts) index.
-        same_account = events.c.account_id == _PROFILES.c.account_id
-        return (
+    at_least, at_most, negated = test.at_least, test.at_most, False
+    if at_least == 0:  # at most N times: not at least N + 1 times
+        assert at_most is not None
+        at_least, at_most, negated = at_most + 1, None, True
+    ids = select(events.c.profile_id).where(
+        events.c.account_id == literal(scope.account_id, String), *conditions
+    )
+    counted = at_least > 1 or at_most is not None
+    if counted:
+        n = func.count()
+        if at_most is None:
+            having = n >= at_least
+        elif at_least == at_most:
+            having = n == at_least
+        else:
+            having = n.between(at_least, at_most)
+        ids = ids.group_by(events.c.profile_id).having(having)
+    found = ids.subquery()
+    if counted:
+        on_postgres = select(literal(1)).select_from(found).where(found.c.profile_id == _PROFILES.c.id)
+    else:
+        # The account is implied by the profile; saying it lets PostgreSQL, when it makes EXISTS a hash
+        # join, read only this account's events through the (account_id, name, ts) index.
+        on_postgres = (
             select(literal(1))
             .select_from(events)
-            .where(*conditions, same_account)
-            .correlate(_PROFILES)
-            .exists()
+            .where(
+                events.c.profile_id == _PROFILES.c.id,
+                events.c.account_id == _PROFILES.c.account_id,
+                *conditions,
+            )
         )
-
-    if test.at_most == 0:
-        return not_(happened())
-    if test.at_least == 1 and test.at_most is None:
-        return happened()
-    n = select(func.count()).select_from(events).where(*conditions).correlate(_PROFILES).scalar_subquery()
-    if test.at_most is None:
-        return n >= test.at_least
-    if test.at_least == test.at_most:
-        return n == test.at_least
-    if test.at_least == 0:
-        return n <= test.at_most
-    return n.between(test.at_least, test.at_most)
+    member = _PerDialect(_PROFILES.c.id.in_(select(found.c.profile_id)), on_postgres.exists())
+    return not_(member) if negated else member
 
 
-def compile_tree(node: Node, now: datetime | None) -> ColumnElement[bool]:
-    """The SQL condition on ``profiles`` for a tree without saved-segment references."""
+def compile_tree(node: Node, now: datetime | None, account_id: str) -> ColumnElement[bool]:
+    """The SQL condition on ``profiles`` for a tree without saved-segment references: the account's
+    profiles that the tree selects."""
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be an aware datetime (UTC)")
     if now is None and needs_now(node):
         raise ValueError("this definition has a window relative to now: pass now=")
-    return _compile(node, _PROFILES.c.properties, now)
+    selected = _compile(node, _PROFILES.c.properties, _Scope(now, account_id))
+    return and_(_PROFILES.c.account_id == account_id, selected)
 
 
 def properties_condition(
@@ -874,4 +925,4 @@ def properties_condition(
     node = parse(definition, root)
     if _has_events(node) or references(node):
         raise Invalid(f"{root}: only property conditions are allowed here", code=CODE)
-    return _compile(node, column, now)
+    return _compile(node, column, _Scope(now, None))

@@ -80,13 +80,14 @@ def resolve_target(
     return _resolve(session, account_id, target, "target", allow_empty=True, lock=lock)
 
 
-def profile_condition(target: dict[str, Any], *, now: datetime | None = None) -> ColumnElement[bool]:
-    """The SQL condition on ``profiles`` (correlated subqueries on ``events``) for a resolved target.
+def profile_condition(
+    target: dict[str, Any], *, account_id: str, now: datetime | None = None
+) -> ColumnElement[bool]:
+    """The SQL condition on ``profiles`` for a resolved target: the account's profiles it selects.
 
     ``now`` (aware) anchors relative windows ("in the last 30 days"); it is required when the target has
-    one (``ValueError`` otherwise): the clock is never read here. The condition does not restrict the
-    account: callers add ``Profile.account_id == …``."""
-    return compile_tree(parse(target, "target", resolved=True, allow_empty=True), now)
+    one (``ValueError`` otherwise): the clock is never read here."""
+    return compile_tree(parse(target, "target", resolved=True, allow_empty=True), now, account_id)
 
 
 def estimate(
@@ -94,13 +95,12 @@ def estimate(
 ) -> int:
     """How many of the account's profiles the target selects (opted in or not), in one query. ``root``
     names the definition in error messages."""
-    resolved = _resolve(session, account_id, target, root, allow_empty=True)
-    condition = compile_tree(parse(resolved, root, resolved=True, allow_empty=True), now)
+    condition = _selected(session, account_id, target, now, root)
     if is_postgres(session):
-        # Correlated subqueries over many profiles are costed high enough to trigger JIT compilation,
-        # which takes longer (~0.3 s) than the count itself; this transaction only counts.
+        # A count over a million profiles is costed high enough to trigger JIT compilation, which takes
+        # longer (~0.3 s) than the count itself; this transaction only counts.
         session.execute(text("SET LOCAL jit = off"))
-    query = select(func.count()).select_from(Profile).where(Profile.account_id == account_id, condition)
+    query = select(func.count()).select_from(Profile).where(condition)
     return int(session.scalar(query) or 0)
 
 
@@ -109,10 +109,16 @@ def sample_profile(
 ) -> Profile | None:
     """One profile the target selects, opted in to WhatsApp when one is (a real user to preview a message
     for): the first such profile by id (the scan stops at the first match)."""
-    resolved = _resolve(session, account_id, target, "target", allow_empty=True)
-    condition = compile_tree(parse(resolved, "target", resolved=True, allow_empty=True), now)
-    query = select(Profile).where(Profile.account_id == account_id, condition).order_by(Profile.id).limit(1)
+    query = select(Profile).where(_selected(session, account_id, target, now)).order_by(Profile.id).limit(1)
     return session.scalars(query.where(Profile.whatsapp_opt_in)).first() or session.scalars(query).first()
+
+
+def _selected(
+    session: Session, account_id: str, target: dict[str, Any], now: datetime, root: str = "target"
+) -> ColumnElement[bool]:
+    """The condition for the account's profiles that a target (saved segments not yet inlined) selects."""
+    resolved = _resolve(session, account_id, target, root, allow_empty=True)
+    return compile_tree(parse(resolved, root, resolved=True, allow_empty=True), now, account_id)
 
 
 def _resolve(
