@@ -307,7 +307,7 @@ class Bulk:
         self.sqlite.execute("COMMIT")
         return count
 
-    def finish(self, say: Callable[[str], None]) -> None:
+    def finish(self, say: Callable[[str], None], analyze: bool = True) -> None:
         """Build the indexes, gather the planner's statistics, and give the database back its settings."""
         if self.postgres:
             raw = self.conn.driver_connection
@@ -327,19 +327,21 @@ class Bulk:
                 cur.execute("SET session_replication_role = DEFAULT")
             raw.commit()
             self.conn.close()
-            with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                started = time.perf_counter()
-                conn.execute(text("VACUUM ANALYZE"))
-                say(f"  VACUUM ANALYZE: {time.perf_counter() - started:.0f} s")
+            if analyze:
+                with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    started = time.perf_counter()
+                    conn.execute(text("VACUUM ANALYZE"))
+                    say(f"  VACUUM ANALYZE: {time.perf_counter() - started:.0f} s")
             return
         assert self.sqlite is not None
         for index in self.indexes:
             started = time.perf_counter()
             self.sqlite.execute(str(_create(index, self.db)))
             say(f"  index {index.name}: {time.perf_counter() - started:.0f} s")
-        started = time.perf_counter()
-        self.sqlite.execute("ANALYZE")
-        say(f"  ANALYZE: {time.perf_counter() - started:.0f} s")
+        if analyze:
+            started = time.perf_counter()
+            self.sqlite.execute("ANALYZE")
+            say(f"  ANALYZE: {time.perf_counter() - started:.0f} s")
         self.sqlite.execute("PRAGMA journal_mode=WAL")
         self.sqlite.close()
 
@@ -878,9 +880,17 @@ def _account(
 
 
 def fill(
-    url: str, data_dir: Path, sizes: Sizes, *, seed: int = 1, say: Callable[[str], None] = print
+    url: str,
+    data_dir: Path,
+    sizes: Sizes,
+    *,
+    seed: int = 1,
+    say: Callable[[str], None] = print,
+    analyze: bool = True,
 ) -> dict[str, Any]:
-    """Empty, migrate and fill the database; write and return the manifest."""
+    """Empty, migrate and fill the database; write and return the manifest. ``analyze=False`` leaves the
+    planner's statistics as they were (a shared test database: statistics of this small data set would
+    mislead the plans of every later test, as no autovacuum refreshes them there)."""
     started = time.perf_counter()
     rnd = random.Random(seed)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -965,7 +975,7 @@ def fill(
         )
         filled.messages = bulk.write(Message.__table__, MESSAGE_COLUMNS, ledger)  # type: ignore[arg-type]
         at = lap(f"{filled.account_id}: {filled.messages:,} ledger rows", at)
-    bulk.finish(say)
+    bulk.finish(say, analyze)
     at = lap("indexes and statistics", at)
     db = Database(url)
     with db.read() as session:

@@ -32,7 +32,7 @@ def filled(db: Database, tmp_path: Path) -> dict:
     """The data set, in a database of its own on SQLite and in the test database on PostgreSQL (emptied
     afterwards by the ``db`` fixture)."""
     url = f"sqlite:///{tmp_path / 'pages.db'}" if db.engine.dialect.name == "sqlite" else db.url
-    return fill(url, tmp_path / "data", SIZES, say=lambda _line: None)
+    return fill(url, tmp_path / "data", SIZES, say=lambda _line: None, analyze=False)
 
 
 def test_counts_and_services(filled: dict) -> None:
