@@ -32,6 +32,17 @@ class OutboundMessage:
     # Template components beyond the body, in Meta's shape, when the template has them.
     header_params: list[dict[str, Any]] = field(default_factory=list)
     button_params: list[dict[str, Any]] = field(default_factory=list)
+    # A media message (an agent's reply inside the window): sent by link, ``text`` is its caption.
+    media: OutboundMedia | None = None
+
+
+@dataclass(frozen=True)
+class OutboundMedia:
+    """A file an agent sends: ``url`` is where the provider fetches it (Tidings serves it)."""
+
+    kind: str  # image, video, audio, document
+    url: str
+    filename: str | None = None
 
 
 class Outcome(StrEnum):
@@ -119,6 +130,17 @@ class StatusUpdate:
 
 
 @dataclass(frozen=True)
+class MediaRef:
+    """A file a user sent, as the provider gives it: Meta's media id, or Vonage's download URL. Tidings
+    fetches it once (``Provider.fetch_media``) and keeps it."""
+
+    ref: str  # Meta: the media id; Vonage and the sandbox: the URL
+    mime_type: str | None = None
+    filename: str | None = None  # documents
+    sha256: str | None = None  # Meta gives it
+
+
+@dataclass(frozen=True)
 class InboundReply:
     """A message from a user. ``context_message_id`` is the provider id of the message it answers."""
 
@@ -132,6 +154,10 @@ class InboundReply:
     # What a tapped button carries besides its label: a quick-reply button's ``payload`` (Meta ``button``,
     # Vonage ``button``) or an interactive reply's ``id`` (Meta ``interactive``, Vonage ``reply``).
     payload: str | None = None
+    media: MediaRef | None = None  # image, video, audio, document, sticker; ``text`` is the caption
+    # What else the kind carries: reaction {"emoji", "message_id"}; location {"latitude", "longitude",
+    # "name", "address"}; contacts {"contacts": [...]}, as the provider sent them.
+    data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +238,15 @@ class Provider(abc.ABC):
     def pending(self) -> int:
         """Messages whose webhooks this provider still plays itself (the sandbox); 0 for a real one."""
         return 0
+
+    async def fetch_media(self, media: MediaRef) -> tuple[bytes, str]:
+        """Download a file a user sent: its bytes and MIME type. Raises ``ProviderApiError``."""
+        raise ProviderApiError(None, None, f"{self.kind} cannot fetch media")
+
+    async def mark_read(self, provider_message_id: str) -> bool:
+        """Tell the provider the business read this inbound message (the user sees blue ticks); False
+        where the provider has no such call."""
+        return False
 
     async def drain(self, timeout: float = 30.0) -> None:  # noqa: B027 - optional hook
         """Wait until the webhooks this provider plays itself have been delivered (the sandbox)."""
