@@ -2,7 +2,14 @@
 
 from tidings.accounts.models import Account, Integration
 from tidings.campaigns.models import Campaign, CampaignTrigger, CampaignVariant
-from tidings.conversations.models import InboundMessage
+from tidings.conversations.models import (
+    Conversation,
+    ConversationLabel,
+    ConversationNote,
+    InboundMessage,
+    MediaFile,
+    SavedReply,
+)
 from tidings.db import Base
 from tidings.delivery.models import Message, PendingStatus
 from tidings.profiles.models import CatalogueEntry, ConsentChange, Event, Profile
@@ -19,12 +26,17 @@ __all__ = [
     "CampaignVariant",
     "CatalogueEntry",
     "ConsentChange",
+    "Conversation",
+    "ConversationLabel",
+    "ConversationNote",
     "Event",
     "InboundMessage",
     "Integration",
+    "MediaFile",
     "Message",
     "PendingStatus",
     "Profile",
+    "SavedReply",
     "Segment",
     "Template",
     "User",

@@ -8,7 +8,8 @@ by ``GET/PATCH /api/v1/account`` and used when planning and sending; stored as i
      "dnd": {"start": "22:00", "end": "08:00",             # local time; the window may cross midnight
              "timezone": "account" | "user",                # "user": the profile's Tz property, else account
              "action": "drop" | "delay"},                   # drop the message, or send when DND ends
-     "keywords": {"es": {"opt_out": ["BAJA"], "opt_in": ["ALTA"]}}}   # see conversations.keywords
+     "keywords": {"es": {"opt_out": ["BAJA"], "opt_in": ["ALTA"]}},   # see conversations.keywords
+     "consent_replies": {"enabled": true, "opt_out": "…", "opt_in": "…"}}  # the confirmation sent
 """
 
 from __future__ import annotations
@@ -72,6 +73,24 @@ def _system_pct(value: int) -> int:
     return value
 
 
+class ConsentReplies(BaseModel):
+    """The one message that confirms an opt-out (or an opt-in) by keyword; ``enabled`` false sends none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    opt_out: str = Field(
+        "You will no longer receive WhatsApp messages from us. Reply START to subscribe again.",
+        min_length=1,
+        max_length=1024,
+    )
+    opt_in: str = Field(
+        "You are subscribed to WhatsApp messages from us again. Reply STOP to unsubscribe.",
+        min_length=1,
+        max_length=1024,
+    )
+
+
 class Rules(BaseModel):
     """The account's engagement rules (``accounts.settings``)."""
 
@@ -84,6 +103,10 @@ class Rules(BaseModel):
     frequency_cap: FrequencyCap | None = None
     dnd: Dnd | None = None
     keywords: AccountKeywords | None = None
+    consent_replies: ConsentReplies = Field(
+        default_factory=ConsentReplies,
+        description="The confirmation sent after STOP or START by message (may be turned off).",
+    )
 
     @property
     def cap_max(self) -> int | None:

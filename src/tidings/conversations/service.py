@@ -1,28 +1,142 @@
-"""Inbound messages: a user's reply is kept, marks the campaign message it answers as replied, and a
-consent keyword (``STOP`` as people write it, Meta's "Stop promotions" button, ``START``, the account's
-own keywords; see ``tidings.conversations.keywords``) opts every profile with that phone number out of
-WhatsApp, or in again. Webhooks may arrive out of order: a keyword older than one the number sent later
-(already recorded) changes nothing, so the person's last word holds."""
+"""Conversations: what an inbound message does, and what agents do with a thread.
+
+An inbound message is kept once (a repeat of the same provider id changes nothing), lands in the
+conversation with its number (created for a number Tidings does not know, with a profile opted out and the
+user's WhatsApp name), marks the campaign message it answers as replied, and a consent keyword (``STOP``
+as people write it, Meta's "Stop promotions" button, ``START``, the account's own keywords; see
+``tidings.conversations.keywords``) opts every profile with that number out of WhatsApp, or in again, with
+one confirmation when the account wants it. Webhooks may arrive out of order: a keyword older than one the
+number sent later (already recorded) changes nothing, so the person's last word holds; a message older than
+an agent's latest answer is kept in the thread but does not make the conversation wait again.
+
+States (``models.State``): new → (an agent answers) active → (the user answers) pending → active …; an
+agent resolves; a user's message reopens a resolved conversation (pending when an agent holds it, else
+new). ``inactive`` is an active conversation whose 24-hour window has closed, read from the clock, so no
+job has to move it.
+
+Agents' replies are ledger rows (``delivery.models.Message`` with ``conversation_id``): the dispatcher
+sends them with the same rate limits, retries, reconciliation and status webhooks as campaign messages.
+Free text and files only inside the window, decided here and again where the message leaves
+(``delivery.send_rules``); a template at any time, with consent when the window is closed.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
+from tidings.campaigns.models import Campaign
+from tidings.campaigns.rules import account_rules
 from tidings.conversations.attribution import find_answered, mark_replied
 from tidings.conversations.keywords import Keywords, account_keywords, consent_change
-from tidings.conversations.models import InboundMessage
+from tidings.conversations.models import (
+    Conversation,
+    ConversationLabel,
+    ConversationNote,
+    InboundMessage,
+    MediaFile,
+    SavedReply,
+    State,
+)
+from tidings.db import is_postgres, utcnow
+from tidings.delivery.models import SENT_STATES, Message
+from tidings.errors import ApiError, Conflict, Invalid, NotFound
+from tidings.profiles.models import Profile
 from tidings.profiles.service import (
     ConsentSource,
+    ingest,
+    normalize_phone,
     profile_by_phone,
-    profiles_by_phone,
     set_whatsapp_opt_in_by_phone,
 )
 from tidings.providers.base import InboundReply
+from tidings.templates.models import Template
+from tidings.users.models import User
 
-# Kinds whose text is what the user wrote or tapped (others carry a placeholder such as "[image]").
+WINDOW = timedelta(hours=24)  # WhatsApp's customer-service window, from the user's last message
+MEDIA_KINDS = frozenset({"image", "video", "audio", "document", "sticker"})
+SENDABLE_MEDIA = ("image", "video", "audio", "document")
+MAX_MEDIA = 16 * 1024 * 1024  # what an agent may send (WhatsApp's limit for video and audio)
+MAX_LABELS = 20
+
+# Kinds whose text is what the user wrote or tapped (others carry a caption or a rendering).
 _WORDED = frozenset({"text", "button", "interactive", "reply"})
+# How a message of each kind is shown where there is no text (the list's preview, a thread line).
+_SHOWN = {
+    "image": "📷 Photo",
+    "video": "🎥 Video",
+    "audio": "🎤 Audio",
+    "document": "📄 Document",
+    "sticker": "Sticker",
+    "location": "📍 Location",
+    "contacts": "👤 Contact",
+    "reaction": "Reaction",
+    "unsupported": "A message WhatsApp does not show here",
+}
+
+
+def shown(kind: str, text: str) -> str:
+    """A message as one line: its text, else what kind of message it is."""
+    return text.strip() or _SHOWN.get(kind, kind)
+
+
+# --- the window and the states -------------------------------------------------------------------------
+
+
+def window_closes(conversation: Conversation) -> datetime | None:
+    """When the 24-hour window closes (or closed); None when the user never wrote."""
+    last = conversation.last_inbound_at
+    return None if last is None else last + WINDOW
+
+
+def window_open(conversation: Conversation, now: datetime) -> bool:
+    closes = window_closes(conversation)
+    return closes is not None and now < closes
+
+
+def state_of(conversation: Conversation, now: datetime) -> State:
+    """The state as shown: an active conversation whose window has closed is inactive."""
+    if conversation.state == State.active and not window_open(conversation, now):
+        return State.inactive
+    return State(conversation.state)
+
+
+def _state_is(state: State, now: datetime) -> Any:
+    """The SQL test of a shown state."""
+    open_ = Conversation.last_inbound_at > now - WINDOW
+    if state == State.active:
+        return and_(Conversation.state == State.active, open_)
+    if state == State.inactive:
+        return and_(
+            Conversation.state == State.active,
+            or_(Conversation.last_inbound_at.is_(None), Conversation.last_inbound_at <= now - WINDOW),
+        )
+    return Conversation.state == state
+
+
+def _shown_state(now: datetime) -> Any:
+    """The shown state as an SQL expression (for counting per state)."""
+    return case(
+        (
+            and_(
+                Conversation.state == State.active,
+                or_(Conversation.last_inbound_at.is_(None), Conversation.last_inbound_at <= now - WINDOW),
+            ),
+            State.inactive.value,
+        ),
+        else_=Conversation.state,
+    )
+
+
+# --- inbound messages ----------------------------------------------------------------------------------
 
 
 def _consent(kind: str, text: str, payload: str | None, keywords: Keywords) -> bool | None:
@@ -41,23 +155,82 @@ def consent_of(session: Session, account_id: str, reply: InboundReply) -> bool |
     consent = _consent(reply.kind, reply.text, reply.payload, keywords)
     if consent is None:
         return None
-    ids = [p.id for p in profiles_by_phone(session, account_id, reply.from_phone)]
-    if not ids:
-        return consent  # nobody to opt out or in
     later = session.execute(
-        select(InboundMessage.kind, InboundMessage.text).where(
+        select(InboundMessage.kind, InboundMessage.text, InboundMessage.payload).where(
             InboundMessage.account_id == account_id,
-            InboundMessage.profile_id.in_(ids),
+            InboundMessage.from_phone == reply.from_phone,
             InboundMessage.received_at > reply.timestamp,
         )
     ).all()
-    if any(_consent(kind, text, None, keywords) is not None for kind, text in later):
+    if any(_consent(kind, text, payload, keywords) is not None for kind, text, payload in later):
         return None
     return consent
 
 
+def _new_profile(session: Session, account_id: str, phone: str, name: str | None) -> Profile | None:
+    """A profile for a number Tidings does not know: identity the number, opted out (MSG-whatsapp false:
+    writing to a business is not consent to its campaigns), named with the user's WhatsApp name."""
+    data: dict[str, Any] = {"Phone": phone, "MSG-whatsapp": False}
+    if name:
+        data["Name"] = name[:255]
+    ingest(session, account_id, [{"identity": phone, "type": "profile", "profileData": data}])
+    return profile_by_phone(session, account_id, phone)
+
+
+def _conversation_for(session: Session, account_id: str, phone: str, profile_id: int | None) -> Conversation:
+    """The number's conversation, locked for this transaction (made when it has none)."""
+    query = select(Conversation).where(Conversation.account_id == account_id, Conversation.phone == phone)
+    if is_postgres(session):
+        query = query.with_for_update()
+    found = session.scalars(query).first()
+    if found is not None:
+        if found.profile_id is None:
+            found.profile_id = profile_id
+        return found
+    now = utcnow()
+    try:
+        with session.begin_nested():
+            created = Conversation(
+                account_id=account_id,
+                phone=phone,
+                profile_id=profile_id,
+                state=State.new,
+                last_message_at=now,
+                unread=0,
+                preview="",
+                created_at=now,
+                changed_at=now,
+            )
+            session.add(created)
+            session.flush()
+        return created
+    except IntegrityError:  # another transaction made it first
+        return session.scalars(query).one()
+
+
+def _user_wrote(conversation: Conversation, at: datetime, line: str, campaign_id: int | None) -> None:
+    """What a user's message does to the conversation."""
+    conversation.unread += 1
+    conversation.changed_at = utcnow()
+    if conversation.last_inbound_at is None or at > conversation.last_inbound_at:
+        conversation.last_inbound_at = at
+    if at >= conversation.last_message_at or not conversation.preview:
+        conversation.last_message_at = max(at, conversation.last_message_at)
+        conversation.preview = line[:200]
+    if campaign_id is not None:
+        conversation.campaign_id = campaign_id
+    if conversation.last_agent_at is not None and at <= conversation.last_agent_at:
+        return  # older than the agent's latest answer (a late webhook): nobody waits for it
+    if conversation.state == State.active:
+        conversation.state = State.pending
+    elif conversation.state == State.resolved:
+        conversation.state = State.pending if conversation.assignee_id is not None else State.new
+    if conversation.waiting_since is None or at < conversation.waiting_since:
+        conversation.waiting_since = at
+
+
 def record_inbound(session: Session, account_id: str, provider: str, reply: InboundReply) -> bool:
-    """Keep one inbound message (a repeat of the same provider id changes nothing). Returns whether new."""
+    """Keep one inbound message and apply it (see the module's docstring). Returns whether it was new."""
     seen = session.scalar(
         select(InboundMessage.id).where(
             InboundMessage.account_id == account_id,
@@ -67,29 +240,733 @@ def record_inbound(session: Session, account_id: str, provider: str, reply: Inbo
     )
     if seen is not None:
         return False
-    profile = profile_by_phone(session, account_id, reply.from_phone)
-    answered = find_answered(session, account_id, reply.from_phone, reply.context_message_id, reply.timestamp)
+    phone = normalize_phone(reply.from_phone) or reply.from_phone
+    profile = profile_by_phone(session, account_id, phone) or _new_profile(
+        session, account_id, phone, reply.profile_name
+    )
+    answered = find_answered(session, account_id, phone, reply.context_message_id, reply.timestamp)
+    campaign_id = None
     if answered is not None:
         mark_replied(session, answered, reply.timestamp)
+        campaign_id = session.scalar(select(Message.campaign_id).where(Message.id == answered))
+    media = reply.media
+    inbound = InboundMessage(
+        account_id=account_id,
+        profile_id=profile.id if profile is not None else None,
+        from_phone=phone,
+        provider=provider,
+        provider_message_id=reply.provider_message_id,
+        kind=reply.kind,
+        text=reply.text,
+        payload=reply.payload[:256] if reply.payload else None,
+        data=reply.data,
+        media=(
+            {
+                "ref": media.ref,
+                "mime_type": media.mime_type,
+                "filename": media.filename,
+                "sha256": media.sha256,
+            }
+            if media is not None
+            else None
+        ),
+        media_state="pending" if media is not None else None,
+        context_message_id=reply.context_message_id,
+        answers_message_id=answered,
+        campaign_id=campaign_id,
+        received_at=reply.timestamp,
+    )
+    session.add(inbound)
+    conversation = _conversation_for(session, account_id, phone, profile.id if profile else None)
+    _user_wrote(conversation, reply.timestamp, shown(reply.kind, reply.text), campaign_id)
     consent = consent_of(session, account_id, reply)
     if consent is not None:
         # Recorded in the consent history as the person's own word: the number that sent it.
-        set_whatsapp_opt_in_by_phone(
-            session, account_id, reply.from_phone, consent, ConsentSource.keyword, reply.from_phone
+        changed = set_whatsapp_opt_in_by_phone(
+            session, account_id, phone, consent, ConsentSource.keyword, phone
         )
-    session.add(
-        InboundMessage(
-            account_id=account_id,
-            profile_id=profile.id if profile is not None else None,
-            from_phone=reply.from_phone,
-            provider=provider,
-            provider_message_id=reply.provider_message_id,
-            kind=reply.kind,
-            text=reply.text,
-            context_message_id=reply.context_message_id,
-            answers_message_id=answered,
-            received_at=reply.timestamp,
-        )
-    )
+        if changed and conversation.profile_id is not None:
+            _confirm(session, account_id, conversation, consent, reply.provider_message_id)
     session.flush()
     return True
+
+
+def _confirm(
+    session: Session, account_id: str, conversation: Conversation, opted_in: bool, because: str
+) -> None:
+    """Queue the account's confirmation of an opt-out (or opt-in) by message, when it has one: free text
+    inside the window the keyword just opened, once per keyword message."""
+    account = session.get(Account, account_id)
+    replies = account_rules(account.settings if account else None).consent_replies
+    text = replies.opt_in if opted_in else replies.opt_out
+    if not replies.enabled or not text:
+        return
+    _queue(session, conversation, occurrence=f"consent:{because}"[:64], text=text, now=utcnow())
+
+
+# --- agents ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Agent:
+    """Who acts on a conversation: a user of the dashboard (``user_id``), or an API key acting for one
+    (``user_id`` given in the request) or for nobody in particular (``user_id`` None). ``admin`` may
+    assign to others and act over whoever holds a conversation."""
+
+    user_id: int | None
+    admin: bool = False
+
+
+def get_conversation(
+    session: Session, account_id: str, conversation_id: int, *, lock: bool = False
+) -> Conversation:
+    query = select(Conversation).where(
+        Conversation.id == conversation_id, Conversation.account_id == account_id
+    )
+    if lock and is_postgres(session):
+        query = query.with_for_update()
+    found = session.scalars(query).first()
+    if found is None:
+        raise NotFound(f"conversation {conversation_id}")
+    return found
+
+
+def _holder_email(session: Session, user_id: int) -> str:
+    return session.scalar(select(User.email).where(User.id == user_id)) or f"user {user_id}"
+
+
+def _held(session: Session, conversation: Conversation, agent: Agent) -> None:
+    """Refuse (409 ``held_by_other``) when another agent holds the conversation."""
+    holder = conversation.assignee_id
+    if holder is not None and holder != agent.user_id and not agent.admin:
+        raise Conflict(
+            f"{_holder_email(session, holder)} holds this conversation: only they (or an admin) may "
+            "answer or change it",
+            code="held_by_other",
+        )
+
+
+def _user_of(session: Session, account_id: str, user_id: int) -> User:
+    user = session.scalar(
+        select(User).where(User.id == user_id, User.account_id == account_id, User.disabled_at.is_(None))
+    )
+    if user is None:
+        raise Invalid(f"user {user_id} is not an active user of this account", code="unknown_user")
+    return user
+
+
+def take(session: Session, account_id: str, conversation_id: int, agent: Agent) -> Conversation:
+    """The agent takes the conversation: one guarded UPDATE, so of two agents taking it at once exactly
+    one wins; the other is told who holds it (409 ``held_by_other``)."""
+    if agent.user_id is None:
+        raise Invalid("say which user takes the conversation (user_id)", code="user_required")
+    _user_of(session, account_id, agent.user_id)
+    taken = session.execute(
+        update(Conversation)
+        .where(
+            Conversation.id == conversation_id,
+            Conversation.account_id == account_id,
+            or_(Conversation.assignee_id.is_(None), Conversation.assignee_id == agent.user_id),
+        )
+        .values(assignee_id=agent.user_id, changed_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    conversation = get_conversation(session, account_id, conversation_id)
+    session.refresh(conversation)
+    if not taken.rowcount:  # type: ignore[attr-defined]
+        _held(session, conversation, Agent(agent.user_id))
+    return conversation
+
+
+def assign(
+    session: Session, account_id: str, conversation_id: int, assignee_id: int | None, agent: Agent
+) -> Conversation:
+    """Give the conversation to ``assignee_id`` (None: to nobody). An admin may assign anyone; an agent may
+    only give back a conversation they hold."""
+    conversation = get_conversation(session, account_id, conversation_id, lock=True)
+    if not agent.admin:
+        if assignee_id is not None and assignee_id != agent.user_id:
+            raise ApiError(403, "forbidden", "only an admin assigns a conversation to someone else")
+        _held(session, conversation, agent)
+    if assignee_id is not None:
+        _user_of(session, account_id, assignee_id)
+    conversation.assignee_id = assignee_id
+    conversation.changed_at = utcnow()
+    session.flush()
+    return conversation
+
+
+def resolve(session: Session, account_id: str, conversation_id: int, agent: Agent) -> Conversation:
+    conversation = get_conversation(session, account_id, conversation_id, lock=True)
+    _held(session, conversation, agent)
+    conversation.state = State.resolved
+    conversation.waiting_since = None
+    conversation.changed_at = utcnow()
+    session.flush()
+    return conversation
+
+
+def set_labels(
+    session: Session, account_id: str, conversation_id: int, labels: Sequence[str], agent: Agent
+) -> list[str]:
+    conversation = get_conversation(session, account_id, conversation_id, lock=True)
+    _held(session, conversation, agent)
+    wanted = sorted({label.strip().lower() for label in labels if label.strip()})
+    if len(wanted) > MAX_LABELS or any(len(label) > 40 for label in wanted):
+        raise Invalid(f"at most {MAX_LABELS} labels of at most 40 characters each", code="invalid_labels")
+    session.execute(delete(ConversationLabel).where(ConversationLabel.conversation_id == conversation.id))
+    session.add_all(
+        ConversationLabel(conversation_id=conversation.id, label=label, account_id=account_id)
+        for label in wanted
+    )
+    conversation.changed_at = utcnow()
+    session.flush()
+    return wanted
+
+
+def labels_of(session: Session, conversation_ids: Sequence[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    if conversation_ids:
+        for cid, label in session.execute(
+            select(ConversationLabel.conversation_id, ConversationLabel.label)
+            .where(ConversationLabel.conversation_id.in_(list(conversation_ids)))
+            .order_by(ConversationLabel.label)
+        ):
+            found.setdefault(cid, []).append(label)
+    return found
+
+
+def add_note(
+    session: Session, account_id: str, conversation_id: int, text: str, agent: Agent
+) -> ConversationNote:
+    """A private note between agents (anyone who may read the conversation may write one)."""
+    conversation = get_conversation(session, account_id, conversation_id)
+    text = text.strip()
+    if not text or len(text) > 4096:
+        raise Invalid("a note has 1 to 4096 characters", code="invalid_note")
+    note = ConversationNote(
+        account_id=account_id,
+        conversation_id=conversation.id,
+        author_id=agent.user_id,
+        text=text,
+        created_at=utcnow(),
+    )
+    session.add(note)
+    conversation.changed_at = utcnow()
+    session.flush()
+    return note
+
+
+def open_conversation(session: Session, account_id: str, conversation_id: int) -> Conversation:
+    """An agent opened the thread: its messages are read. The provider is told of the latest one (which
+    reads the earlier ones too, at Meta) by the worker (``chores.send_read_marks``)."""
+    conversation = get_conversation(session, account_id, conversation_id)
+    if conversation.unread:
+        latest = session.scalar(
+            select(InboundMessage.id)
+            .where(InboundMessage.account_id == account_id, InboundMessage.from_phone == conversation.phone)
+            .order_by(InboundMessage.received_at.desc(), InboundMessage.id.desc())
+            .limit(1)
+        )
+        if latest is not None:
+            session.execute(
+                update(InboundMessage)
+                .where(InboundMessage.id == latest, InboundMessage.read_state.is_(None))
+                .values(read_state="pending")
+            )
+        conversation.unread = 0
+        conversation.changed_at = utcnow()
+        session.flush()
+    return conversation
+
+
+# --- replies ---------------------------------------------------------------------------------------------
+
+
+def _queue(
+    session: Session,
+    conversation: Conversation,
+    *,
+    occurrence: str,
+    now: datetime,
+    text: str | None = None,
+    template: Template | None = None,
+    params: Sequence[str] | None = None,
+    media: dict[str, Any] | None = None,
+    author_id: int | None = None,
+) -> Message:
+    """A message of the conversation into the ledger, queued; the same ``occurrence`` twice is one row."""
+    assert conversation.profile_id is not None
+    existing = session.scalar(
+        select(Message).where(
+            Message.account_id == conversation.account_id,
+            Message.conversation_id == conversation.id,
+            Message.occurrence == occurrence,
+        )
+    )
+    if existing is not None:
+        return existing
+    message = Message(
+        account_id=conversation.account_id,
+        campaign_id=None,
+        profile_id=conversation.profile_id,
+        occurrence=occurrence,
+        state="queued",
+        to_phone=conversation.phone,
+        text=text,
+        params=list(params) if params is not None else None,
+        template_id=template.id if template is not None else None,
+        media=media,
+        conversation_id=conversation.id,
+        author_id=author_id,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(message)
+    session.flush()
+    return message
+
+
+def _closed(conversation: Conversation) -> Conflict:
+    closes = window_closes(conversation)
+    if closes is None:
+        said = "the user has not written to this number: the window never opened"
+    else:
+        said = (
+            f"the 24-hour window closed at {closes:%Y-%m-%d %H:%M} UTC, 24 hours after the user's last "
+            f"message ({conversation.last_inbound_at:%Y-%m-%d %H:%M} UTC)"
+        )
+    return Conflict(
+        f"{said}; only an approved template may be sent until the user writes again", "window_closed"
+    )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What an agent sends: free text, a file (with ``text`` its caption), or a template with its values."""
+
+    text: str | None = None
+    template_id: int | None = None
+    params: Sequence[str] = ()
+    media_id: int | None = None
+    key: str | None = None  # the client's idempotency key: the same key twice sends once
+
+
+def reply(
+    session: Session,
+    account_id: str,
+    conversation_id: int,
+    answer: Reply,
+    agent: Agent,
+    *,
+    public_url: str,
+    now: datetime | None = None,
+) -> Message:
+    """Queue an agent's reply. Refused: another agent holds the conversation (409 ``held_by_other``); free
+    text or a file outside the window (409 ``window_closed``, saying when it closed); a template that is
+    not approved or whose values are missing (422); a template to a user not opted in with the window
+    closed (409 ``not_opted_in``). An unassigned conversation is taken by the agent who answers it."""
+    now = now or utcnow()
+    conversation = get_conversation(session, account_id, conversation_id, lock=True)
+    _held(session, conversation, agent)
+    if conversation.profile_id is None:
+        raise Conflict("this conversation's profile was deleted", code="no_profile")
+    text = answer.text.strip() if answer.text is not None else None
+    template = None
+    media = None
+    if answer.template_id is not None:
+        template = session.scalar(
+            select(Template).where(Template.id == answer.template_id, Template.account_id == account_id)
+        )
+        if template is None:
+            raise NotFound(f"template {answer.template_id}")
+        if template.status != "APPROVED":
+            raise Invalid(f"{template.name} is {template.status}: only an approved template may be sent")
+        params = [str(p).strip() for p in answer.params]
+        if len(params) != template.variable_count or not all(params):
+            raise Invalid(
+                f"{template.name} has {template.variable_count} variables: give a value for each "
+                f"({len([p for p in params if p])} given)",
+                code="template_values",
+            )
+        if not window_open(conversation, now):
+            opted_in = session.scalar(
+                select(Profile.whatsapp_opt_in).where(Profile.id == conversation.profile_id)
+            )
+            if not opted_in:
+                raise Conflict(
+                    "the user is not opted in to WhatsApp (MSG-whatsapp) and the 24-hour window is closed: "
+                    "no template may be sent",
+                    code="not_opted_in",
+                )
+        text = None
+    else:
+        if answer.media_id is not None:
+            file = session.scalar(
+                select(MediaFile).where(MediaFile.id == answer.media_id, MediaFile.account_id == account_id)
+            )
+            if file is None:
+                raise NotFound(f"file {answer.media_id}")
+            kind = media_kind(file.mime_type)
+            media = {"kind": kind, "url": f"{public_url}/media/{file.token}", "filename": file.filename}
+            text = text or ""
+        if text is None or (not text and media is None):
+            raise Invalid("write a message, attach a file, or choose a template", code="empty_reply")
+        if len(text) > 4096:
+            raise Invalid("a WhatsApp message has at most 4096 characters", code="text_too_long")
+        if not window_open(conversation, now):
+            raise _closed(conversation)
+    if conversation.assignee_id is None and agent.user_id is not None:
+        conversation.assignee_id = agent.user_id
+    key = answer.key or secrets.token_hex(12)
+    message = _queue(
+        session,
+        conversation,
+        occurrence=f"reply:{key}"[:64],
+        now=now,
+        text=text,
+        template=template,
+        params=list(answer.params) if template is not None else None,
+        media=media,
+        author_id=agent.user_id,
+    )
+    conversation.state = State.active
+    conversation.waiting_since = None
+    conversation.last_agent_at = now
+    conversation.last_message_at = max(now, conversation.last_message_at)
+    conversation.preview = ("You: " + (text or (template.name if template else "") or "📎 File"))[:200]
+    conversation.changed_at = utcnow()
+    session.flush()
+    return message
+
+
+def media_kind(mime_type: str) -> str:
+    """The WhatsApp message type a file is sent as."""
+    major = mime_type.split("/", 1)[0]
+    return major if major in ("image", "video", "audio") else "document"
+
+
+def store_media(
+    session: Session, account_id: str, content: bytes, mime_type: str, filename: str | None
+) -> MediaFile:
+    """Keep a file (an agent's upload, or a user's file fetched from the provider)."""
+    if not content:
+        raise Invalid("the file is empty", code="empty_file")
+    file = MediaFile(
+        account_id=account_id,
+        token=secrets.token_urlsafe(32),
+        mime_type=(mime_type or "application/octet-stream")[:100],
+        filename=(filename or None) and filename[:255],
+        size=len(content),
+        content=content,
+        created_at=utcnow(),
+    )
+    session.add(file)
+    session.flush()
+    return file
+
+
+# --- saved replies ---------------------------------------------------------------------------------------
+
+
+def saved_replies(session: Session, account_id: str) -> list[SavedReply]:
+    return list(
+        session.scalars(
+            select(SavedReply).where(SavedReply.account_id == account_id).order_by(SavedReply.shortcut)
+        )
+    )
+
+
+def save_reply(session: Session, account_id: str, shortcut: str, text: str) -> SavedReply:
+    shortcut = shortcut.strip().lstrip("/").lower()
+    if not shortcut or len(shortcut) > 40 or not all(c.isalnum() or c in "-_" for c in shortcut):
+        raise Invalid("a shortcut has 1 to 40 letters, digits, - or _", code="invalid_shortcut")
+    text = text.strip()
+    if not text or len(text) > 4096:
+        raise Invalid("a saved reply has 1 to 4096 characters", code="invalid_text")
+    taken = session.scalar(
+        select(SavedReply.id).where(SavedReply.account_id == account_id, SavedReply.shortcut == shortcut)
+    )
+    if taken is not None:
+        raise Conflict(f"/{shortcut} is already a saved reply", code="shortcut_taken")
+    saved = SavedReply(account_id=account_id, shortcut=shortcut, text=text, created_at=utcnow())
+    session.add(saved)
+    session.flush()
+    return saved
+
+
+def delete_saved_reply(session: Session, account_id: str, saved_id: int) -> None:
+    deleted = session.execute(
+        delete(SavedReply).where(SavedReply.id == saved_id, SavedReply.account_id == account_id)
+    )
+    if not deleted.rowcount:  # type: ignore[attr-defined]
+        raise NotFound(f"saved reply {saved_id}")
+
+
+# --- the inbox -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    state: State | None = None
+    campaign_id: int | None = None
+    assignee_id: int | None = None  # 0: nobody
+    label: str | None = None
+    q: str | None = None  # the number, the profile's name, or words of the user's messages
+
+
+@dataclass(frozen=True)
+class Listed:
+    conversation: Conversation
+    state: State
+    name: str | None
+    identity: str | None
+    assignee: str | None
+    campaign: str | None
+    labels: list[str]
+
+
+def _filtered(account_id: str, filters: Filters, now: datetime) -> Any:
+    conditions: list[Any] = [Conversation.account_id == account_id]
+    if filters.state is not None:
+        conditions.append(_state_is(filters.state, now))
+    if filters.assignee_id is not None:
+        conditions.append(
+            Conversation.assignee_id.is_(None)
+            if filters.assignee_id == 0
+            else Conversation.assignee_id == filters.assignee_id
+        )
+    if filters.label:
+        conditions.append(
+            select(ConversationLabel.conversation_id)
+            .where(
+                ConversationLabel.account_id == account_id,
+                ConversationLabel.label == filters.label.strip().lower(),
+                ConversationLabel.conversation_id == Conversation.id,
+            )
+            .exists()
+        )
+    if filters.campaign_id is not None:
+        conditions.append(
+            select(InboundMessage.id)
+            .where(
+                InboundMessage.account_id == account_id,
+                InboundMessage.campaign_id == filters.campaign_id,
+                InboundMessage.from_phone == Conversation.phone,
+            )
+            .exists()
+        )
+    q = (filters.q or "").strip()
+    if q:
+        like = f"%{q.lower()}%"
+        digits = "".join(c for c in q if c.isdigit())
+        found: list[Any] = [
+            select(Profile.id)
+            .where(Profile.id == Conversation.profile_id, Profile.name_key.like(like))
+            .exists(),
+            select(InboundMessage.id)
+            .where(
+                InboundMessage.account_id == account_id,
+                InboundMessage.from_phone == Conversation.phone,
+                func.lower(InboundMessage.text).like(like),
+            )
+            .exists(),
+        ]
+        if digits:
+            found.append(Conversation.phone.like(f"%{digits}%"))
+        conditions.append(or_(*found))
+    return and_(*conditions)
+
+
+def list_conversations(
+    session: Session,
+    account_id: str,
+    filters: Filters,
+    *,
+    now: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Listed]:
+    """A page of conversations: the oldest waiting first (then the latest message first)."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(
+            Conversation, Profile.properties["Name"].as_string(), Profile.identity, User.email, Campaign.name
+        )
+        .outerjoin(Profile, Profile.id == Conversation.profile_id)
+        .outerjoin(User, User.id == Conversation.assignee_id)
+        .outerjoin(Campaign, Campaign.id == Conversation.campaign_id)
+        .where(_filtered(account_id, filters, now))
+        .order_by(
+            Conversation.waiting_since.is_(None),
+            Conversation.waiting_since,
+            Conversation.last_message_at.desc(),
+            Conversation.id.desc(),
+        )
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    labels = labels_of(session, [r[0].id for r in rows])
+    return [
+        Listed(c, state_of(c, now), name, identity, email, campaign, labels.get(c.id, []))
+        for c, name, identity, email, campaign in rows
+    ]
+
+
+def counts(session: Session, account_id: str, *, now: datetime | None = None) -> dict[str, dict[str, int]]:
+    """Per shown state: how many conversations, and how many of them have unread messages."""
+    now = now or utcnow()
+    shown_state = _shown_state(now).label("s")
+    found = {s.value: {"total": 0, "unread": 0} for s in State}
+    for state, total, unread in session.execute(
+        select(shown_state, func.count(), func.count(case((Conversation.unread > 0, 1))))
+        .where(Conversation.account_id == account_id)
+        .group_by(shown_state)
+    ):
+        found[state] = {"total": int(total), "unread": int(unread)}
+    return found
+
+
+def changed_since(session: Session, account_id: str, since: datetime) -> list[int]:
+    """The conversations changed after ``since`` (a live page's poll), newest first, at most 100."""
+    return list(
+        session.scalars(
+            select(Conversation.id)
+            .where(Conversation.account_id == account_id, Conversation.changed_at > since)
+            .order_by(Conversation.changed_at.desc())
+            .limit(100)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of a thread."""
+
+    at: datetime
+    who: str  # "user", "agent" (an agent's reply or a confirmation), "campaign", "note"
+    kind: str  # text, image, template, note, …
+    text: str
+    id: int
+    state: str | None = None  # an outbound message's ticks: queued, sending, sent, delivered, read, failed…
+    author: str | None = None
+    campaign: str | None = None
+    media_id: int | None = None  # a kept file (shown at /inbox/media/{id})
+    media_state: str | None = None
+    data: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def thread(session: Session, conversation: Conversation, *, limit: int = 200) -> list[Item]:
+    """The latest ``limit`` lines of the thread, oldest first: the user's messages, the campaign messages
+    and agents' replies sent to the number (with their ticks), and the agents' notes."""
+    account_id, phone = conversation.account_id, conversation.phone
+    items: list[Item] = []
+    for m in session.scalars(
+        select(InboundMessage)
+        .where(InboundMessage.account_id == account_id, InboundMessage.from_phone == phone)
+        .order_by(InboundMessage.received_at.desc())
+        .limit(limit)
+    ):
+        items.append(
+            Item(
+                m.received_at,
+                "user",
+                m.kind,
+                shown(m.kind, m.text),
+                m.id,
+                media_id=m.media_id,
+                media_state=m.media_state,
+                data=m.data,
+            )
+        )
+    for out, template, campaign, author in session.execute(
+        select(Message, Template.name, Campaign.name, User.email)
+        .outerjoin(Template, Template.id == Message.template_id)
+        .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+        .outerjoin(User, User.id == Message.author_id)
+        .where(
+            Message.account_id == account_id,
+            Message.to_phone == phone,
+            or_(Message.conversation_id.is_not(None), Message.state.in_((*SENT_STATES, "failed"))),
+        )
+        .order_by(Message.created_at.desc())
+        .limit(limit)
+    ):
+        at = out.sent_at or out.created_at
+        if out.conversation_id is not None:
+            kind = "template" if out.template_id else (out.media or {}).get("kind", "text")
+            body = out.text or (f"{template} ({', '.join(out.params or [])})" if template else "")
+            items.append(
+                Item(
+                    at,
+                    "agent",
+                    kind,
+                    body,
+                    out.id,
+                    state=out.state,
+                    author=author or "Tidings",
+                    error=out.error_detail if out.state in ("failed", "skipped") else None,
+                )
+            )
+        else:
+            items.append(
+                Item(
+                    at,
+                    "campaign",
+                    "template",
+                    campaign or "a campaign",
+                    out.id,
+                    state=out.state,
+                    campaign=campaign,
+                    error=out.error_detail if out.state == "failed" else None,
+                )
+            )
+    for note, author in session.execute(
+        select(ConversationNote, User.email)
+        .outerjoin(User, User.id == ConversationNote.author_id)
+        .where(ConversationNote.conversation_id == conversation.id)
+        .order_by(ConversationNote.created_at.desc())
+        .limit(limit)
+    ):
+        items.append(Item(note.created_at, "note", "note", note.text, note.id, author=author or "API"))
+    items.sort(key=lambda i: (i.at, i.id))
+    return items[-limit:]
+
+
+def outbound_states(session: Session, conversation: Conversation, ids: Sequence[int]) -> dict[int, str]:
+    """The current state of these outbound messages of the thread (for the live ticks)."""
+    if not ids:
+        return {}
+    return {
+        i: s
+        for i, s in session.execute(
+            select(Message.id, Message.state).where(
+                Message.id.in_(list(ids)), Message.account_id == conversation.account_id
+            )
+        )
+    }
+
+
+def profile_campaigns(
+    session: Session, account_id: str, profile_id: int, limit: int = 10
+) -> list[tuple[str, str, datetime | None]]:
+    """The campaigns that reached this profile, latest first: name, the message's state, when sent."""
+    rows = session.execute(
+        select(Campaign.name, Message.state, Message.sent_at)
+        .join(Campaign, Campaign.id == Message.campaign_id)
+        .where(
+            Message.account_id == account_id, Message.profile_id == profile_id, Message.state.in_(SENT_STATES)
+        )
+        .order_by(Message.created_at.desc())
+        .limit(limit)
+    ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def conversation_by_phone(session: Session, account_id: str, phone: str) -> Conversation | None:
+    e164 = normalize_phone(phone) or phone
+    return session.scalar(
+        select(Conversation).where(Conversation.account_id == account_id, Conversation.phone == e164)
+    )

@@ -36,6 +36,10 @@ class Claimed:
     event: dict[str, Any] | None = None  # the triggering event's properties (Event.* in Liquid)
     campaign_id: int | None = None
     token: str = ""  # the claim's token (``claimed_by``)
+    # An agent's template reply carries its values as written (never rendered as Liquid); a file reply
+    # its ``{"kind", "url", "filename"}``.
+    fixed_params: list[str] | None = None
+    media: dict[str, Any] | None = None
 
 
 def claim_batch(
@@ -96,11 +100,18 @@ def claim_batch(
             CampaignVariant.variables,
             Message.context,
             Message.campaign_id,
+            Message.conversation_id,
+            Message.params,
+            Message.media,
         )
         .join(Profile, Profile.id == Message.profile_id)
         .outerjoin(Campaign, Campaign.id == Message.campaign_id)
         .outerjoin(CampaignVariant, CampaignVariant.id == Message.variant_id)
-        .outerjoin(Template, Template.id == func.coalesce(CampaignVariant.template_id, Campaign.template_id))
+        .outerjoin(
+            Template,
+            Template.id
+            == func.coalesce(Message.template_id, CampaignVariant.template_id, Campaign.template_id),
+        )
         .where(Message.id.in_(claimed_ids))
         .order_by(Message.id)
     )
@@ -118,6 +129,8 @@ def claim_batch(
             event=dict(r[10]) if r[10] is not None else None,
             campaign_id=r[11],
             token=token,
+            fixed_params=list(r[13] or []) if r[12] is not None else None,
+            media=r[14],
         )
         for r in rows
     ]

@@ -63,7 +63,7 @@ from tidings.metrics import (
 )
 from tidings.personalization.service import PersonalizationError, Renderer
 from tidings.providers import registry
-from tidings.providers.base import OutboundMessage, Provider, SendResult
+from tidings.providers.base import OutboundMedia, OutboundMessage, Provider, SendResult
 from tidings.providers.pool import ProviderPool
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,9 @@ def _renderer(variables: tuple[str, ...]) -> Renderer:
 
 def render(claimed: Claimed) -> Item:
     item = Item(claimed, time.monotonic())
-    if claimed.text is None:
+    if claimed.fixed_params is not None:
+        item.params = claimed.fixed_params
+    elif claimed.text is None:
         try:
             item.params = _renderer(claimed.variables).render(claimed.profile, claimed.event)
         except PersonalizationError as refusal:
@@ -172,6 +174,11 @@ def render(claimed: Claimed) -> Item:
         language=claimed.language,
         params=item.params,
         text=claimed.text,
+        media=(
+            OutboundMedia(media["kind"], media["url"], media.get("filename"))
+            if (media := claimed.media)
+            else None
+        ),
     )
     return item
 

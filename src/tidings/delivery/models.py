@@ -51,6 +51,19 @@ class Message(Base):
     error_detail: Mapped[str | None] = mapped_column(String(500), nullable=True)
     params: Mapped[list[str] | None] = mapped_column(Json, nullable=True)  # rendered {{n}} values
     text: Mapped[str | None] = mapped_column(String(4096), nullable=True)  # free text (agent replies)
+    # An agent's reply or a consent confirmation: a message of the conversation with that number. Free
+    # text and files go only inside the 24-hour window (decided at send time), whatever ``MSG-whatsapp``
+    # says: the user wrote first. A template reply is business-initiated and needs consent.
+    conversation_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True
+    )
+    author_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    template_id: Mapped[int | None] = mapped_column(  # a template reply's template (campaigns: the variant's)
+        Integer, ForeignKey("templates.id", ondelete="SET NULL"), nullable=True
+    )
+    media: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)  # {"kind", "url", "filename"}
     provider: Mapped[str | None] = mapped_column(String(16), nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

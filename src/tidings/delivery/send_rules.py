@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from tidings.accounts.models import Account
 from tidings.campaigns.models import Campaign
 from tidings.campaigns.rules import Rules, account_rules, zone
+from tidings.conversations.models import InboundMessage
 from tidings.db import cast_table, is_postgres
 from tidings.delivery.claims import release
 from tidings.delivery.models import SENDING_OR_SENT, Message
@@ -54,7 +55,14 @@ SEND_TIME_DETAILS = {
     "dnd": "the moment of sending fell inside the account's Do-Not-Disturb hours",
     "global_frequency_cap": "the account's frequency cap for this user was reached by messages sent since",
     "campaign_frequency_cap": "the campaign's frequency rule for this user was met by a message sent since",
+    "window_closed": "the 24-hour window had closed when it was to be sent: only a template may go now",
 }
+
+
+def _free_reply(table: Any) -> ColumnElement[bool]:
+    """An agent's free-text (or file) reply or a consent confirmation: it answers a user who wrote, so it
+    goes inside the 24-hour window whatever ``MSG-whatsapp`` says, and never outside it."""
+    return and_(table.c.conversation_id.is_not(None), table.c.text.is_not(None))
 
 
 def _opted_in(table: Any) -> ColumnElement[bool]:
@@ -72,6 +80,7 @@ class _Facts:
     user_zone: str | None
     respect_rules: bool
     frequency: dict[str, Any] | None
+    free_reply: bool = False
 
 
 def _send_time_rules(
@@ -105,6 +114,7 @@ def _send_time_rules(
             Message.campaign_id,
             Profile.whatsapp_opt_in.label("opted_in"),
             user_zone.label("tz"),
+            _free_reply(Message.__table__).label("free_reply"),
         )
         .join(Profile, Profile.id == Message.profile_id)
         .where(Message.id.in_(ids))
@@ -127,14 +137,23 @@ def _send_time_rules(
     for r in read:
         # A message of no campaign (or of a campaign deleted since) follows no campaign rule.
         respect, frequency = campaigns.get(r.campaign_id, (False, None)) if r.campaign_id else (False, None)
-        facts[r.id] = _Facts(r.profile_id, r.campaign_id, bool(r.opted_in), r.tz, respect, frequency)
+        facts[r.id] = _Facts(
+            r.profile_id, r.campaign_id, bool(r.opted_in), r.tz, respect, frequency, bool(r.free_reply)
+        )
     refused: dict[int, str] = {}
     delayed: dict[int, datetime] = {}
     ruled: list[int] = []  # rows the account's rules apply to (a campaign that respects them)
+    phone_of = {r[0]: r[2] for r in rows}
+    free = [i for i in ids if i in facts and facts[i].free_reply]
+    open_windows = _open_windows(session, account_id, {phone_of[i] for i in free}, now) if free else set()
     for row_id in ids:
         fact = facts.get(row_id)
         if fact is None:
             continue  # deleted meanwhile: the guarded UPDATE finds nothing
+        if fact.free_reply:
+            if phone_of[row_id] not in open_windows:
+                refused[row_id] = "window_closed"
+            continue
         if not fact.opted_in:
             refused[row_id] = "not_opted_in"
             continue
@@ -153,7 +172,6 @@ def _send_time_rules(
     if not by_rule and not by_campaign:
         return refused, delayed
     # Caps count what the person (the phone number) got from this account, as planning does.
-    phone_of = {r[0]: r[2] for r in rows}
     sent_to: dict[str, int] = {}
     if by_rule:
         assert rules.cap_max is not None and rules.cap_hours is not None
@@ -204,6 +222,21 @@ def _send_time_rules(
             sent_to[phone] = sent_to.get(phone, 0) + 1
         last_sent[key] = now
     return refused, delayed
+
+
+def _open_windows(session: Session, account_id: str, phones: set[str], now: datetime) -> set[str]:
+    """The numbers whose user wrote within the last 24 hours (their window is open now)."""
+    return set(
+        session.scalars(
+            select(InboundMessage.from_phone)
+            .where(
+                InboundMessage.account_id == account_id,
+                InboundMessage.from_phone.in_(sorted(phones)),
+                InboundMessage.received_at > now - MESSAGING_WINDOW,
+            )
+            .distinct()
+        )
+    )
 
 
 def mark_dispatched(
@@ -324,7 +357,7 @@ def mark_dispatched(
                     table.c.claimed_by == token,
                     table.c.dispatched_at.is_(None),
                     or_(table.c.campaign_id.is_(None), table.c.campaign_id.in_(running)),
-                    _opted_in(table),
+                    or_(_free_reply(table), _opted_in(table)),
                 )
                 .values(dispatched_at=now, lease_until=now + lease)
                 .returning(table.c.id)
@@ -350,7 +383,9 @@ def mark_dispatched(
         withdrawn = set(
             session.scalars(
                 select(table.c.id).where(
-                    table.c.id.in_([r[0] for r in candidates if r[0] not in marked]), ~_opted_in(table)
+                    table.c.id.in_([r[0] for r in candidates if r[0] not in marked]),
+                    ~_free_reply(table),
+                    ~_opted_in(table),
                 )
             )
         )
@@ -411,8 +446,9 @@ def mark_dispatched(
 
 
 def skip_not_opted_in(session: Session, profile_ids: Iterable[int]) -> int:
-    """These users opted out: settle their unsent rows — queued (due, waiting for the pair rate, delayed
-    by DND, in retry backoff) and claimed but not yet dispatched — as skipped ``not_opted_in``, set-based,
+    """These users opted out: settle their unsent rows (not the replies to what they wrote, ``_free_reply``)
+    — queued (due, waiting for the pair rate, delayed by DND, in retry backoff) and claimed but not yet
+    dispatched — as skipped ``not_opted_in``, set-based,
     in the caller's transaction (the opt-out's). A worker holding such a claim loses it at its dispatch
     mark, whose guarded UPDATE no longer matches. Returns how many rows were settled.
 
@@ -424,7 +460,9 @@ def skip_not_opted_in(session: Session, profile_ids: Iterable[int]) -> int:
     wanted = sorted(set(profile_ids))
     settled = 0
     for start in range(0, len(wanted), 5000):
-        held = select(table.c.id).where(table.c.profile_id.in_(wanted[start : start + 5000]), unsent)
+        held = select(table.c.id).where(
+            table.c.profile_id.in_(wanted[start : start + 5000]), unsent, ~_free_reply(table)
+        )
         if is_postgres(session):
             held = held.with_for_update(skip_locked=True)
         result = session.execute(
