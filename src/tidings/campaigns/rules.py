@@ -80,12 +80,12 @@ class ConsentReplies(BaseModel):
 
     enabled: bool = True
     opt_out: str = Field(
-        "You will no longer receive WhatsApp messages from us. Reply START to subscribe again.",
+        default="You will no longer receive WhatsApp messages from us. Reply START to subscribe again.",
         min_length=1,
         max_length=1024,
     )
     opt_in: str = Field(
-        "You are subscribed to WhatsApp messages from us again. Reply STOP to unsubscribe.",
+        default="You are subscribed to WhatsApp messages from us again. Reply STOP to unsubscribe.",
         min_length=1,
         max_length=1024,
     )
@@ -104,7 +104,7 @@ class Rules(BaseModel):
     dnd: Dnd | None = None
     keywords: AccountKeywords | None = None
     consent_replies: ConsentReplies = Field(
-        default_factory=ConsentReplies,
+        default=ConsentReplies(),
         description="The confirmation sent after STOP or START by message (may be turned off).",
     )
 
