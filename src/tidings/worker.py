@@ -17,6 +17,7 @@ from sqlalchemy import select
 from tidings.accounts.models import Integration
 from tidings.campaigns.service import scheduler_tick
 from tidings.config import Settings
+from tidings.conversations import chores
 from tidings.db import Database, utcnow
 from tidings.delivery import reconciliation
 from tidings.delivery.dispatcher import Dispatcher
@@ -111,6 +112,11 @@ class Worker:
             max_attempts=self.settings.max_attempts,
         )
 
+    async def conversation_chores(self) -> None:
+        """Fetch the files users sent and send the read marks of what agents opened (chores.py)."""
+        await chores.fetch_media(self.db, self.pool)
+        await chores.send_read_marks(self.db, self.pool)
+
     def nudge(self) -> None:
         """Rows were just queued in this process (a live trigger): the dispatcher claims them at once."""
         self.dispatcher.nudge()
@@ -129,6 +135,7 @@ class Worker:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.tick)
+                await self.conversation_chores()
                 if time.monotonic() - last_sync >= self.settings.template_sync_seconds:
                     last_sync = time.monotonic()
                     await self.sync_listed_templates()
