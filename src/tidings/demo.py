@@ -19,6 +19,7 @@ from rich.table import Table
 from tidings.accounts.service import create_account
 from tidings.app import asgi_app, create_app
 from tidings.config import Settings
+from tidings.conversations.service import counts as conversation_counts
 from tidings.db import Database
 from tidings.secrets import SecretBox
 from tidings.server import bind, serving
@@ -196,6 +197,10 @@ def run_demo(
             f"audience {stats['audience']} = sent {stats['sent']} + errors {stats['errors']} "
             f"+ control group {stats['control_group']}; errors by reason: {reasons}"
         )
+        with db.read() as session:
+            inbox = conversation_counts(session, account.account_id)
+        waiting = ", ".join(f"{state} {n['total']}" for state, n in inbox.items() if n["total"])
+        console.print(f"inbox: the users' replies are conversations ({waiting or 'none'})")
         console.print(f"finished in {time.monotonic() - started:.1f} s")
         password = new_password()
         with db.session() as session:
