@@ -44,6 +44,8 @@ from pydantic import Field
 from tidings.providers.base import (
     FIX_CREDENTIALS,
     InboundReply,
+    MediaRef,
+    OutboundMedia,
     OutboundMessage,
     Provider,
     ProviderApiError,
@@ -57,6 +59,14 @@ from tidings.providers.base import (
     json_object,
     transport_failure,
 )
+from tidings.providers.inbound import (
+    MEDIA_KINDS,
+    contacts_text,
+    location_data,
+    location_text,
+    text_of,
+)
+from tidings.providers.media import download, mime_of, trusted_media_url
 from tidings.providers.plugin import (
     Capabilities,
     Deployment,
@@ -179,12 +189,33 @@ def _button_components(button_params: Sequence[Mapping[str, Any]]) -> list[dict[
     return components
 
 
+# What an agent can send by link, and which of them take a caption (Meta: not audio, not a sticker).
+OUTBOUND_MEDIA_KINDS = frozenset({"image", "video", "audio", "document", "sticker"})
+_CAPTIONED = frozenset({"image", "video", "document"})
+
+
+def media_object(media: OutboundMedia, caption: str | None) -> dict[str, Any]:
+    """Meta's media object for a file sent by link (spec ``MediaObject``): ``{"link", "caption"?,
+    "filename"?}``; ``ValueError`` for a kind Meta cannot send."""
+    if media.kind not in OUTBOUND_MEDIA_KINDS:
+        raise ValueError(
+            f"cannot send a {media.kind!r} file (one of {', '.join(sorted(OUTBOUND_MEDIA_KINDS))})"
+        )
+    obj: dict[str, Any] = {"link": media.url}
+    if caption and media.kind in _CAPTIONED:
+        obj["caption"] = caption
+    if media.filename and media.kind == "document":
+        obj["filename"] = media.filename
+    return obj
+
+
 def build_message_body(message: OutboundMessage) -> dict[str, Any]:
     """The JSON body of ``POST /{Version}/{Phone-Number-ID}/messages`` for ``message``.
 
     A template wins when both ``template_name`` and ``text`` are set: it is the one that can be delivered
-    outside the 24-hour window. ``biz_opaque_callback_data`` carries our ``client_ref`` on every message;
-    Meta echoes it in the status webhooks, which is how an unknown outcome is reconciled.
+    outside the 24-hour window. A file (``media``) is sent by link with ``text`` as its caption.
+    ``biz_opaque_callback_data`` carries our ``client_ref`` on every message; Meta echoes it in the status
+    webhooks, which is how an unknown outcome is reconciled.
     """
     body: dict[str, Any] = {
         "messaging_product": "whatsapp",
@@ -208,11 +239,14 @@ def build_message_body(message: OutboundMessage) -> dict[str, Any]:
             template["components"] = components
         body["type"] = "template"
         body["template"] = template
+    elif message.media is not None:
+        body["type"] = message.media.kind
+        body[message.media.kind] = media_object(message.media, message.text)
     elif message.text is not None:
         body["type"] = "text"
         body["text"] = {"body": message.text, "preview_url": False}
     else:
-        raise ValueError("a message needs a template_name or a text")
+        raise ValueError("a message needs a template_name, a text or a media file")
     body["biz_opaque_callback_data"] = message.client_ref
     return body
 
@@ -301,6 +335,12 @@ def classify_response(response: httpx.Response) -> SendResult:
     return SendResult.failed(str(code), detail)
 
 
+# A media id as Meta gives it (digits): nothing else may be spliced into the request path.
+_MEDIA_ID = re.compile(r"[0-9A-Za-z_-]{1,100}")
+# Where Meta serves media files (lookaside.fbsbx.com today): the token is sent to these hosts only.
+MEDIA_HOSTS = ("fbsbx.com", "facebook.com", "fbcdn.net", "whatsapp.net")
+
+
 class MetaProvider(Provider):
     """Sends through the Cloud API from one business phone number."""
 
@@ -361,6 +401,64 @@ class MetaProvider(Provider):
         # Meta answered 2xx: the message is on its way even without an id, so it is Sent and never resent;
         # its status webhooks carry our biz_opaque_callback_data, which finds the row and gives it its id.
         return SendResult.accepted(wamid if isinstance(wamid, str) and wamid else None)
+
+    async def fetch_media(self, media: MediaRef) -> tuple[bytes, str]:
+        """A file a user sent: ``GET /{Version}/{Media-ID}`` gives its URL (valid five minutes), which is then
+        downloaded with the same token (spec ``retrieveMediaUrl`` and ``downloadMedia``). The token goes only
+        to Meta's media hosts (or this integration's own base URL); the body is bounded
+        (``media.MAX_MEDIA_BYTES``). Raises ``MetaApiError`` / ``ProviderApiError``."""
+        if not _MEDIA_ID.fullmatch(media.ref):
+            raise MetaApiError(None, None, "not a Meta media id")
+        headers = {"Authorization": f"Bearer {self._access_token}"}
+        try:
+            response = await self._http.get(
+                f"{self.base_url}/{self.api_version}/{media.ref}",
+                params={"phone_number_id": self.phone_number_id},
+                headers=headers,
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise MetaApiError(None, None, summary(type(exc).__name__, str(exc))) from exc
+        if not response.is_success:
+            error = _graph_error(response) or {}
+            detail = _error_detail(error) if error else _no_error_body(response)
+            raise MetaApiError(response.status_code, _error_code(error), detail)
+        try:
+            info = response.json()
+        except ValueError as exc:
+            raise MetaApiError(response.status_code, None, "the media answer is not JSON") from exc
+        url = info.get("url") if isinstance(info, Mapping) else None
+        if not isinstance(url, str) or not url:
+            raise MetaApiError(response.status_code, None, "the media answer has no url")
+        if not trusted_media_url(url, self.base_url, MEDIA_HOSTS):
+            raise MetaApiError(None, None, f"the media URL is not on Meta's hosts: {urlsplit(url).hostname}")
+        content, content_type = await download(self._http, url, headers)
+        stated = info.get("mime_type") if isinstance(info.get("mime_type"), str) else None
+        return content, mime_of(content_type, stated or media.mime_type)
+
+    async def mark_read(self, provider_message_id: str) -> bool:
+        """``POST /{Version}/{Phone-Number-ID}/messages`` with ``{"messaging_product": "whatsapp",
+        "status": "read", "message_id": …}`` (the spec's "Send typing indicator and read receipt" without
+        the indicator): the user sees blue ticks. False, logged, when Meta refuses it or cannot be reached."""
+        body = {"messaging_product": "whatsapp", "status": "read", "message_id": provider_message_id}
+        headers = {"Authorization": f"Bearer {self._access_token}", "Content-Type": "application/json"}
+        try:
+            response = await self._http.post(
+                self.messages_url, json=body, headers=headers, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            log.warning("meta mark_read %s: %s", provider_message_id[-12:], type(exc).__name__)
+            return False
+        if not response.is_success:
+            error = _graph_error(response)
+            log.warning(
+                "meta mark_read %s: HTTP %s %s",
+                provider_message_id[-12:],
+                response.status_code,
+                _error_code(error),
+            )
+            return False
+        return True
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -475,24 +573,62 @@ def _scalar_text(value: Any) -> str | None:
     return str(value) if scalar and value != "" else None
 
 
-def _inbound_text(item: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The text of an inbound message and, for a tapped button, its payload: a quick-reply template button
-    (``button: {payload, text}``, e.g. the "Stop promotions" button of a marketing template) or an
-    interactive reply (``interactive: {button_reply | list_reply: {id, title}}``)."""
-    kind = str(item.get("type", ""))
-    content = item.get(kind)
-    if kind == "text" and isinstance(content, Mapping):
-        return str(content.get("body", "")), None
-    if kind == "button" and isinstance(content, Mapping):
+def _media(content: Mapping[str, Any]) -> MediaRef | None:
+    media_id = _scalar_text(content.get("id"))
+    if media_id is None:
+        return None
+    return MediaRef(
+        ref=media_id,
+        mime_type=text_of(content.get("mime_type")) or None,
+        filename=text_of(content.get("filename")) or None,
+        sha256=text_of(content.get("sha256")) or None,
+    )
+
+
+def _inbound_content(
+    item: Mapping[str, Any],
+) -> tuple[str, str, str | None, MediaRef | None, dict[str, Any] | None]:
+    """``(kind, text, payload, media, data)`` of an inbound message, for every type Meta documents
+    (``messages[]`` of the webhook): a tapped button carries its payload (a quick-reply template button's
+    ``button: {payload, text}``, an interactive reply's ``interactive: {button_reply | list_reply: {id,
+    title}}``); media carry a ``MediaRef`` (the media id, downloaded with ``fetch_media``) and their caption
+    as the text; a reaction, a location and shared contacts carry ``data``. Any other type (``unsupported``,
+    ``unknown``, ``order``, a type Meta adds later) is kept as ``unsupported`` with no text: the user's
+    message is still recorded, never refused."""
+    kind = str(item.get("type") or "")
+    content = _mapping(item.get(kind))
+    if kind == "text":
+        return kind, text_of(content.get("body")), None, None, None
+    if kind == "button" and content:
         payload = _scalar_text(content.get("payload"))
-        return str(content.get("text") or payload or ""), payload
-    if kind == "interactive" and isinstance(content, Mapping):
+        return kind, str(content.get("text") or payload or ""), payload, None, None
+    if kind == "interactive":
         for reply_kind in ("button_reply", "list_reply"):
             reply = content.get(reply_kind)
             if isinstance(reply, Mapping):
                 reply_id = _scalar_text(reply.get("id"))
-                return str(reply.get("title") or reply_id or ""), reply_id
-    return f"[{kind or 'unknown'}]", None
+                return kind, str(reply.get("title") or reply_id or ""), reply_id, None, None
+    if kind in MEDIA_KINDS:
+        media = _media(content)
+        if media is not None:
+            return kind, text_of(content.get("caption")), None, media, None
+    if kind == "reaction" and content:
+        emoji = text_of(content.get("emoji"))  # empty when the user removed their reaction
+        data: dict[str, Any] = {"emoji": emoji, "message_id": _scalar_text(content.get("message_id"))}
+        return kind, emoji, None, None, data
+    if kind == "location" and content:
+        data = location_data(
+            content.get("latitude"),
+            content.get("longitude"),
+            content.get("name"),
+            content.get("address"),
+            content.get("url"),
+        )
+        return kind, location_text(data), None, None, data
+    if kind == "contacts" and isinstance(item.get("contacts"), list):
+        contacts = [dict(c) for c in item["contacts"] if isinstance(c, Mapping)]
+        return kind, contacts_text(contacts), None, None, {"contacts": contacts}
+    return "unsupported", "", None, None, {"type": kind} if kind else None
 
 
 def _parse_message(item: Mapping[str, Any], names: Mapping[str, str]) -> InboundReply | None:
@@ -500,22 +636,23 @@ def _parse_message(item: Mapping[str, Any], names: Mapping[str, str]) -> Inbound
         return None  # "system" (the user changed number) is not a reply
     sender = str(item["from"])
     context_id = _mapping(item.get("context")).get("id")
-    reaction = item.get("reaction")
-    if context_id is None and item.get("type") == "reaction" and isinstance(reaction, Mapping):
-        context_id = reaction.get("message_id")  # a reaction answers the message it reacts to
+    kind, text, payload, media, data = _inbound_content(item)
+    if context_id is None and kind == "reaction" and data:
+        context_id = data.get("message_id")  # a reaction answers the message it reacts to
     name = names.get(sender)
     if name is None and len(names) == 1:
         name = next(iter(names.values()))
-    text, payload = _inbound_text(item)
     return InboundReply(
         provider_message_id=str(item["id"]),
         from_phone=_e164(sender),
         timestamp=_timestamp(item.get("timestamp")),
         text=text,
-        kind=str(item.get("type") or "unknown"),
+        kind=kind,
         context_message_id=str(context_id) if context_id else None,
         profile_name=name,
         payload=payload,
+        media=media,
+        data=data,
     )
 
 

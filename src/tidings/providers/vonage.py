@@ -12,12 +12,14 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import re
 import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -29,8 +31,11 @@ from pydantic import Field
 from tidings.providers.base import (
     FIX_CREDENTIALS,
     InboundReply,
+    MediaRef,
+    OutboundMedia,
     OutboundMessage,
     Provider,
+    ProviderApiError,
     SendResult,
     Status,
     StatusUpdate,
@@ -39,6 +44,8 @@ from tidings.providers.base import (
     json_object,
     transport_failure,
 )
+from tidings.providers.inbound import contacts_text, location_data, location_text, text_of
+from tidings.providers.media import download, mime_of, trusted_media_url
 from tidings.providers.plugin import (
     Capabilities,
     CredentialsError,
@@ -49,6 +56,8 @@ from tidings.providers.plugin import (
     shaped,
 )
 from tidings.providers.trust import summary
+
+log = logging.getLogger(__name__)
 
 _STATUSES = {
     "submitted": Status.SENT,
@@ -207,20 +216,68 @@ def _scalar_text(value: Any) -> str | None:
     return str(value) if scalar and value != "" else None
 
 
-def _inbound_text(payload: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The text of an inbound message and, for a tapped button, its payload: ``button: {payload, text}``
-    (a template quick reply; a Flow's payload is an object, not kept) or ``reply: {id, title}``."""
-    kind = payload.get("message_type", "text")
+# Vonage's message types for a file, and the kind Tidings calls each (``file`` is WhatsApp's document).
+_MEDIA_TYPES = {
+    "image": "image",
+    "video": "video",
+    "audio": "audio",
+    "file": "document",
+    "sticker": "sticker",
+}
+
+
+def _media(content: Mapping[str, Any]) -> MediaRef | None:
+    url = content.get("url")
+    if not isinstance(url, str) or not url:
+        return None
+    return MediaRef(
+        ref=url,
+        mime_type=text_of(content.get("mime_type")) or None,
+        filename=text_of(content.get("name")) or None,
+    )
+
+
+def _inbound_content(
+    payload: Mapping[str, Any], context_id: str | None
+) -> tuple[str, str, str | None, MediaRef | None, dict[str, Any] | None]:
+    """``(kind, text, payload, media, data)`` of an inbound message, for every ``message_type`` the spec
+    lists for WhatsApp: a tapped button carries its payload (``button: {payload, text}``, a template quick
+    reply; a Flow's payload is an object, not kept; ``reply: {id, title}``, an interactive reply, kept as kind
+    ``reply``); a file carries a ``MediaRef`` (its URL on Vonage's media servers, valid 48 hours) and its
+    caption as the text (``file`` becomes kind ``document``); a reaction (``{action, emoji}``: the message it
+    reacts to is the ``context``), a location and shared contacts carry ``data``. Anything else
+    (``unsupported``, ``order``, a type added later) is kept as ``unsupported`` with no text."""
+    kind = str(payload.get("message_type") or "text")
+    raw = payload.get(kind)
+    content: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     if kind == "text":
-        return str(payload.get("text", "")), None
-    if kind == "button" and isinstance(payload.get("button"), Mapping):
-        button = payload["button"]
-        carried = _scalar_text(button.get("payload"))
-        return str(button.get("text") or carried or ""), carried
-    if kind == "reply" and isinstance(payload.get("reply"), Mapping):
-        reply_id = _scalar_text(payload["reply"].get("id"))
-        return str(payload["reply"].get("title") or reply_id or ""), reply_id
-    return f"[{kind}]", None
+        return kind, text_of(payload.get("text")), None, None, None
+    if kind == "button" and content:
+        carried = _scalar_text(content.get("payload"))
+        return kind, str(content.get("text") or carried or ""), carried, None, None
+    if kind == "reply" and content:
+        reply_id = _scalar_text(content.get("id"))
+        return kind, str(content.get("title") or reply_id or ""), reply_id, None, None
+    if kind in _MEDIA_TYPES:
+        media = _media(content)
+        if media is not None:
+            return _MEDIA_TYPES[kind], text_of(content.get("caption")), None, media, None
+    if kind == "reaction" and content:
+        emoji = text_of(content.get("emoji")) if content.get("action") != "unreact" else ""
+        return kind, emoji, None, None, {"emoji": emoji, "message_id": context_id}
+    if kind == "location" and content:
+        data = location_data(
+            content.get("lat"),
+            content.get("long"),
+            content.get("name"),
+            content.get("address"),
+            content.get("url"),
+        )
+        return kind, location_text(data), None, None, data
+    if kind == "contacts" and isinstance(payload.get("contacts"), list):
+        contacts = [dict(c) for c in payload["contacts"] if isinstance(c, Mapping)]
+        return kind, contacts_text(contacts), None, None, {"contacts": contacts}
+    return "unsupported", "", None, None, {"type": kind}
 
 
 def parse_inbound(payload: Mapping[str, Any]) -> InboundReply:
@@ -230,16 +287,19 @@ def parse_inbound(payload: Mapping[str, Any]) -> InboundReply:
     raw_context, raw_profile = payload.get("context"), payload.get("profile")
     context: Mapping[str, Any] = raw_context if isinstance(raw_context, Mapping) else {}
     profile: Mapping[str, Any] = raw_profile if isinstance(raw_profile, Mapping) else {}
-    text, carried = _inbound_text(payload)
+    context_id = _scalar_text(context.get("message_uuid"))
+    kind, text, carried, media, data = _inbound_content(payload, context_id)
     return InboundReply(
         provider_message_id=str(payload["message_uuid"]),
         from_phone=_e164(payload["from"]),
         timestamp=_timestamp(payload.get("timestamp")),
         text=text,
-        kind=str(payload.get("message_type", "text")),
-        context_message_id=context.get("message_uuid"),
-        profile_name=profile.get("name"),
+        kind=kind,
+        context_message_id=context_id,
+        profile_name=text_of(profile.get("name")) or None,
         payload=carried,
+        media=media,
+        data=data,
     )
 
 
@@ -390,6 +450,34 @@ def classify_response(response: httpx.Response) -> SendResult:
     return SendResult.failed(code, detail)
 
 
+# Tidings' kind of an outbound file, and Vonage's message type for it (spec ``OutboundWhatsApp*``).
+_OUTBOUND_MEDIA = {
+    "image": "image",
+    "video": "video",
+    "audio": "audio",
+    "document": "file",
+    "sticker": "sticker",
+}
+_CAPTIONED = frozenset({"image", "video", "file"})
+MAX_CAPTION = 3000  # the spec's ``caption.maxLength`` for an image
+
+
+def _media_object(kind: str, media: OutboundMedia, caption: str | None) -> dict[str, Any]:
+    """``{"url", "caption"?, "name"?}``: a caption on an image, video or file (never on audio or a
+    sticker), a file's name on a file."""
+    obj: dict[str, Any] = {"url": media.url}
+    if caption and kind in _CAPTIONED:
+        obj["caption"] = caption[:MAX_CAPTION]
+    if media.filename and kind == "file":
+        obj["name"] = media.filename
+    return obj
+
+
+# Where Vonage serves inbound media (``https://api-us.nexmo.com/v3/media/<id>``): credentials go only there.
+MEDIA_HOSTS = ("nexmo.com", "vonage.com")
+_MESSAGE_UUID = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}")
+
+
 class VonageProvider(Provider):
     """WhatsApp through the Vonage Messages API v1: ``POST {base_url}/v1/messages`` in the flat v1 format.
 
@@ -435,6 +523,7 @@ class VonageProvider(Provider):
         legacy_template_names: bool = False,
     ) -> None:
         self.sender = _digits(sender, "sender")
+        self.base_url = base_url.rstrip("/")
         self.url = _messages_url(base_url)
         self.legacy_template_names = legacy_template_names
         self._timeout = timeout
@@ -497,13 +586,19 @@ class VonageProvider(Provider):
             "from": self.sender,
             "client_ref": message.client_ref,
         }
+        if message.media is not None and not message.template_name:
+            kind = _OUTBOUND_MEDIA.get(message.media.kind)
+            if kind is None:
+                raise ValueError(f"cannot send a {message.media.kind!r} file")
+            body.update(message_type=kind, **{kind: _media_object(kind, message.media, message.text)})
+            return body
         if message.text is not None:
             if not message.text:
                 raise ValueError("empty text")
             body.update(message_type="text", text=message.text)
             return body
         if not message.template_name:
-            raise ValueError("a message needs a template_name or a text")
+            raise ValueError("a message needs a template_name, a text or a media file")
         name = vonage_template_name(message.template_name, legacy=self.legacy_template_names)
         if message.header_params or message.button_params:
             body.update(message_type="custom", custom=self._custom_template(message, name))
@@ -552,6 +647,46 @@ class VonageProvider(Provider):
         except httpx.HTTPError as exc:  # no answer: see ``transport_failure``
             return transport_failure(exc)
         return classify_response(response)
+
+    async def fetch_media(self, media: MediaRef) -> tuple[bytes, str]:
+        """A file a user sent: ``GET`` its URL on Vonage's media servers with this integration's
+        ``Authorization`` (the application JWT is what "Secure Inbound Media" requires; without it the URL
+        needs none and the header is ignored). The URL must be on Vonage's hosts (or this integration's own
+        base URL): a webhook cannot send the credentials elsewhere. Bounded by ``media.MAX_MEDIA_BYTES``;
+        raises ``ProviderApiError`` (404 once Vonage's 48 hours are over)."""
+        if not trusted_media_url(media.ref, self.base_url, MEDIA_HOSTS):
+            host = urlsplit(media.ref).hostname if media.ref else None
+            raise ProviderApiError(None, None, f"the media URL is not on Vonage's hosts: {host}")
+        content, content_type = await download(self._http, media.ref, {"Authorization": self.authorization()})
+        return content, mime_of(content_type, media.mime_type)
+
+    async def mark_read(self, provider_message_id: str) -> bool:
+        """``PATCH /v1/messages/{message_uuid}`` ``{"status": "read"}`` (spec ``UpdateMessage``): the user
+        sees blue ticks. Vonage answers 202. The call must reach the regional host where the number lives
+        (``api-eu.vonage.com``, …: the integration's ``base_url``), and the spec lists only JWT for it. False,
+        logged, when it is refused or Vonage cannot be reached."""
+        if not _MESSAGE_UUID.fullmatch(provider_message_id):
+            return False
+        try:
+            response = await self._http.patch(
+                f"{self.url}/{provider_message_id}",
+                json={"status": "read"},
+                headers={"Authorization": self.authorization()},
+                timeout=self._timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("vonage mark_read %s: %s", provider_message_id, type(exc).__name__)
+            return False
+        if not response.is_success:
+            problem = _problem(response)
+            log.warning(
+                "vonage mark_read %s: HTTP %s %s",
+                provider_message_id,
+                response.status_code,
+                problem_code(problem),
+            )
+            return False
+        return True
 
     async def aclose(self) -> None:
         if self._owns_http:
