@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.standins.meta import SentMessage, envelope, signed, status_webhook, text_reply_change
-from tidings.providers.base import InboundReply, Status, StatusUpdate, TemplateStatusUpdate, WebhookError
+from tidings.providers.base import (
+    InboundReply,
+    MediaRef,
+    Status,
+    StatusUpdate,
+    TemplateStatusUpdate,
+    WebhookError,
+)
 from tidings.providers.meta import parse_webhook, sign_webhook, verify_handshake, verify_signature
 
 APP_SECRET = "3f1c0ffee5ecret"
@@ -270,13 +277,15 @@ def test_inbound_other_types_and_names_by_wa_id() -> None:
     ]
     image, reaction = parse_webhook(webhook(messages_change(contacts=contacts, messages=messages)))
     assert isinstance(image, InboundReply) and isinstance(reaction, InboundReply)
-    assert (image.kind, image.text, image.profile_name) == ("image", "[image]", "Kofi Mensah")
+    assert (image.kind, image.text, image.profile_name) == ("image", "this one", "Kofi Mensah")
+    assert image.media == MediaRef(ref="1479", mime_type="image/jpeg", sha256="abc")
     assert (reaction.kind, reaction.text, reaction.profile_name) == (
         "reaction",
-        "[reaction]",
+        "\U0001f44d",
         "Sheena Nelson",
     )
     assert reaction.context_message_id == "wamid.ours"
+    assert reaction.data == {"emoji": "\U0001f44d", "message_id": "wamid.ours"}
 
 
 # --- templates --------------------------------------------------------------------------------------

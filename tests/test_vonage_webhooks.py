@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from tests.standins.vonage import Recorded, status_webhook
-from tidings.providers.base import Status, WebhookError
+from tidings.providers.base import MediaRef, Status, WebhookError
 from tidings.providers.vonage import parse_inbound, parse_status, sign_webhook, verify_webhook
 
 SECRET = "signature-secret-0123456789abcdef"  # Vonage signature secrets are account settings
@@ -221,7 +221,8 @@ def test_inbound_media_and_bsuid_sender() -> None:
         **{"from": "US.13491208655302741918"},
     )
     reply = parse_inbound(payload)
-    assert (reply.kind, reply.text, reply.from_phone) == ("image", "[image]", "US.13491208655302741918")
+    assert (reply.kind, reply.text, reply.from_phone) == ("image", "", "US.13491208655302741918")
+    assert reply.media == MediaRef(ref="https://example.com/image.jpg", filename="image.jpg")
 
 
 def test_inbound_without_profile_or_with_unavailable_context() -> None:
