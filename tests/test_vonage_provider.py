@@ -25,7 +25,15 @@ from tests.standins.vonage import (
     server_error,
     unauthorized,
 )
-from tidings.providers.base import OutboundMessage, Outcome, SendResult
+from tidings.providers.base import (
+    MediaRef,
+    OutboundMedia,
+    OutboundMessage,
+    Outcome,
+    ProviderApiError,
+    SendResult,
+)
+from tidings.providers.media import download
 from tidings.providers.vonage import (
     JWT_LIFETIME,
     JWT_RENEW_MARGIN,
@@ -40,6 +48,8 @@ pytestmark = pytest.mark.anyio
 APP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-0123456789ab"
 API_KEY, API_SECRET = "abcd1234", "s3cr3tS3cr3t"
 SENDER = "+447700900000"
+MEDIA_LINK = "https://tidings.example.com/media/ab12/ticket.png"
+BASIC = base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode()
 
 
 @pytest.fixture
@@ -559,3 +569,125 @@ def test_invalid_parameters_are_in_the_detail() -> None:
         "1150",
         "Invalid params: The value of one or more parameters is invalid. (whatsapp.locale: is required.)",
     )
+
+
+# --- media, read receipts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "caption", "filename", "expected"),
+    [
+        ("image", "Your ticket", None, {"image": {"url": MEDIA_LINK, "caption": "Your ticket"}}),
+        ("video", "", None, {"video": {"url": MEDIA_LINK}}),
+        ("audio", "not sent", None, {"audio": {"url": MEDIA_LINK}}),
+        (
+            "document",
+            "Invoice",
+            "invoice.pdf",
+            {"file": {"url": MEDIA_LINK, "caption": "Invoice", "name": "invoice.pdf"}},
+        ),
+        ("sticker", None, None, {"sticker": {"url": MEDIA_LINK}}),
+    ],
+)
+async def test_media_is_sent_by_link_as_the_spec_says(
+    standin: VonageStandIn,
+    jwt_provider: VonageProvider,
+    kind: str,
+    caption: str | None,
+    filename: str | None,
+    expected: dict[str, Any],
+) -> None:
+    message = OutboundMessage(
+        client_ref="m1", to="+447700900123", text=caption, media=OutboundMedia(kind, MEDIA_LINK, filename)
+    )
+    result = await jwt_provider.send(message)
+    assert result.outcome is Outcome.ACCEPTED, result
+    [sent] = standin.requests
+    assert sent.errors == [] and sent.status == 202
+    [vonage_type] = expected
+    assert sent.body["message_type"] == vonage_type
+    assert {vonage_type: sent.body[vonage_type]} == expected
+    vonage_send_validator().check(sent.body)
+
+
+async def test_fetch_media_sends_the_application_jwt(
+    standin: VonageStandIn, jwt_provider: VonageProvider, base_url: str
+) -> None:
+    standin.media["1b456509-974c-458b-aafa-45fc48a4d976"] = (b"\x89PNG fake", "image/png")
+    url = f"{base_url}/v3/media/1b456509-974c-458b-aafa-45fc48a4d976"
+    content, mime = await jwt_provider.fetch_media(MediaRef(ref=url))
+    assert (content, mime) == (b"\x89PNG fake", "image/png")
+    [request] = standin.requests
+    assert (request.method, request.path, request.auth, request.status) == (
+        "GET",
+        "/v3/media/1b456509-974c-458b-aafa-45fc48a4d976",
+        "jwt",
+        200,
+    )
+    assert request.claims is not None and request.claims["application_id"] == APP_ID
+    # A MIME type stated with the message wins over the answer's.
+    assert (await jwt_provider.fetch_media(MediaRef(ref=url, mime_type="image/webp")))[1] == "image/webp"
+
+
+async def test_fetch_media_errors(
+    standin: VonageStandIn, jwt_provider: VonageProvider, base_url: str
+) -> None:
+    with pytest.raises(ProviderApiError) as gone:
+        await jwt_provider.fetch_media(MediaRef(ref=f"{base_url}/v3/media/expired"))
+    assert gone.value.status == 404 and not gone.value.refused_credentials
+    for foreign in (
+        "https://example.com/v3/media/x",
+        "http://api.nexmo.com/v3/media/x",
+        "file:///etc/passwd",
+    ):
+        with pytest.raises(ProviderApiError, match="not on Vonage's hosts"):
+            await jwt_provider.fetch_media(MediaRef(ref=foreign))
+    assert len(standin.requests) == 1  # the foreign URLs were never asked for
+    provider = VonageProvider(sender=SENDER, base_url=base_url, api_key="wrong", api_secret="wrong")
+    standin.media["m"] = (b"x", "image/png")
+    with pytest.raises(ProviderApiError) as refused:
+        await provider.fetch_media(MediaRef(ref=f"{base_url}/v3/media/m"))
+    assert refused.value.status == 401 and refused.value.refused_credentials
+    await provider.aclose()
+
+
+async def test_fetch_media_is_bounded(standin: VonageStandIn, base_url: str) -> None:
+    standin.media["big"] = (b"x" * 5000, "video/mp4")
+    async with httpx.AsyncClient() as http:
+        assert await download(http, f"{base_url}/v3/media/big", {"Authorization": "Basic " + BASIC}) == (
+            b"x" * 5000,
+            "video/mp4",
+        )
+        with pytest.raises(ProviderApiError, match="more than 4999"):
+            await download(http, f"{base_url}/v3/media/big", {"Authorization": "Basic " + BASIC}, limit=4999)
+
+
+async def test_mark_read_patches_the_message(
+    standin: VonageStandIn, jwt_provider: VonageProvider, basic_provider: VonageProvider
+) -> None:
+    inbound = str(uuid.uuid4())
+    assert await jwt_provider.mark_read(inbound) is True
+    [request] = standin.requests
+    assert (request.method, request.path, request.auth, request.status) == (
+        "PATCH",
+        f"/v1/messages/{inbound}",
+        "jwt",
+        202,
+    )
+    assert request.body == {"status": "read"} and request.errors == []
+    standin.update_answers.append(problem(1150))
+    assert await jwt_provider.mark_read(inbound) is False  # refused: False, never raised
+    assert await basic_provider.mark_read(inbound) is False  # the spec takes a JWT only
+    assert await jwt_provider.mark_read("not/a/uuid") is False
+    assert len(standin.requests) == 3
+
+
+async def test_mark_read_without_an_answer_is_false(keys: tuple[str, str]) -> None:
+    sock = bind()
+    port = sock.getsockname()[1]
+    sock.close()
+    provider = VonageProvider(
+        sender=SENDER, base_url=f"http://127.0.0.1:{port}", application_id=APP_ID, private_key=keys[0]
+    )
+    assert await provider.mark_read(str(uuid.uuid4())) is False
+    await provider.aclose()

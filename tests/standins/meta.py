@@ -157,6 +157,95 @@ def validate_message(body: Any) -> list[str]:
     return meta_send_validator().errors(body)
 
 
+# The webhook schemas of inbound ``messages[]`` items, by message type (the spec's ``IncomingMessage``
+# maps every type to the *send* schemas, so it cannot validate an inbound item; these are the ones Meta's
+# webhook reference documents).
+INBOUND_SCHEMAS = {
+    "text": "TextMessage_2",
+    "button": "ButtonMessage",
+    "interactive": "InteractiveMessageReply",
+    "reaction": "ReactionMessage_1",
+    "image": "ImageMessage_1",
+    "video": "VideoMessage_1",
+    "audio": "AudioMessage_1",
+    "document": "DocumentMessage_1",
+    "sticker": "StickerMessage_1",
+    "location": "LocationMessage_1",
+    "contacts": "ContactSharingMessage",
+}
+_INBOUND_BASE = {
+    "type": "object",
+    "required": ["from", "id", "timestamp", "type"],
+    "properties": {
+        "from": {"type": "string"},
+        "id": {"type": "string"},
+        "timestamp": {"type": "string", "pattern": "^[0-9]+$"},
+        "type": {"type": "string"},
+        "context": {
+            "type": "object",
+            "required": ["from", "id"],
+            "properties": {"from": {"type": "string"}, "id": {"type": "string"}},
+        },
+    },
+}
+
+
+def _drop_enum(node: Any, enum: list[str]) -> None:
+    if isinstance(node, dict):
+        if node.get("enum") == enum:
+            del node["enum"]
+        for value in node.values():
+            _drop_enum(value, enum)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_enum(value, enum)
+
+
+def fix_meta_inbound_components(components: dict[str, Any]) -> dict[str, Any]:
+    """The fixes the inbound webhook schemas need (besides ``fix_meta_components``), with why:
+
+    * each is ``allOf: [BaseMessageProperties, {…}]``, and ``BaseMessageProperties`` is the *send* base
+      (``messaging_product``, ``recipient_type`` and ``to`` required), which no inbound item has; its
+      examples carry ``from``, ``id`` and ``timestamp`` instead. ``Inbound<Schema>`` replaces that base by
+      ``_INBOUND_BASE`` (those three, a Unix-seconds timestamp, and the ``{from, id}`` reply context).
+    * ``ContactObject``'s phone ``type`` is an enum of ``HOME`` and ``WORK``, while the spec's own
+      shared-contact example (and WhatsApp) sends ``MOBILE`` (and ``CELL``, ``MAIN``, ``IPHONE``): that enum
+      is dropped (wherever it is: it only ever types a contact's phone, email or address).
+    * ``TextMessage_2.context`` is ``ContextObject``, the "Message business" button's context, which requires
+      ``referred_product``: an ordinary reply's ``{from, id}`` context would fail. The base's context is used.
+    """
+    components = fix_meta_components(components)
+    schemas = components["schemas"]
+    _drop_enum(schemas, ["HOME", "WORK"])
+    for name in INBOUND_SCHEMAS.values():
+        own = [dict(branch) for branch in schemas[name]["allOf"][1:]]
+        for branch in own:
+            properties = dict(branch.get("properties") or {})
+            if properties.get("context", {}).get("$ref") == f"{SCHEMA_PREFIX}ContextObject":
+                del properties["context"]
+            branch["properties"] = properties
+        schemas[f"Inbound{name}"] = {"allOf": [_INBOUND_BASE, *own]}
+    return components
+
+
+@functools.cache
+def meta_inbound_validator(message_type: str) -> SchemaValidator:
+    """An inbound ``messages[]`` item of ``message_type``, as Meta's webhook reference documents it."""
+    name = INBOUND_SCHEMAS[message_type]
+    return SchemaValidator(load_spec(META_SPEC), f"Inbound{name}", transform=fix_meta_inbound_components)
+
+
+def inbound_example(message_type: str) -> dict[str, Any] | None:
+    """The spec's own example of an inbound item of ``message_type`` (a copy), when it has one; the
+    ``UnsupportedMessage`` example for a type Meta does not support."""
+    schemas = load_spec(META_SPEC)["components"]["schemas"]
+    schema = schemas[INBOUND_SCHEMAS.get(message_type, "UnsupportedMessage")]
+    for branch in schema.get("allOf", []):
+        if isinstance(branch, dict) and isinstance(branch.get("example"), dict):
+            return dict(json.loads(json.dumps(branch["example"])))
+    return None
+
+
 # --- scripted answers -------------------------------------------------------------------------------
 
 # Meta's titles for the codes the tests script (developers.facebook.com/.../support/error-codes).
@@ -331,6 +420,8 @@ class MetaStandIn:
         self._queues: dict[str, deque[Scripted]] = {}
         self._always: dict[str, Scripted] = {}
         self._ids = itertools.count(1)
+        self.media: dict[str, tuple[bytes, str]] = {}  # media id -> (bytes, MIME type), for fetch_media
+        self.read_answers: deque[Scripted] = deque()  # one-shot answers to mark-as-read requests
         meta_send_validator()  # load and compile the spec now, not inside the first request
         self.app = self._build_app()
 
@@ -440,6 +531,8 @@ class MetaStandIn:
                 )
                 self._record(request, body, answer.status)
                 return answer.response()
+            if isinstance(body, dict) and "status" in body:
+                return self._mark_read(request, body)
             errors = tuple(validate_message(body))
             if errors:
                 answer = graph_error(100, details="; ".join(errors))
@@ -499,7 +592,80 @@ class MetaStandIn:
             self._record(request, None, 200)
             return JSONResponse({"data": data, "paging": paging})
 
+        @app.get("/{version}/{media_id}")
+        async def media_url(version: str, media_id: str, request: Request) -> Response:
+            """``retrieveMediaUrl``: the media's URL (here, on this stand-in), MIME type, hash and size."""
+            if not self._authorized(request):
+                answer = graph_error(190, message="Invalid OAuth access token - Cannot parse access token")
+                self._record(request, None, answer.status)
+                return answer.response()
+            found = self.media.get(media_id)
+            if version != self.api_version or found is None:
+                answer = graph_error(100, message=f"Unsupported get request. Object with ID '{media_id}'")
+                self._record(request, None, answer.status)
+                return answer.response()
+            content, mime = found
+            base = str(request.base_url).rstrip("/")
+            self._record(request, None, 200)
+            return JSONResponse(
+                {
+                    "messaging_product": "whatsapp",
+                    "url": f"{base}/whatsapp_business/attachments/?mid={media_id}",
+                    "mime_type": mime,
+                    "sha256": hashlib.sha256(content).hexdigest(),
+                    "file_size": str(len(content)),
+                    "id": media_id,
+                }
+            )
+
+        @app.get("/whatsapp_business/attachments/")
+        async def download(request: Request) -> Response:
+            """``downloadMedia``: the bytes, only with the access token (as lookaside.fbsbx.com does)."""
+            found = self.media.get(request.query_params.get("mid", ""))
+            if not self._authorized(request) or found is None:
+                self._record(request, None, 404)
+                return PlainTextResponse("Not Found", status_code=404)
+            self._record(request, None, 200)
+            return Response(found[0], media_type=found[1])
+
         return app
+
+    def _mark_read(self, request: Request, body: dict[str, Any]) -> Response:
+        """A read receipt: the spec's "Send typing indicator and read receipt" example is its only
+        description (``messaging_product``, ``status: read``, ``message_id``; ``typing_indicator``)."""
+        errors = tuple(mark_read_errors(body))
+        if errors:
+            answer = graph_error(100, details="; ".join(errors))
+            self._record(request, body, answer.status, errors)
+            return answer.response()
+        with self._lock:
+            scripted = self.read_answers.popleft() if self.read_answers else None
+        if scripted is not None:
+            self._record(request, body, scripted.status)
+            return scripted.response()
+        self._record(request, body, 200)
+        return JSONResponse({"success": True})
+
+
+def mark_read_example() -> dict[str, Any]:
+    """The spec's example of a read receipt (with a typing indicator)."""
+    post = load_spec(META_SPEC)["paths"]["/{Version}/{Phone-Number-ID}/messages"]["post"]
+    examples = post["requestBody"]["content"]["application/json"]["examples"]
+    return dict(examples["Send typing indicator and read receipt"]["value"])
+
+
+def mark_read_errors(body: Mapping[str, Any]) -> list[str]:
+    """Why ``body`` is not a read receipt shaped as the spec's example; ``[]`` when it is."""
+    example = mark_read_example()
+    errors = [f"{key}: required" for key in ("messaging_product", "status", "message_id") if key not in body]
+    errors += [f"{key}: not in the spec's example" for key in body if key not in example]
+    if body.get("messaging_product") != "whatsapp":
+        errors.append("messaging_product: must be 'whatsapp'")
+    if body.get("status") != "read":
+        errors.append("status: must be 'read'")
+    if not isinstance(body.get("message_id"), str) or not body.get("message_id"):
+        errors.append("message_id: must be a wamid")
+    return errors
 
 
 # --- webhook payloads, as Meta documents them --------------------------------------------------------

@@ -158,3 +158,65 @@ VONAGE_SPEC = "vonage-messages-openapi.yml"
 def vonage_send_validator() -> SchemaValidator:
     """The request body of Vonage ``POST /v1/messages``: ``components/schemas/AnyOutboundMessage``."""
     return SchemaValidator(load_spec(VONAGE_SPEC), "AnyOutboundMessage")
+
+
+def _without_null_properties(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: _without_null_properties(v) for k, v in node.items() if not (k == "properties" and v is None)
+        }
+    if isinstance(node, list):
+        return [_without_null_properties(v) for v in node]
+    return node
+
+
+def fix_vonage_inbound(spec: Mapping[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The components with ``InboundWhatsApp``: the WhatsApp branch of the ``inbound-message`` webhook's
+    body (``x-webhooks``; a ``oneOf`` over the message types), fixed where it cannot validate a real
+    message, each fix with why:
+
+    * several ``whatsapp`` objects have an ``allOf`` branch ``{"properties": null, "waba_id": …}`` (a
+      mis-indented ``properties``): ``null`` is not a schema, so ``properties: null`` is dropped.
+    * ``WhatsAppInboundContact`` requires ``button`` (copied from ``WhatsAppInboundButton``) though it
+      describes ``contacts``: it requires ``contacts``.
+    * ``WhatsAppInboundButton.button.payload`` is an object (a Flow's), while a template's quick-reply
+      button sends its payload as a string (reference §1.6, ``subtype: quick_reply``): both are allowed.
+    """
+
+    def transform(components: dict[str, Any]) -> dict[str, Any]:
+        body = spec["x-webhooks"]["inbound-message"]["{$request.body#/callback}"]["post"]["requestBody"]
+        branches = body["content"]["application/json"]["schema"]["oneOf"]
+        whatsapp = next(b for b in branches if b.get("title") == "WhatsApp")
+        schemas = components["schemas"]
+        contact = schemas["WhatsAppInboundContact"]["allOf"][1]
+        contact["required"] = ["contacts"]
+        payload = schemas["WhatsAppInboundButton"]["allOf"][1]["properties"]["button"]["properties"][
+            "payload"
+        ]
+        payload.pop("type", None)
+        payload["oneOf"] = [{"type": "object"}, {"type": "string"}]
+        schemas["InboundWhatsApp"] = _without_null_properties(copy.deepcopy(whatsapp))
+        return _without_null_properties(components)
+
+    return transform
+
+
+@functools.cache
+def vonage_inbound_validator() -> SchemaValidator:
+    """The body of Vonage's inbound-message webhook for WhatsApp (see ``fix_vonage_inbound``)."""
+    spec = load_spec(VONAGE_SPEC)
+    return SchemaValidator(spec, "InboundWhatsApp", transform=fix_vonage_inbound(spec))
+
+
+@functools.cache
+def vonage_update_validator() -> SchemaValidator:
+    """The WhatsApp body of ``PATCH /v1/messages/{message_uuid}`` (``requestBodies/UpdateMessage``)."""
+    spec = load_spec(VONAGE_SPEC)
+
+    def transform(components: dict[str, Any]) -> dict[str, Any]:
+        schema = components["requestBodies"]["UpdateMessage"]["content"]["application/json"]["schema"]
+        whatsapp = next(b for b in schema["oneOf"] if b.get("title") == "WhatsApp")
+        components["schemas"]["UpdateWhatsAppMessage"] = {"type": "object", **whatsapp}
+        return components
+
+    return SchemaValidator(spec, "UpdateWhatsAppMessage", transform=transform)

@@ -46,10 +46,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tests.standins.openapi import SchemaValidator, vonage_send_validator
+from tests.standins.openapi import SchemaValidator, vonage_send_validator, vonage_update_validator
 from tidings.server import bind, serving
 
 MESSAGES_PATH = "/v1/messages"
+MEDIA_PATH = "/v3/media/"
 _ERRORS_URL = "https://developer.vonage.com/api-errors/messages"
 
 # Vonage's problem titles and details for the codes tests script (reference §1.4 and §1.5, spec x-errors).
@@ -242,6 +243,9 @@ class VonageStandIn:
         self._queue: deque[Answer] = deque()
         self._queues: dict[str, deque[Answer]] = {}
         self._always: dict[str, Answer] = {}
+        self.media: dict[str, tuple[bytes, str]] = {}  # /v3/media/<id> -> (bytes, MIME type)
+        self.secure_media = True  # "Secure Inbound Media": a media GET needs the credentials
+        self.update_answers: deque[Answer] = deque()  # one-shot answers to PATCH /v1/messages/<uuid>
         self.app = self._build_app()
 
     # --- scripting --------------------------------------------------------------------------------------
@@ -355,6 +359,10 @@ class VonageStandIn:
         @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         async def handle(request: Request) -> Response:
             raw = await request.body()
+            if request.url.path.startswith(MEDIA_PATH) and request.method == "GET":
+                return self._media(request, raw)
+            if request.url.path.startswith(MESSAGES_PATH + "/") and request.method == "PATCH":
+                return self._update(request, raw)
             if request.url.path != MESSAGES_PATH or request.method != "POST":
                 self._record(
                     request, raw, body=None, auth=None, claims=None, errors=[], status=404, message_uuid=None
@@ -431,6 +439,53 @@ class VonageStandIn:
             return _answer(answer, message_uuid)
 
         return app
+
+    def _media(self, request: Request, raw: bytes) -> Response:
+        """``GET /v3/media/<id>``: the file, with the credentials when ``secure_media`` (a JWT of the
+        application, as "Secure Inbound Media" requires; Basic is accepted too)."""
+        auth, claims = self._authenticate(request.headers.get("authorization", ""))
+        found = self.media.get(request.url.path.removeprefix(MEDIA_PATH))
+        status = 401 if self.secure_media and auth is None else 404 if found is None else 200
+        self._record(
+            request, raw, body=None, auth=auth, claims=claims, errors=[], status=status, message_uuid=None
+        )
+        if found is None or status != 200:
+            return _problem_response(status, "https://developer.vonage.com/api-errors#not-found", "Not Found")
+        return Response(found[0], media_type=found[1])
+
+    def _update(self, request: Request, raw: bytes) -> Response:
+        """``PATCH /v1/messages/<uuid>`` (spec ``UpdateMessage``): JWT only, the body validated against the
+        request body's WhatsApp branch; 202 or the next of ``update_answers``."""
+        auth, claims = self._authenticate(request.headers.get("authorization", ""))
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = None
+        errors = [] if auth is None else vonage_update_validator().errors(body)
+        if auth == "basic":
+            errors = ["UpdateMessage takes a JWT (bearerAuth) only"]
+        answer = (
+            unauthorized()
+            if auth is None
+            else Answer(422, {"title": "Invalid params", "detail": "; ".join(errors)})
+            if errors
+            else self.update_answers.popleft()
+            if self.update_answers
+            else Answer(202, None)
+        )
+        self._record(
+            request,
+            raw,
+            body=body,
+            auth=auth,
+            claims=claims,
+            errors=errors,
+            status=answer.status,
+            message_uuid=None,
+        )
+        if answer.status == 202 and answer.body is None:
+            return Response(status_code=202, headers={"X-Request-Id": str(uuid.uuid4())})
+        return _answer(answer, None)
 
 
 def _answer(answer: Answer, message_uuid: str | None) -> Response:
