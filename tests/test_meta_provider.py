@@ -16,14 +16,25 @@ from tests.standins.meta import (
     MetaStandIn,
     Scripted,
     graph_error,
+    mark_read_errors,
+    mark_read_example,
     meta_send_validator_as_published,
     meta_template,
     server_error,
     validate_message,
 )
 from tidings.delivery.outcomes import UNCERTAIN_CODES
-from tidings.providers.base import OutboundMessage, Outcome, RemoteTemplate, SendResult
+from tidings.providers.base import (
+    MediaRef,
+    OutboundMedia,
+    OutboundMessage,
+    Outcome,
+    RemoteTemplate,
+    SendResult,
+)
+from tidings.providers.media import trusted_media_url
 from tidings.providers.meta import (
+    MEDIA_HOSTS,
     PER_USER_MARKETING_RETRY_AFTER,
     MetaApiError,
     MetaProvider,
@@ -524,3 +535,122 @@ async def test_fetch_templates_errors(standin: MetaStandIn) -> None:
     with pytest.raises(MetaApiError) as refused:
         await fetch_templates(waba_id="1", access_token="t", base_url=f"http://127.0.0.1:{port}")
     assert refused.value.status is None
+
+
+# --- media, read receipts ---------------------------------------------------------------------------
+
+MEDIA_LINK = "https://tidings.example.com/media/ab12/ticket.png"
+
+
+@pytest.mark.parametrize(
+    ("kind", "caption", "filename", "expected"),
+    [
+        ("image", "Your ticket", None, {"link": MEDIA_LINK, "caption": "Your ticket"}),
+        ("video", None, None, {"link": MEDIA_LINK}),
+        ("audio", "no caption on audio", None, {"link": MEDIA_LINK}),
+        (
+            "document",
+            "Invoice",
+            "invoice.pdf",
+            {"link": MEDIA_LINK, "caption": "Invoice", "filename": "invoice.pdf"},
+        ),
+        ("sticker", None, None, {"link": MEDIA_LINK}),
+    ],
+)
+async def test_media_is_sent_by_link_as_the_spec_says(
+    standin: MetaStandIn, kind: str, caption: str | None, filename: str | None, expected: dict[str, Any]
+) -> None:
+    message = OutboundMessage(
+        client_ref="m1", to="+16505551234", text=caption, media=OutboundMedia(kind, MEDIA_LINK, filename)
+    )
+    async with meta(standin) as provider:
+        result = await provider.send(message)
+    assert result.outcome is Outcome.ACCEPTED, result
+    assert standin.invalid == []
+    [sent] = standin.sent
+    assert sent.body["type"] == kind and sent.body[kind] == expected
+    assert validate_message(sent.body) == []
+
+
+def test_a_media_kind_meta_cannot_send_fails_without_a_request() -> None:
+    with pytest.raises(ValueError, match="cannot send"):
+        build_message_body(OutboundMessage(client_ref="m", to="+1555", media=OutboundMedia("hologram", "x")))
+
+
+async def test_fetch_media_asks_for_the_url_then_downloads_it_with_the_token(standin: MetaStandIn) -> None:
+    standin.media["1003383421387256"] = (b"\xff\xd8jpeg bytes", "image/jpeg")
+    async with meta(standin) as provider:
+        content, mime = await provider.fetch_media(MediaRef(ref="1003383421387256", mime_type="image/jpeg"))
+    assert (content, mime) == (b"\xff\xd8jpeg bytes", "image/jpeg")
+    lookup, download = standin.requests
+    assert (lookup.method, lookup.path, lookup.status) == ("GET", "/v23.0/1003383421387256", 200)
+    assert lookup.query == {"phone_number_id": standin.phone_number_id}
+    assert (download.path, download.query, download.status) == (
+        "/whatsapp_business/attachments/",
+        {"mid": "1003383421387256"},
+        200,
+    )
+    bearer = f"Bearer {standin.access_token}"
+    assert lookup.headers["authorization"] == bearer == download.headers["authorization"]
+
+
+async def test_fetch_media_errors(standin: MetaStandIn) -> None:
+    async with meta(standin) as provider:
+        with pytest.raises(MetaApiError) as unknown:
+            await provider.fetch_media(MediaRef(ref="404404404"))
+        assert (unknown.value.status, unknown.value.code) == (400, 100)
+        with pytest.raises(MetaApiError, match="not a Meta media id"):
+            await provider.fetch_media(MediaRef(ref="../../v23.0/me"))
+    assert len(standin.requests) == 1
+    standin.media["1"] = (b"x", "image/png")
+    async with meta(standin, access_token="expired") as provider:
+        with pytest.raises(MetaApiError) as refused:
+            await provider.fetch_media(MediaRef(ref="1"))
+    assert refused.value.refused_credentials and refused.value.code == 190
+
+
+def test_the_token_goes_only_to_meta_media_hosts_or_the_base_url() -> None:
+    base = "http://127.0.0.1:8123"
+    trusted = [
+        "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1",
+        "https://graph.facebook.com/v23.0/1",
+        "http://127.0.0.1:8123/whatsapp_business/attachments/?mid=1",
+    ]
+    refused = [
+        "http://lookaside.fbsbx.com/x",  # not https
+        "https://fbsbx.com.example.org/x",
+        "https://evil-fbsbx.com/x",
+        "https://user:pw@lookaside.fbsbx.com/x",
+        "http://127.0.0.1:8124/x",  # another port on the same host
+        "file:///etc/passwd",
+    ]
+    assert [trusted_media_url(u, base, MEDIA_HOSTS) for u in trusted] == [True] * len(trusted)
+    assert [trusted_media_url(u, base, MEDIA_HOSTS) for u in refused] == [False] * len(refused)
+
+
+async def test_mark_read_posts_the_read_receipt_of_the_spec(standin: MetaStandIn) -> None:
+    wamid = "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQUYzMjEzNDM2RTZGQ0MzMDJBRgA="
+    async with meta(standin) as provider:
+        assert await provider.mark_read(wamid) is True
+        standin.read_answers.append(graph_error(100, details="Invalid message_id"))
+        assert await provider.mark_read(wamid) is False  # refused: False, never raised
+    first, second = standin.requests
+    assert (first.method, first.path, first.status) == (
+        "POST",
+        f"/v23.0/{standin.phone_number_id}/messages",
+        200,
+    )
+    assert first.body == {"messaging_product": "whatsapp", "status": "read", "message_id": wamid}
+    assert mark_read_errors(first.body) == [] and first.errors == ()
+    assert set(first.body) <= set(mark_read_example())
+    assert second.status == 400
+    assert mark_read_errors({"messaging_product": "whatsapp", "status": "seen"}) != []  # the check bites
+
+
+async def test_mark_read_without_an_answer_is_false() -> None:
+    sock = bind()
+    port = sock.getsockname()[1]
+    sock.close()
+    provider = MetaProvider(phone_number_id="1", access_token="t", base_url=f"http://127.0.0.1:{port}")
+    assert await provider.mark_read("wamid.x") is False
+    await provider.aclose()

@@ -445,6 +445,8 @@ class MetaStandIn:
             self._queue.clear()
             self._queues.clear()
             self._always.clear()
+            self.media.clear()
+            self.read_answers.clear()
 
     # what happened
 

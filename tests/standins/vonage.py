@@ -268,6 +268,9 @@ class VonageStandIn:
             self._queue.clear()
             self._queues.clear()
             self._always.clear()
+            self.media.clear()
+            self.update_answers.clear()
+        self.secure_media = True
 
     def _next_answer(self, to: Any) -> Answer:
         with self._lock:
