@@ -99,8 +99,9 @@ def media_url(kind: str, name: str | None = None) -> str:
     if kind not in _MEDIA:
         raise ValueError(f"the sandbox has no {kind!r} files (one of {', '.join(_MEDIA)})")
     ext = _MEDIA[kind][1]
-    stem = "".join(c for c in (name or uuid.uuid4().hex[:12]) if c.isalnum() or c in "-_")[:60] or "file"
-    return f"{MEDIA_SCHEME}{kind}/{stem.removesuffix('.' + ext)}.{ext}"
+    given = (name or uuid.uuid4().hex[:12]).removesuffix(f".{ext}")
+    stem = "".join(c for c in given if c.isalnum() or c in "-_")[:60] or "file"
+    return f"{MEDIA_SCHEME}{kind}/{stem}.{ext}"
 
 
 def _png(seed: bytes, size: int = 64) -> bytes:
