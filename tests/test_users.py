@@ -78,6 +78,7 @@ ROUTES: list[tuple[str, str, Any, Role]] = [
     ("GET", "/api/v1/integrations/whatsapp", None, Role.admin),
     ("PUT", "/api/v1/integrations/whatsapp", {}, Role.admin),
     ("POST", "/api/v1/integrations/whatsapp/test", {}, Role.admin),
+    ("POST", "/api/v1/integrations/whatsapp/sandbox/messages", {}, Role.admin),
     ("GET", "/api/v1/account", None, Role.admin),
     ("PATCH", "/api/v1/account", {"name": "Acme"}, Role.admin),
     ("GET", "/api/v1/users", None, Role.admin),

@@ -29,6 +29,8 @@ user_app = typer.Typer(help="People who sign in to the dashboard.", no_args_is_h
 app.add_typer(user_app, name="user")
 api_key_app = typer.Typer(help="API keys for programs.", no_args_is_help=True)
 app.add_typer(api_key_app, name="api-key")
+sandbox_app = typer.Typer(help="The built-in sandbox provider.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
 console = Console()
 
 
@@ -240,6 +242,41 @@ def send_test(
     )
     console.print_json(json.dumps(result))
     raise typer.Exit(0 if result["outcome"] == "accepted" else 1)
+
+
+@sandbox_app.command("say")
+def sandbox_say(
+    account: Annotated[str, typer.Option(help="Account id (its provider must be the sandbox).")],
+    from_phone: Annotated[str, typer.Option("--from", help="The sandbox user's number, E.164.")],
+    text: Annotated[
+        str, typer.Argument(help="What the user writes (a button's label, a caption, an emoji).")
+    ],
+    kind: Annotated[
+        str, typer.Option(help="text, button, reply, image, document, location, reaction, …")
+    ] = "text",
+    context: Annotated[str | None, typer.Option(help="Provider id of the message it answers.")] = None,
+) -> None:
+    """Write to the business as a sandbox user, through the running server's inbound webhook
+    (``TIDINGS_PUBLIC_URL``): the message lands in the inbox as a real user's would."""
+    from tidings.accounts.sandbox_user import sandbox_user_writes
+
+    settings, db, box = _context()
+    try:
+        found = asyncio.run(
+            sandbox_user_writes(
+                db,
+                box,
+                settings.public_url,
+                account,
+                from_phone=from_phone,
+                text=text,
+                kind=kind,
+                context=context,
+            )
+        )
+    except ApiError as exc:
+        raise _refused(exc) from None
+    console.print(f"sent as {from_phone}: {found}")
 
 
 @templates_app.command("sync")

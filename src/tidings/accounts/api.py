@@ -6,17 +6,21 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
+import httpx
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tidings.accounts import integrations, service
 from tidings.accounts.models import Account
+from tidings.accounts.sandbox_user import sandbox_user_writes
 from tidings.accounts.service import get_integration
 from tidings.accounts.testsend import send_test_message
 from tidings.campaigns.rules import AccountOut, AccountUpdate, Rules
 from tidings.deps import ADMIN, CurrentAccount, Db, get_box, get_settings
 from tidings.providers import registry
 from tidings.providers.plugin import AnyProviderType
+from tidings.providers.sandbox import USER_KINDS
+from tidings.webhooks.lane import WebhookLane
 
 
 def _integration_in(plugin: AnyProviderType) -> type[BaseModel]:
@@ -80,6 +84,27 @@ class TestSendOut(BaseModel):
     error_detail: str | None
 
 
+class SandboxUserMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_phone: str = Field(
+        alias="from", description="The sandbox user's number, E.164.", examples=["+14155550123"]
+    )
+    kind: Literal[USER_KINDS] = Field("text", description="What the user sends.")  # type: ignore[valid-type]
+    text: str = Field(
+        "", max_length=4096, description="The text; a button's label; a file's caption; an emoji."
+    )
+    context: str | None = Field(
+        None, description="The provider id of the message it answers (or reacts to)", max_length=128
+    )
+    payload: str | None = Field(None, max_length=256, description="A button's payload or a reply's id.")
+    profile_name: str = Field("Sandbox user", max_length=100, description="The user's WhatsApp name.")
+
+
+class SandboxUserMessageOut(BaseModel):
+    provider_message_id: str
+
+
 def integrations_router() -> APIRouter:
     """The integration's routes, for the providers registered when the app is made."""
     router = APIRouter(prefix="/api/v1/integrations/whatsapp", tags=["integrations"], dependencies=[ADMIN])
@@ -130,6 +155,33 @@ def integrations_router() -> APIRouter:
             params=body.params,
         )
         return TestSendOut(**result)
+
+    @router.post("/sandbox/messages", response_model=SandboxUserMessageOut, status_code=202)
+    async def sandbox_user_message(
+        body: SandboxUserMessage, request: Request, account: CurrentAccount
+    ) -> SandboxUserMessageOut:
+        """Write to the business as a sandbox user (the sandbox provider only; 409 ``not_sandbox``): the
+        message goes through the account's own signed inbound webhook, as a real user's does, and lands in
+        the inbox."""
+        into_app = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=WebhookLane(request.app, request.app.state.webhooks)),
+            timeout=15,
+        )
+        async with into_app:
+            found = await sandbox_user_writes(
+                request.app.state.db,
+                get_box(request),
+                get_settings(request).public_url,
+                account.id,
+                from_phone=body.from_phone,
+                text=body.text,
+                kind=body.kind,
+                context=body.context,
+                http=into_app,
+                payload=body.payload,
+                profile_name=body.profile_name,
+            )
+        return SandboxUserMessageOut(provider_message_id=found)
 
     return router
 
