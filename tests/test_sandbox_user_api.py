@@ -28,9 +28,8 @@ USER = "+14155550123"
 def test_a_sandbox_user_writes_through_the_api(
     client: TestClient, db: Database, account: NewAccount, auth: dict[str, str]
 ) -> None:
-    hello = client.post(
-        ROUTE, json={"from": USER, "text": "Hello, is my order on its way?", "profile_name": "Ana"}, headers=auth
-    )
+    said = {"from": USER, "text": "Hello, is my order on its way?", "profile_name": "Ana"}
+    hello = client.post(ROUTE, json=said, headers=auth)
     assert hello.status_code == 202, hello.text
     stop = client.post(ROUTE, json={"from": USER, "text": "Stop please"}, headers=auth)
     assert stop.status_code == 202, stop.text
