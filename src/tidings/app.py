@@ -112,6 +112,8 @@ def create_app(
 
     from tidings.accounts.api import account_router, integrations_router
     from tidings.campaigns.api import router as campaigns_router
+    from tidings.conversations.api import media_router
+    from tidings.conversations.api import router as conversations_router
     from tidings.profiles.api import router as profiles_router
     from tidings.profiles.api import upload_router
     from tidings.segments.api import router as segments_router
@@ -124,6 +126,8 @@ def create_app(
     app.include_router(templates_router)
     app.include_router(campaigns_router)
     app.include_router(segments_router)
+    app.include_router(conversations_router)
+    app.include_router(media_router)
     app.include_router(integrations_router())
     app.include_router(account_router)
     app.include_router(users_router)

@@ -30,8 +30,12 @@ MIB = 1024 * KIB
 API_MAX_BODY = 1 * MIB  # every /api/v1 call (the largest is a segment definition or a campaign)
 UPLOAD_MAX_BODY = 8 * MIB  # /1/upload: 1,000 records of about 8 KiB each
 WEBHOOK_MAX_BODY = 4 * MIB  # Meta's payloads are at most 3 MB (the lane keeps the same limit)
+# An agent's file (conversations.service.MAX_MEDIA, 16 MiB) and its multipart form around it; the route
+# refuses a file over 16 MiB itself.
+MEDIA_MAX_BODY = 16 * MIB + 64 * KIB
 
 UPLOAD_PATH = "/1/upload"
+MEDIA_PATH = "/api/v1/media"
 
 # On every answer. The API answers JSON: nothing in it may be run, framed or sniffed as something else.
 _COMMON = [
@@ -61,6 +65,8 @@ def body_limit(path: str) -> int:
         return UPLOAD_MAX_BODY
     if path.startswith("/webhooks/"):
         return WEBHOOK_MAX_BODY
+    if path == MEDIA_PATH:
+        return MEDIA_MAX_BODY
     return API_MAX_BODY
 
 

@@ -764,6 +764,7 @@ def _filtered(account_id: str, filters: Filters, now: datetime) -> Any:
         found: list[Any] = [
             select(Profile.id)
             .where(Profile.id == Conversation.profile_id, Profile.name_key.like(like))
+            .correlate_except(Profile)  # the list joins profiles too: this one is the subquery's own
             .exists(),
             select(InboundMessage.id)
             .where(
@@ -970,3 +971,23 @@ def conversation_by_phone(session: Session, account_id: str, phone: str) -> Conv
     return session.scalar(
         select(Conversation).where(Conversation.account_id == account_id, Conversation.phone == e164)
     )
+
+
+def profile_inbound(
+    session: Session, account_id: str, identity: str, limit: int = 50, offset: int = 0
+) -> tuple[list[InboundMessage], int]:
+    """A page of the messages the profile sent, newest first, and how many it sent (NotFound if no
+    profile); ix_inbound_profile serves both."""
+    from tidings.profiles.service import get_profile
+
+    profile = get_profile(session, account_id, identity)
+    mine = (InboundMessage.account_id == account_id, InboundMessage.profile_id == profile.id)
+    total = session.scalar(select(func.count()).select_from(InboundMessage).where(*mine)) or 0
+    page = session.scalars(
+        select(InboundMessage)
+        .where(*mine)
+        .order_by(InboundMessage.received_at.desc(), InboundMessage.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(page), total

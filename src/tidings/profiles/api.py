@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 
 from tidings.bounds import Offset
 from tidings.campaigns.triggers import on_events
+from tidings.conversations import service as conversations
+from tidings.conversations.schemas import InboundOut, InboundPage
 from tidings.db import utcnow
 from tidings.deps import MARKETER, CurrentAccount, CurrentCaller, Db, record_key_use, require, sign_in
 from tidings.errors import Forbidden, Invalid, TooManySignIns
@@ -318,7 +320,11 @@ def change_consent(identity: str, body: ConsentUpdate, caller: CurrentCaller, db
     "/api/v1/profiles/{identity:path}/messages",
     tags=["profiles"],
     response_model=ProfileMessagePage,
-    summary="The WhatsApp messages of a profile, newest first",
+    summary="The WhatsApp messages sent to a profile, newest first",
+    description=(
+        "Outbound: every ledger message planned or sent to the profile (campaign messages, agents' "
+        "replies, consent confirmations), with its state. The messages the user sent: `…/inbound`."
+    ),
 )
 def profile_messages(
     identity: str, account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0
@@ -332,6 +338,26 @@ def profile_messages(
         offset=offset,
         items=[ProfileMessageOut.model_validate(m) for m in messages],
     )
+
+
+@router.get(
+    "/api/v1/profiles/{identity:path}/inbound",
+    tags=["profiles"],
+    response_model=InboundPage,
+    summary="The WhatsApp messages a profile sent, newest first",
+    description=(
+        "Inbound: what the user sent from the profile's number (text, buttons tapped, files, reactions, "
+        "locations), each with the campaign it answers when it answers one. Their conversation: "
+        "`/api/v1/conversations?q=<phone>`."
+    ),
+)
+def profile_inbound(
+    identity: str, account: CurrentAccount, db: Db, limit: Limit = 50, offset: Offset = 0
+) -> InboundPage:
+    with db.read() as session:
+        messages, total = conversations.profile_inbound(session, account.id, identity, limit, offset)
+        items = [InboundOut.model_validate(m) for m in messages]
+    return InboundPage(identity=identity, total=total, limit=limit, offset=offset, items=items)
 
 
 @router.get(
