@@ -142,8 +142,11 @@ def test_only_an_admin_assigns_to_someone_else(client: TestClient, db: Database,
     assert answer.json()["assignee_id"] is None, answer.text
     # A user of another account, or none at all, is refused.
     refused(client.post(path, json={"user_id": 999999}, headers=keys.admin), 422, "unknown_user")
-    refused(client.post(path, json={"user_id": None, "acting_user_id": 999999}, headers=keys.agent), 422,
-            "unknown_user")  # fmt: skip
+    refused(
+        client.post(path, json={"user_id": None, "acting_user_id": 999999}, headers=keys.agent),
+        422,
+        "unknown_user",
+    )
 
 
 def test_of_two_takers_the_second_is_told_who_holds_it(
@@ -178,8 +181,9 @@ def test_replies_are_refused_with_what_to_do(client: TestClient, db: Database, a
     keys = Keys(db, account)
     ann = _user(db, account, "ann@example.com")
     with db.session() as session:
-        template = create_template(session, account.account_id, name="shop:order", body="Hi {{1}}, order {{2}}",
-                                   category="UTILITY")  # fmt: skip
+        template = create_template(
+            session, account.account_id, name="shop:order", body="Hi {{1}}, order {{2}}", category="UTILITY"
+        )
         template_id = template.id
     late = _inbound(db, account, ANN, "Where is my order?", ago=timedelta(hours=30))
     messages = f"/api/v1/conversations/{late}/messages"
@@ -230,8 +234,11 @@ def test_files_go_up_by_the_api_and_out_by_their_public_link(
     mine = client.get(f"/api/v1/media/{media['id']}", headers=keys.agent)
     assert mine.content == png and mine.headers["content-type"] == "image/png"
     cid = _inbound(db, account, ANN, "Send me the photo")
-    answer = client.post(f"/api/v1/conversations/{cid}/messages", json={"media_id": media["id"], "text": "Here"},
-                         headers=keys.agent)  # fmt: skip
+    answer = client.post(
+        f"/api/v1/conversations/{cid}/messages",
+        json={"media_id": media["id"], "text": "Here"},
+        headers=keys.agent,
+    )
     assert answer.status_code == 202, answer.text
     with db.read() as session:
         sent = session.get_one(Message, answer.json()["id"])
@@ -248,8 +255,9 @@ def test_files_go_up_by_the_api_and_out_by_their_public_link(
     assert "sandbox" in public.headers["content-security-policy"]
     refused(client.get(f"/media/{token[:-1]}x"), 404, "not_found")
     # A page uploaded as a file is a download, never run as a page of this site.
-    html = client.post("/api/v1/media", files={"file": ("x.html", b"<script>1</script>", "text/html")},
-                       headers=keys.agent).json()  # fmt: skip
+    html = client.post(
+        "/api/v1/media", files={"file": ("x.html", b"<script>1</script>", "text/html")}, headers=keys.agent
+    ).json()
     answer = client.get(f"/api/v1/media/{html['id']}", headers=keys.agent)
     assert answer.headers["content-disposition"].startswith("attachment")
     assert answer.headers["content-security-policy"].startswith("sandbox")
@@ -261,8 +269,11 @@ def test_files_go_up_by_the_api_and_out_by_their_public_link(
     answer = client.post("/api/v1/media", files={"file": ("big.bin", big)}, headers=keys.agent)
     assert "16 MiB" in refused(answer, 413, "payload_too_large")
     huge = b"x" * (MEDIA_MAX_BODY + 1)
-    refused(client.post("/api/v1/media", files={"file": ("huge.bin", huge)}, headers=keys.agent), 413,
-            "payload_too_large")  # fmt: skip
+    refused(
+        client.post("/api/v1/media", files={"file": ("huge.bin", huge)}, headers=keys.agent),
+        413,
+        "payload_too_large",
+    )
     # Other routes keep their 1 MiB limit.
     answer = client.post("/api/v1/saved-replies", content=b"x" * (2 * 1024 * 1024), headers=keys.agent)
     refused(answer, 413, "payload_too_large")
@@ -270,8 +281,9 @@ def test_files_go_up_by_the_api_and_out_by_their_public_link(
 
 def test_saved_replies(client: TestClient, db: Database, account: NewAccount) -> None:
     keys = Keys(db, account)
-    created = client.post("/api/v1/saved-replies", json={"shortcut": "/Thanks", "text": " Thank you! "},
-                          headers=keys.agent)  # fmt: skip
+    created = client.post(
+        "/api/v1/saved-replies", json={"shortcut": "/Thanks", "text": " Thank you! "}, headers=keys.agent
+    )
     assert created.status_code == 201, created.text
     saved = created.json()
     assert (saved["shortcut"], saved["text"]) == ("thanks", "Thank you!")
@@ -309,8 +321,12 @@ def test_the_list_filters_and_counts(client: TestClient, db: Database, account: 
     assert [c["id"] for c in page["items"]] == [second]
     row = page["items"][0]
     assert (row["state"], row["unread"], row["preview"], row["identity"], row["name"]) == (
-        "new", 1, "Do you ship to Lyon?", BOB, "Name 102"
-    )  # fmt: skip
+        "new",
+        1,
+        "Do you ship to Lyon?",
+        BOB,
+        "Name 102",
+    )
     assert row["window_open"] is True and row["window_closes_at"] is not None
     assert page["counts"]["new"] == {"total": 3, "unread": 3}
 
@@ -351,11 +367,18 @@ def test_the_detail_and_the_profiles_messages_both_ways(
     client.post(f"{base}/messages", json={"text": "Hello Ann", "user_id": ann}, headers=keys.agent)
     detail = client.get(base, headers=keys.agent).json()
     assert [(i["who"], i["text"]) for i in detail["thread"]] == [
-        ("user", "Hi there"), ("user", "Anyone?"), ("note", "VIP customer"), ("agent", "Hello Ann")
-    ]  # fmt: skip
+        ("user", "Hi there"),
+        ("user", "Anyone?"),
+        ("note", "VIP customer"),
+        ("agent", "Hello Ann"),
+    ]
     assert detail["profile"] == {
-        "identity": ANN, "name": "Name 101", "phone": ANN, "whatsapp_opt_in": False, "campaigns": []
-    }  # fmt: skip
+        "identity": ANN,
+        "name": "Name 101",
+        "phone": ANN,
+        "whatsapp_opt_in": False,
+        "campaigns": [],
+    }
     assert detail["conversation"]["unread"] == 2  # reading is not opening
     refused(client.get("/api/v1/conversations/999999", headers=keys.agent), 404, "not_found")
 
