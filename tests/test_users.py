@@ -48,6 +48,7 @@ ROUTES: list[tuple[str, str, Any, Role]] = [
     ("GET", "/api/v1/profiles/{identity}/consent", None, Role.agent),
     ("PUT", "/api/v1/profiles/{identity}/consent", {"whatsapp": True}, Role.marketer),
     ("GET", "/api/v1/profiles/{identity}/messages", None, Role.agent),
+    ("GET", "/api/v1/profiles/{identity}/inbound", None, Role.agent),
     ("GET", "/api/v1/properties", None, Role.agent),
     ("GET", "/api/v1/templates", None, Role.agent),
     ("POST", "/api/v1/templates", {}, Role.marketer),
@@ -75,6 +76,21 @@ ROUTES: list[tuple[str, str, Any, Role]] = [
     ("GET", "/api/v1/segments/{segment_id}", None, Role.agent),
     ("PATCH", "/api/v1/segments/{segment_id}", {}, Role.marketer),
     ("DELETE", "/api/v1/segments/{segment_id}", None, Role.marketer),
+    ("GET", "/api/v1/conversations", None, Role.agent),
+    ("GET", "/api/v1/conversations/counts", None, Role.agent),
+    ("GET", "/api/v1/conversations/{conversation_id}", None, Role.agent),
+    ("POST", "/api/v1/conversations/{conversation_id}/open", None, Role.agent),
+    ("POST", "/api/v1/conversations/{conversation_id}/take", {}, Role.agent),
+    ("POST", "/api/v1/conversations/{conversation_id}/assign", {}, Role.agent),
+    ("POST", "/api/v1/conversations/{conversation_id}/resolve", {}, Role.agent),
+    ("PUT", "/api/v1/conversations/{conversation_id}/labels", {}, Role.agent),
+    ("POST", "/api/v1/conversations/{conversation_id}/notes", {}, Role.agent),
+    ("POST", "/api/v1/conversations/{conversation_id}/messages", {}, Role.agent),
+    ("GET", "/api/v1/saved-replies", None, Role.agent),
+    ("POST", "/api/v1/saved-replies", {}, Role.agent),
+    ("DELETE", "/api/v1/saved-replies/{saved_reply_id}", None, Role.agent),
+    ("POST", "/api/v1/media", None, Role.agent),
+    ("GET", "/api/v1/media/{media_id}", None, Role.agent),
     ("GET", "/api/v1/integrations/whatsapp", None, Role.admin),
     ("PUT", "/api/v1/integrations/whatsapp", {}, Role.admin),
     ("POST", "/api/v1/integrations/whatsapp/test", {}, Role.admin),
@@ -90,7 +106,8 @@ ROUTES: list[tuple[str, str, Any, Role]] = [
     ("DELETE", "/api/v1/api-keys/{key_id}", None, Role.admin),
 ]
 _PARAMS = {"identity": "nobody", "ref": "shop:nothing", "campaign_id": 999999, "segment_id": 999999,
-           "user_id": 999999, "key_id": 999999}  # fmt: skip
+           "user_id": 999999, "key_id": 999999, "conversation_id": 999999, "saved_reply_id": 999999,
+           "media_id": 999999}  # fmt: skip
 
 
 def test_the_table_names_every_authenticated_route(app: FastAPI) -> None:
