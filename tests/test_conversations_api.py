@@ -274,6 +274,11 @@ def test_files_go_up_by_the_api_and_out_by_their_public_link(
         413,
         "payload_too_large",
     )
+    # A malformed form is malformed like a body that is not JSON.
+    form = {"Content-Type": "multipart/form-data; boundary=b", **keys.agent}
+    answer = client.post("/api/v1/media", content=b"--b\r\nNone--b--\r\n", headers=form)
+    assert "multipart" in refused(answer, 422, "validation_error")
+    refused(client.post("/api/v1/media", json={"file": "x"}, headers=keys.agent), 422, "validation_error")
     # Other routes keep their 1 MiB limit.
     answer = client.post("/api/v1/saved-replies", content=b"x" * (2 * 1024 * 1024), headers=keys.agent)
     refused(answer, 413, "payload_too_large")

@@ -16,7 +16,7 @@ from tidings import __version__
 from tidings.config import Settings
 from tidings.db import Database
 from tidings.errors import ApiError, document_errors
-from tidings.guards import UPLOAD_PATH, Guard, SignInLimiter, error_answer
+from tidings.guards import MEDIA_PATH, UPLOAD_PATH, Guard, SignInLimiter, error_answer
 from tidings.secrets import SecretBox
 from tidings.web.render import is_page, page_exception
 from tidings.webhooks.lane import WebhookLane
@@ -103,6 +103,10 @@ def create_app(
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a body that is not UTF-8: malformed, like a body that is not JSON (422)
             message = "body: the request body is not valid JSON (UTF-8)"
+            return JSONResponse({"code": "validation_error", "message": message}, status_code=422)
+        if exc.status_code == 400 and request.url.path == MEDIA_PATH:
+            # Starlette's answer to a malformed multipart body (the file upload): malformed as above
+            message = f"body: the request body is not valid multipart/form-data ({exc.detail})"
             return JSONResponse({"code": "validation_error", "message": message}, status_code=422)
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
