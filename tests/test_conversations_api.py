@@ -6,13 +6,19 @@ filters and counts as the inbox shows them."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from argon2 import PasswordHasher
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.conftest import basic
 from tests.helpers import refused
 from tidings.accounts.service import NewAccount
 from tidings.conversations import service
@@ -415,3 +421,48 @@ def test_the_openapi_document_describes_every_conversations_route(client: TestCl
     assert "401" not in paths["/media/{token}"]["get"]["responses"]
     assert "413" in paths["/api/v1/media"]["post"]["responses"]
     assert "sent" in paths["/api/v1/profiles/{identity}/inbound"]["get"]["summary"]
+
+
+def test_of_many_takers_at_once_exactly_one_wins(
+    client: TestClient, db: Database, account: NewAccount
+) -> None:
+    keys = Keys(db, account)
+    takers = [_user(db, account, f"agent{i}@example.com") for i in range(6)]
+    cid = _inbound(db, account, ANN, "Hello?")
+    start = threading.Barrier(len(takers))
+
+    def take(user: int) -> tuple[int, str]:
+        start.wait()
+        answer = client.post(f"/api/v1/conversations/{cid}/take", json={"user_id": user}, headers=keys.agent)
+        return answer.status_code, answer.text
+
+    with ThreadPoolExecutor(len(takers)) as pool:
+        answers = list(pool.map(take, takers))
+    assert sorted(status for status, _ in answers) == [200] + [409] * (len(takers) - 1), answers
+    with db.read() as session:
+        holder = service.get_conversation(session, account.account_id, cid).assignee_id
+    assert holder in takers
+    for status, text in answers:
+        if status == 409:
+            assert f"agent{takers.index(holder)}@example.com holds" in text
+
+
+def test_a_reply_leaves_through_the_worker(
+    live: tuple[str, FastAPI], db: Database, account: NewAccount
+) -> None:
+    """On the real server with its worker: the reply is queued (202), the worker is nudged, and the
+    dispatcher sends it through the sandbox like any message."""
+    url, _app = live
+    cid = _inbound(db, account, ANN, "Hello?")
+    with httpx.Client(base_url=url, timeout=30, headers=basic(account)) as http:
+        answer = http.post(f"/api/v1/conversations/{cid}/messages", json={"text": "Hi Ann"})
+        assert answer.status_code == 202, answer.text
+        message_id = answer.json()["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            thread = http.get(f"/api/v1/conversations/{cid}").json()["thread"]
+            state = next(i["state"] for i in thread if i["id"] == message_id and i["who"] == "agent")
+            if state not in ("queued", "sending"):
+                break
+            time.sleep(0.05)
+    assert state in ("sent", "delivered", "read", "failed"), state
