@@ -56,8 +56,8 @@ def create_app(
             "(`Authorization: Bearer tid_…`, acting with the key's role), or as the account's admin with "
             "HTTP Basic (`account_id:passcode`) or the CleverTap headers `X-CleverTap-Account-Id` and "
             "`X-CleverTap-Passcode`. Roles: `admin` (everything), `marketer` (templates, segments, "
-            "campaigns, profiles, uploads), `agent` (reads those, and answers conversations); a route refused to a role answers 403 "
-            "`forbidden`. "
+            "campaigns, profiles, uploads), `agent` (reads those, answers conversations); a route refused "
+            "to a role answers 403 `forbidden`. "
             'Errors are JSON: `{"code", "message"}`.'
         ),
         lifespan=lifespan,
