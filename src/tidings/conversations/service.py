@@ -17,7 +17,7 @@ job has to move it.
 Agents' replies are ledger rows (``delivery.models.Message`` with ``conversation_id``): the dispatcher
 sends them with the same rate limits, retries, reconciliation and status webhooks as campaign messages.
 Free text and files only inside the window, decided here and again where the message leaves
-(``delivery.send_rules``); a template at any time, with consent when the window is closed.
+(``delivery.send_rules``); a template at any time, with consent (``MSG-whatsapp``).
 """
 
 from __future__ import annotations
@@ -565,8 +565,8 @@ def reply(
 ) -> Message:
     """Queue an agent's reply. Refused: another agent holds the conversation (409 ``held_by_other``); free
     text or a file outside the window (409 ``window_closed``, saying when it closed); a template that is
-    not approved or whose values are missing (422); a template to a user not opted in with the window
-    closed (409 ``not_opted_in``). An unassigned conversation is taken by the agent who answers it."""
+    not approved or whose values are missing (422); a template to a user not opted in (409
+    ``not_opted_in``). An unassigned conversation is taken by the agent who answers it."""
     now = now or utcnow()
     conversation = get_conversation(session, account_id, conversation_id, lock=True)
     _held(session, conversation, agent)
@@ -590,16 +590,21 @@ def reply(
                 f"({len([p for p in params if p])} given)",
                 code="template_values",
             )
-        if not window_open(conversation, now):
-            opted_in = session.scalar(
-                select(Profile.whatsapp_opt_in).where(Profile.id == conversation.profile_id)
+        # A template is business-initiated: it needs consent even inside the window (where it leaves,
+        # ``delivery.send_rules`` skips it as ``not_opted_in`` otherwise), so the agent is told now.
+        opted_in = session.scalar(
+            select(Profile.whatsapp_opt_in).where(Profile.id == conversation.profile_id)
+        )
+        if not opted_in:
+            raise Conflict(
+                "the user is not opted in to WhatsApp (MSG-whatsapp): no template may be sent"
+                + (
+                    "; answer with free text inside the 24-hour window"
+                    if window_open(conversation, now)
+                    else ""
+                ),
+                code="not_opted_in",
             )
-            if not opted_in:
-                raise Conflict(
-                    "the user is not opted in to WhatsApp (MSG-whatsapp) and the 24-hour window is closed: "
-                    "no template may be sent",
-                    code="not_opted_in",
-                )
         text = None
     else:
         if answer.media_id is not None:
