@@ -60,7 +60,8 @@ ERRORS = {
     409: "`held_by_other`: another user holds the conversation (`message` names them; only they or an "
     "admin may act on it); `window_closed`: free text or a file outside the 24-hour window (`message` "
     "says when it closed: send an approved template); `not_opted_in`: a template to a user not opted in "
-    "with the window closed; `no_profile`: the conversation's profile was deleted; `shortcut_taken`.",
+    "(inside the window, answer with free text); `no_profile`: the conversation's profile was deleted; "
+    "`shortcut_taken`.",
     413: "`payload_too_large`: the file is over 16 MiB (WhatsApp's limit).",
     422: "`template_values` (a value missing for one of the template's variables), `empty_reply`, "
     "`text_too_long`, `invalid` (the template is not approved), `user_required` (taking needs `user_id`), "
