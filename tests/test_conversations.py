@@ -850,3 +850,18 @@ def test_counts_and_filters(db: Database, account: NewAccount) -> None:
             for i in conversations.list_conversations(session, account.account_id, Filters(), now=now)
         ]
     assert order[:3] == [numbers[2], numbers[4], numbers[1]]
+
+
+def test_the_same_key_twice_queues_one_reply(db: Database, account: NewAccount) -> None:
+    """A client that sends its reply again (a time-out, a double click) with the same key sends it once."""
+    t0 = _start()
+    [ann] = _agents(db, account, "ann")
+    _in(db, account, "in.1", phone(1), t0)
+    c = _conversation(db, account, phone(1))
+    now = t0 + timedelta(minutes=1)
+    first = _reply(db, account, c.id, Reply(text="On it", key="k-1"), Agent(ann), now)
+    again = _reply(db, account, c.id, Reply(text="On it", key="k-1"), Agent(ann), now)
+    other = _reply(db, account, c.id, Reply(text="On it"), Agent(ann), now)  # no key: another reply
+    assert first.id == again.id != other.id
+    with db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 2
