@@ -12,7 +12,7 @@ from tidings.db import Base, UTCDateTime, utcnow
 class Role(StrEnum):
     """What a caller may do. Each role may do everything the ones below it may: an admin everything
     (settings, users, API keys too), a marketer templates, segments, campaigns, profiles and uploads, an
-    agent only read them (and, later, answer conversations)."""
+    agent reads them and answers conversations."""
 
     agent = "agent"
     marketer = "marketer"
