@@ -9,7 +9,16 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from tidings.web.auth import BadCsrf, PageForbidden, SignInNeeded
-from tidings.web.pages import campaign_builder, campaigns, profiles, segments, settings, signin, whatsapp
+from tidings.web.pages import (
+    campaign_builder,
+    campaigns,
+    inbox,
+    profiles,
+    segments,
+    settings,
+    signin,
+    whatsapp,
+)
 from tidings.web.render import HERE, page_exception
 
 # One line per area (campaign_builder before campaigns: /campaigns/new is not the campaign /campaigns/{id}).
@@ -22,6 +31,7 @@ PAGE_ROUTERS = [
     settings.router,
     whatsapp.settings_router,
     whatsapp.templates_router,
+    inbox.router,
 ]
 
 

@@ -20,6 +20,7 @@ templates = Jinja2Templates(directory=HERE / "templates")
 env = templates.env
 env.globals["nav"] = [
     # (label, path, role needed to see it); Settings' children are drawn under it by base.html
+    ("Inbox", "/inbox", "agent"),
     ("Campaigns", "/campaigns", "agent"),
     ("Segments", "/segments", "agent"),
     ("Profiles", "/profiles", "agent"),

@@ -67,6 +67,57 @@
     });
   }
 
+  // The inbox. <textarea data-saved-replies="json-id">: "/shortcut" then Tab or Enter puts the saved reply
+  // in its place (the replies are {shortcut: text} in the JSON element). <select data-insert-into="#id">
+  // inserts the chosen option's value at the caret of that field.
+  function insertAt(field, text, from, to) {
+    var value = field.value;
+    field.value = value.slice(0, from) + text + value.slice(to);
+    var caret = from + text.length;
+    field.setSelectionRange(caret, caret);
+    field.focus();
+  }
+  document.addEventListener("keydown", function (event) {
+    var field = event.target;
+    if (!field.matches || !field.matches("textarea[data-saved-replies]")) return;
+    if (event.key !== "Tab" && event.key !== "Enter") return;
+    var source = document.getElementById(field.getAttribute("data-saved-replies"));
+    if (!source) return;
+    var replies = JSON.parse(source.textContent || "{}");
+    var end = field.selectionStart;
+    var found = /(^|\s)\/([A-Za-z0-9_-]+)$/.exec(field.value.slice(0, end));
+    if (!found || !Object.prototype.hasOwnProperty.call(replies, found[2].toLowerCase())) return;
+    event.preventDefault();
+    insertAt(field, replies[found[2].toLowerCase()], end - found[2].length - 1, end);
+  });
+  document.addEventListener("change", function (event) {
+    var select = event.target;
+    if (!select.matches || !select.matches("select[data-insert-into]") || !select.value) return;
+    var field = document.querySelector(select.getAttribute("data-insert-into"));
+    if (field) insertAt(field, select.value, field.selectionStart, field.selectionEnd);
+    select.value = "";
+  });
+
+  // <form data-once>: a second submit while the first is on its way is dropped (the server would send it
+  // once anyway: the form carries an idempotency key).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (event.defaultPrevented || !form.hasAttribute || !form.hasAttribute("data-once")) return;
+    if (form.dataset.sent) { event.preventDefault(); return; }
+    form.dataset.sent = "1";
+  });
+
+  // The inbox's thread shows its latest message: at the bottom when drawn, and after a live update that
+  // redrew it.
+  function toLatest() {
+    var thread = document.getElementById("inbox-thread");
+    if (thread) thread.scrollTop = thread.scrollHeight;
+  }
+  document.addEventListener("DOMContentLoaded", toLatest);
+  document.addEventListener("tidings:live", function (event) {
+    if (event.detail && event.detail["inbox-thread"] !== undefined) toLatest();
+  });
+
   function enhance(root) { connectLive(root); drawCharts(root); }
   document.addEventListener("DOMContentLoaded", function () { enhance(document); });
   document.addEventListener("htmx:afterSettle", function (event) { enhance(event.target); });
