@@ -115,7 +115,13 @@
   }
   document.addEventListener("DOMContentLoaded", toLatest);
   document.addEventListener("tidings:live", function (event) {
-    if (event.detail && event.detail["inbox-thread"] !== undefined) toLatest();
+    var parts = event.detail || {};
+    // htmx wires the controls of what a live update drew (the template picker's redraw)
+    if (window.htmx) Object.keys(parts).forEach(function (id) {
+      var el = document.getElementById(id);
+      if (el) window.htmx.process(el);
+    });
+    if (parts["inbox-thread"] !== undefined) toLatest();
   });
 
   function enhance(root) { connectLive(root); drawCharts(root); }

@@ -1,0 +1,249 @@
+"""The inbox as agents use it, on the real server with its worker and the sandbox: a user answers a
+campaign and the conversation appears without a reload; one agent takes it and answers (the ticks fill in
+as the sandbox reports), a second agent is told who holds it and cannot answer over them; the 24-hour
+window closes (the app's clock moved on) and the reply box offers templates only; the agent resolves it;
+the user writes STOP and the profile beside the thread shows them opted out."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import select
+
+from tests.conftest import basic
+from tests.web.conftest import Site, check_page, shoot, sign_in
+from tidings.accounts.models import Integration
+from tidings.config import SandboxSettings, Settings
+from tidings.conversations.service import save_reply
+from tidings.db import utcnow
+from tidings.delivery.models import Message
+from tidings.profiles.service import ingest
+from tidings.providers.sandbox import SANDBOX_NUMBER
+from tidings.providers.vonage import sign_webhook
+from tidings.secrets import SecretBox
+from tidings.templates.service import create_template
+
+WAIT = 60_000  # ms: through the worker, the sandbox and its webhooks, on a busy machine
+PHONE = "+919810000001"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The sandbox delivers and reads every message and never answers by itself: the user's words are
+    the test's."""
+    sandbox = SandboxSettings(
+        min_latency=0.0,
+        max_latency=0.01,
+        seed="tests",
+        delivery_rate=1,
+        read_rate=1,
+        reply_rate=0,
+        failure_rate=0,
+    )
+    return settings.model_copy(update={"sandbox": sandbox})
+
+
+def user_says(site: Site, box: SecretBox, text: str, answers: str | None = None) -> None:
+    """The user's WhatsApp message, as the sandbox posts it: Vonage's inbound shape, signed with the
+    account's sandbox secret."""
+    with site.db.read() as session:
+        integration = session.get(Integration, site.account.account_id)
+        assert integration is not None
+        secret = str(box.open(integration.secrets)["signature_secret"])
+    payload: dict[str, Any] = {
+        "channel": "whatsapp",
+        "message_uuid": str(uuid.uuid4()),
+        "to": SANDBOX_NUMBER,
+        "from": PHONE.lstrip("+"),
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "profile": {"name": "Asha"},
+        "message_type": "text",
+        "text": text,
+    }
+    if answers:
+        payload["context"] = {"message_uuid": answers, "message_from": SANDBOX_NUMBER}
+    body = json.dumps(payload).encode()
+    headers = {
+        "Authorization": sign_webhook(body, secret, api_key="sandbox"),
+        "Content-Type": "application/json",
+    }
+    answer = httpx.post(
+        f"{site.url}/webhooks/sandbox/{site.account.account_id}/inbound", content=body, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def campaign_sent(site: Site) -> str:
+    """A one-time campaign to Asha, through the API; its message's provider id once the sandbox took it."""
+    auth = basic(site.account)
+    with site.db.session() as session:
+        profile = {"Name": "Asha", "City": "Pune", "Phone": PHONE, "MSG-whatsapp": True}
+        assert not ingest(
+            session,
+            site.account.account_id,
+            [{"type": "profile", "identity": "asha", "profileData": profile}],
+        ).unprocessed
+        template = create_template(
+            session,
+            site.account.account_id,
+            name="shop:sale",
+            body="Hi {{1}}, the sale is on!",
+            category="MARKETING",
+        )
+        create_template(
+            session,
+            site.account.account_id,
+            name="shop:follow_up",
+            body="Hi {{1}}, about your question: {{2}}",
+            category="UTILITY",
+        )
+        save_reply(session, site.account.account_id, "hours", "We are open 9 to 6, Monday to Saturday.")
+        template_id = template.id
+    created = httpx.post(
+        f"{site.url}/api/v1/campaigns",
+        headers=auth,
+        json={"name": "Winter sale", "template_id": template_id, "variables": ["{{ Profile.Name }}"]},
+    )
+    assert created.status_code == 201, created.text
+    deadline = time.monotonic() + WAIT / 1000
+    while time.monotonic() < deadline:
+        with site.db.read() as session:
+            sent = session.scalar(select(Message.provider_message_id).where(Message.state == "read"))
+        if sent:
+            return sent
+        time.sleep(0.1)
+    raise AssertionError("the campaign's message was not read in time")
+
+
+@pytest.fixture
+def second(browser: Browser, site: Site) -> Iterator[Page]:
+    """Another agent, in a browser of their own."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=site.url)
+    page = context.new_page()
+    sign_in(page, site.user("bela@acme.test", "agent"))
+    yield page
+    context.close()
+
+
+def csrf(page: Page) -> str:
+    return page.locator("input[name=csrf_token]").first.get_attribute("value") or ""
+
+
+def test_an_agent_answers_a_campaign_reply(
+    site: Site, box: SecretBox, page: Page, second: Page, tmp_path: Any
+) -> None:
+    provider_id = campaign_sent(site)
+    sign_in(page, site.user("asha.agent@acme.test", "agent"))
+    page.goto("/inbox")
+    expect(page.get_by_role("link", name="Inbox")).to_have_attribute("aria-current", "page")
+    expect(page.locator(".conv-none")).to_be_visible()
+    check_page(page)
+
+    # The user answers the campaign: the conversation appears as New, without a reload.
+    user_says(site, box, "Is the sale still on tomorrow?", answers=provider_id)
+    conv = page.locator(".conv").first
+    expect(conv).to_contain_text("Asha", timeout=WAIT)
+    expect(conv).to_contain_text("Is the sale still on tomorrow?")
+    expect(conv.locator(".badge")).to_have_text("new")
+    expect(page.locator("[data-tab=new] .count")).to_have_text("1")
+    expect(conv.locator(".unread-count")).to_contain_text("1")
+    shoot(page, "inbox", tmp_path)
+
+    # Agent A opens it: the campaign message is marked with its name, the window shows its time left.
+    conv.get_by_role("link").click()
+    conversation_id = int(re.search(r"/inbox/(\d+)", page.url).group(1))  # type: ignore[union-attr]
+    thread = page.locator("#inbox-thread")
+    expect(thread.locator(".from-campaign")).to_contain_text("Campaign · Winter sale")
+    expect(thread.locator(".from-user")).to_contain_text("Is the sale still on tomorrow?")
+    expect(page.locator("#inbox-window")).to_contain_text(re.compile(r"Window open — 23 h 5\d min left"))
+    expect(page.locator("#inbox-profile")).to_contain_text("Winter sale")
+    page.get_by_role("button", name="Take").click()
+    expect(page.locator("#inbox-head .holder")).to_have_text("You hold it")
+
+    # … answers with a saved reply (typed as /hours then Tab), and sees the ticks fill in.
+    box_ = page.get_by_label("Reply", exact=True)
+    box_.fill("Yes! ")
+    box_.press("End")
+    box_.type("/hours")
+    box_.press("Tab")
+    expect(box_).to_have_value("Yes! We are open 9 to 6, Monday to Saturday.")
+    page.get_by_role("button", name="Send", exact=True).click()
+    mine = thread.locator(".from-agent")
+    expect(mine).to_contain_text("We are open 9 to 6")
+    expect(mine.locator(".ticks")).to_have_attribute("data-state", "read", timeout=WAIT)
+    expect(page.locator(".conv").first.locator(".badge")).to_have_text("active")
+    check_page(page)
+
+    # The same form sent twice (its idempotency key) sends one message.
+    key = page.locator("input[name=key]").get_attribute("value") or ""
+    form = {"csrf_token": csrf(page), "key": key, "text": "Anything else?"}
+    for _ in range(2):
+        assert page.request.post(f"/inbox/{conversation_id}/reply", multipart=form).ok
+    expect(thread.locator(".from-agent", has_text="Anything else?")).to_have_count(1, timeout=WAIT)
+
+    # Agent B is told who holds it and may not answer over them; their note shows in A's thread live.
+    second.goto(f"/inbox/{conversation_id}")
+    expect(second.locator("#inbox-head .holder")).to_have_text("Held by asha.agent@acme.test")
+    expect(second.locator(".held")).to_contain_text("asha.agent@acme.test holds this conversation")
+    expect(second.get_by_label("Reply", exact=True)).to_have_count(0)
+    refused = second.request.post(
+        f"/inbox/{conversation_id}/reply", multipart={"csrf_token": csrf(second), "key": "b1", "text": "Hi"}
+    )
+    assert refused.status == 409
+    assert "asha.agent@acme.test holds this conversation" in refused.text()
+    second.get_by_text("Add a private note").click()
+    second.get_by_label("Note (only agents see it)").fill("She asked me yesterday too")
+    second.get_by_role("button", name="Add note").click()
+    expect(thread.locator(".from-note")).to_contain_text("She asked me yesterday too", timeout=WAIT)
+    expect(thread.locator(".from-note")).to_contain_text("Private note · bela@acme.test")
+    shoot(page, "inbox-thread", tmp_path)
+
+    # A day passes: the window closes, and the reply box offers templates only (live, no reload).
+    site.app.state.clock = lambda: utcnow() + timedelta(hours=24, minutes=1)
+    expect(page.locator("#inbox-window")).to_contain_text("Window closed at", timeout=WAIT)
+    expect(page.get_by_label("Reply", exact=True)).to_have_count(0)
+    page.get_by_label("Template").select_option(label="shop:follow_up (en)")
+    expect(page.locator("#template-fields")).to_contain_text("about your question")
+    expect(page.locator("#template-fields input[name=param]")).to_have_count(2)
+    expect(page.locator(".conv").first.locator(".badge")).to_have_text("inactive")
+    check_page(page)
+
+    # A sends free text anyway (a form drawn before the window closed): refused with when it closed.
+    late = page.request.post(
+        f"/inbox/{conversation_id}/reply",
+        multipart={"csrf_token": csrf(page), "key": "late", "text": "Hello?"},
+    )
+    assert late.status == 409 and "window closed at" in late.text()
+
+    # A resolves it.
+    page.get_by_role("button", name="Resolve").click()
+    expect(page.locator("#inbox-head .badge")).to_have_text("resolved")
+    expect(page.locator("[data-tab=resolved] .count")).to_have_text("1")
+
+    # The user writes STOP: opted out; the conversation opens again (A holds it: pending).
+    user_says(site, box, "STOP")
+    profile = page.locator("#inbox-profile")
+    expect(profile.locator(".consent-now")).to_contain_text("MSG-whatsapp: false", timeout=WAIT)
+    expect(profile.locator(".consent-changes")).to_contain_text("in → out")
+    expect(page.locator("#inbox-head .badge")).to_have_text("pending")
+    expect(thread.locator(".from-user").last).to_contain_text("STOP")
+    check_page(page)
+
+
+def test_the_inbox_needs_a_signed_in_user(client: TestClient) -> None:
+    for path in ("/inbox", "/inbox/1", "/inbox/live", "/inbox/media/1"):
+        answer = client.get(path, follow_redirects=False)
+        assert answer.status_code == 303, path
+        assert answer.headers["location"].startswith("/signin?next=%2Finbox"), path
+    refused = client.post("/inbox/1/reply", data={"text": "hi"}, follow_redirects=False)
+    assert refused.status_code == 303 and refused.headers["location"].startswith("/signin")
