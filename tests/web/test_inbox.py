@@ -20,21 +20,28 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
-from tests.conftest import basic
+from tests.conftest import basic, new_account
 from tests.web.conftest import Site, check_page, shoot, sign_in
 from tidings.accounts.models import Integration
+from tidings.accounts.service import NewAccount
 from tidings.config import SandboxSettings, Settings
-from tidings.conversations.service import save_reply
-from tidings.db import utcnow
+from tidings.conversations.models import MediaFile
+from tidings.conversations.service import save_reply, store_media
+from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
 from tidings.profiles.service import ingest
 from tidings.providers.sandbox import SANDBOX_NUMBER
 from tidings.providers.vonage import sign_webhook
 from tidings.secrets import SecretBox
 from tidings.templates.service import create_template
+from tidings.users.service import create_user, start_session
 
 WAIT = 60_000  # ms: through the worker, the sandbox and its webhooks, on a busy machine
 PHONE = "+919810000001"
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360f8cf"
+    "c0f01f0005000201ffa8f5a3b10000000049454e44ae426082"
+)
 
 
 @pytest.fixture
@@ -185,11 +192,24 @@ def test_an_agent_answers_a_campaign_reply(
     check_page(page)
 
     # The same form sent twice (its idempotency key) sends one message.
-    key = page.locator("input[name=key]").get_attribute("value") or ""
-    form = {"csrf_token": csrf(page), "key": key, "text": "Anything else?"}
+    form = {"csrf_token": csrf(page), "key": "twice", "text": "Anything else?"}
     for _ in range(2):
         assert page.request.post(f"/inbox/{conversation_id}/reply", multipart=form).ok
-    expect(thread.locator(".from-agent", has_text="Anything else?")).to_have_count(1, timeout=WAIT)
+    twice = thread.locator(".from-agent", has_text="Anything else?")
+    expect(twice).to_have_count(1, timeout=WAIT)
+    expect(twice.locator(".ticks")).to_have_attribute("data-state", "read", timeout=WAIT)
+
+    # A file, with a caption: kept, sent by link, and served to the account's users.
+    page.get_by_label("Reply", exact=True).fill("Our shop front")
+    page.get_by_label("Attach a file").set_input_files(
+        files=[{"name": "shop.png", "mimeType": "image/png", "buffer": PNG}]
+    )
+    page.get_by_role("button", name="Send", exact=True).click()
+    expect(thread.locator(".from-agent", has_text="Our shop front")).to_contain_text("Image · Our shop front")
+    with site.db.read() as session:
+        media_id = session.scalar(select(MediaFile.id).where(MediaFile.filename == "shop.png"))
+    served = page.request.get(f"/inbox/media/{media_id}")
+    assert served.ok and served.body() == PNG and served.headers["content-type"] == "image/png"
 
     # Agent B is told who holds it and may not answer over them; their note shows in A's thread live.
     second.goto(f"/inbox/{conversation_id}")
@@ -237,6 +257,7 @@ def test_an_agent_answers_a_campaign_reply(
     expect(profile.locator(".consent-changes")).to_contain_text("in → out")
     expect(page.locator("#inbox-head .badge")).to_have_text("pending")
     expect(thread.locator(".from-user").last).to_contain_text("STOP")
+    expect(page.locator(".conv").first.locator(".unread-count")).to_have_count(0)  # read: A has it open
     check_page(page)
 
 
@@ -247,3 +268,28 @@ def test_the_inbox_needs_a_signed_in_user(client: TestClient) -> None:
         assert answer.headers["location"].startswith("/signin?next=%2Finbox"), path
     refused = client.post("/inbox/1/reply", data={"text": "hi"}, follow_redirects=False)
     assert refused.status_code == 303 and refused.headers["location"].startswith("/signin")
+
+
+def test_a_file_is_served_to_its_account_only(
+    client: TestClient, db: Database, box: SecretBox, account: NewAccount
+) -> None:
+    other = new_account(db, box, "Other")
+    with db.session() as session:
+        ours = store_media(session, account.account_id, PNG, "image/png", "a.png").id
+        page = store_media(session, account.account_id, b"<script>x()</script>", "text/html", "a.html").id
+        theirs = store_media(session, other.account_id, PNG, "image/png", "b.png").id
+        user = create_user(
+            session, account.account_id, email="agent@acme.test", role="agent", password="x" * 12
+        )
+        token = start_session(session, user).token
+    client.cookies.set("tidings_session", token)
+    shown = client.get(f"/inbox/media/{ours}")
+    assert shown.status_code == 200 and shown.content == PNG
+    assert shown.headers["content-type"] == "image/png"
+    assert shown.headers["x-content-type-options"] == "nosniff"
+    assert shown.headers["content-security-policy"].startswith("sandbox")
+    # anything but a picture, a video or a sound is downloaded, never shown as a page of the site
+    downloaded = client.get(f"/inbox/media/{page}")
+    assert downloaded.headers["content-type"] == "application/octet-stream"
+    assert downloaded.headers["content-disposition"] == 'attachment; filename="a.html"'
+    assert client.get(f"/inbox/media/{theirs}").status_code == 404

@@ -21,21 +21,24 @@ from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tidings.bounds import Id
+from tidings.campaigns.models import Campaign
 from tidings.campaigns.service import list_campaigns
 from tidings.conversations import service as conversations
 from tidings.conversations.models import Conversation, MediaFile, State
 from tidings.conversations.service import Agent, Filters, Reply
 from tidings.db import utcnow
+from tidings.delivery.models import Message
 from tidings.deps import Db, get_settings
 from tidings.errors import ApiError
 from tidings.profiles.models import Profile
 from tidings.profiles.service import consent_history
-from tidings.templates.service import list_templates
+from tidings.templates.models import Template
+from tidings.templates.service import list_templates, render_body
 from tidings.users.models import Role
 from tidings.users.service import list_users
 from tidings.web.auth import SIGNED_IN_PAGES, CurrentViewer, Viewer
@@ -181,10 +184,12 @@ def _thread_context(
         holder = next((u.email for u in users if u.id == conversation.assignee_id), None) or "another user"
     templates = list_templates(session, account_id, status="APPROVED")
     saved = conversations.saved_replies(session, account_id)
+    items = conversations.thread(session, conversation, limit=THREAD_LINES)
     return {
         "conversation": conversation,
         "state": conversations.state_of(conversation, at),
-        "items": conversations.thread(session, conversation, limit=THREAD_LINES),
+        "items": items,
+        "bodies": _campaign_bodies(session, account_id, [i.id for i in items if i.who == "campaign"]),
         "profile": profile,
         "properties": sorted((profile.properties or {}).items())[:PROPERTIES] if profile else [],
         "changes": consent_history(session, account_id, profile.identity, CHANGES)[0] if profile else [],
@@ -204,6 +209,20 @@ def _thread_context(
         "saved_map": {s.shortcut: s.text for s in saved},
         "key": secrets.token_urlsafe(16),  # the reply's idempotency key: a double submit sends once
     }
+
+
+def _campaign_bodies(session: Session, account_id: str, message_ids: list[int]) -> dict[int, str]:
+    """What the campaign messages of a thread said: their template's body with the values they were sent
+    with (the thread itself names the campaign only)."""
+    if not message_ids:
+        return {}
+    rows = session.execute(
+        select(Message.id, Message.params, Template.body)
+        .join(Campaign, Campaign.id == Message.campaign_id)
+        .join(Template, Template.id == func.coalesce(Message.template_id, Campaign.template_id))
+        .where(Message.id.in_(message_ids), Message.account_id == account_id)
+    )
+    return {i: render_body(body, params or []) for i, params, body in rows}
 
 
 def _page(
@@ -485,7 +504,8 @@ async def inbox_live(
     """Server-sent events for the page (``data-live``): every second, the conversations changed since the
     last look (``changed_since``) redraw the tabs and the list; the open thread is redrawn when it changed,
     when one of its messages' ticks moved (``outbound_states``) or when the minute turned (the window's
-    time left). Only the parts whose HTML changed are sent (``update``). The reply box is sent again only
+    time left); what the user writes while the thread is open is read (as opening it does). Only the parts
+    whose HTML changed are sent (``update``). The reply box is sent again only
     when what it offers changes (window closed, taken by another), so that a half-written answer stays."""
     chosen = _chosen(request)
 
@@ -507,15 +527,21 @@ async def inbox_live(
         items = context.get("items", [])
         return found, {i.id: i.state or "" for i in items if i.who in ("agent", "campaign")}
 
-    def moved(since: datetime, ticks: dict[int, str]) -> bool:
-        """Did anything shown change since ``since``: a conversation, or a tick of the open thread?"""
+    def moved(since: datetime, ticks: dict[int, str]) -> tuple[bool, bool]:
+        """Did anything shown change since ``since`` (a conversation, or a tick of the open thread), and
+        was the open conversation among the conversations changed?"""
         with db.read() as session:
-            changed = bool(conversations.changed_since(session, viewer.account.id, since))
+            changed = conversations.changed_since(session, viewer.account.id, since)
             if c is None or changed:
-                return changed
+                return bool(changed), c in changed
             conversation = conversations.get_conversation(session, viewer.account.id, c)
             states = conversations.outbound_states(session, conversation, list(ticks))
-        return changed or states != ticks
+        return states != ticks, False
+
+    def read_open() -> None:
+        assert c is not None
+        with db.session() as session:
+            conversations.open_conversation(session, viewer.account.id, c)
 
     at = now(request)
     first = await run_in_threadpool(snapshot, at)  # a conversation not found is a 404, not a stream
@@ -541,12 +567,14 @@ async def inbox_live(
                 return
             await asyncio.sleep(LIVE_TICK)
             polled = utcnow()
-            stale = await run_in_threadpool(moved, looked, ticks)
+            stale, opened = await run_in_threadpool(moved, looked, ticks)
             looked = polled - timedelta(seconds=2)
             when = now(request)
             turned = when.replace(second=0, microsecond=0) != minute
             if stale or turned:
                 minute = when.replace(second=0, microsecond=0)
+                if opened:  # the agent has the thread open: what arrives is read
+                    await run_in_threadpool(read_open)
                 found, ticks = await run_in_threadpool(snapshot, when)
 
     return StreamingResponse(
