@@ -23,8 +23,10 @@ from sqlalchemy import select
 from tests.conftest import basic
 from tests.web.conftest import Site
 from tidings import web
-from tidings.db import Base
+from tidings.conversations import service as conversations
+from tidings.db import Base, utcnow
 from tidings.errors import _api_routes  # the app's routes, those of included routers too
+from tidings.providers.base import InboundReply
 from tidings.users import service as users
 from tidings.users.models import Role
 from tidings.web.auth import SESSION_COOKIE, csrf_for
@@ -36,7 +38,7 @@ def needed(method: str, path: str) -> Role:
     """The role a page route needs, by the URL map: the account's settings (not the templates, which
     marketers keep) are an admin's; a "new" or "edit" form and every change a marketer's; anything else
     any signed-in user may look at; signing out is anyone's."""
-    if path == "/signout":
+    if path == "/signout" or path.startswith("/inbox"):  # agents answer conversations
         return Role.agent
     if path.startswith("/settings/") and not path.startswith("/settings/whatsapp/templates"):
         return Role.admin
@@ -89,7 +91,16 @@ def ids(site: Site) -> dict[str, str]:
         )
         user = made("/api/v1/users", {"email": "someone@acme.test", "role": "agent", "password": "x" * 12})
         key = made("/api/v1/api-keys", {"name": "CRM", "role": "marketer"})
+    with site.db.session() as session:
+        said = InboundReply("wamid.1", "+919800000001", utcnow(), text="Hello")
+        conversations.record_inbound(session, site.account.account_id, "sandbox", said)
+        conversation = conversations.conversation_by_phone(session, site.account.account_id, "+919800000001")
+        assert conversation is not None
+        media = conversations.store_media(session, site.account.account_id, b"GIF89a", "image/gif", None)
+        conversation_id, media_id = conversation.id, media.id
     return {
+        "conversation_id": str(conversation_id),
+        "media_id": str(media_id),
         "campaign_id": str(campaign["id"]),
         "segment_id": str(segment["id"]),
         "template_id": str(template["id"]),
