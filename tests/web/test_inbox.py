@@ -18,23 +18,25 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Page, expect
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import basic, new_account
 from tests.web.conftest import Site, check_page, shoot, sign_in
 from tidings.accounts.models import Integration
 from tidings.accounts.service import NewAccount
 from tidings.config import SandboxSettings, Settings
-from tidings.conversations.models import MediaFile
-from tidings.conversations.service import save_reply, store_media
+from tidings.conversations.models import InboundMessage, MediaFile
+from tidings.conversations.service import conversation_by_phone, record_inbound, save_reply, store_media
 from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
 from tidings.profiles.service import ingest
+from tidings.providers.base import InboundReply
 from tidings.providers.sandbox import SANDBOX_NUMBER
 from tidings.providers.vonage import sign_webhook
 from tidings.secrets import SecretBox
 from tidings.templates.service import create_template
 from tidings.users.service import create_user, start_session
+from tidings.web.auth import SESSION_COOKIE, csrf_for
 
 WAIT = 60_000  # ms: through the worker, the sandbox and its webhooks, on a busy machine
 PHONE = "+919810000001"
@@ -293,3 +295,91 @@ def test_a_file_is_served_to_its_account_only(
     assert downloaded.headers["content-type"] == "application/octet-stream"
     assert downloaded.headers["content-disposition"] == 'attachment; filename="a.html"'
     assert client.get(f"/inbox/media/{theirs}").status_code == 404
+
+
+def said(db: Database, account: NewAccount, text: str, **more: Any) -> int:
+    """A user's message recorded as a webhook would (no server needed): its conversation's id."""
+    reply = InboundReply(f"wamid.{uuid.uuid4()}", PHONE, utcnow(), text=text, **more)
+    with db.session() as session:
+        record_inbound(session, account.account_id, "sandbox", reply)
+        conversation = conversation_by_phone(session, account.account_id, PHONE)
+        assert conversation is not None
+        return conversation.id
+
+
+def session_of(db: Database, account: NewAccount, email: str, role: str) -> tuple[dict[str, str], str, int]:
+    """The Cookie header of a new session of a new user, its CSRF token and the user's id."""
+    with db.session() as session:
+        user = create_user(session, account.account_id, email=email, role=role, password="p" * 12)
+        token = start_session(session, user).token
+        return {"Cookie": f"{SESSION_COOKIE}={token}"}, csrf_for(token), user.id
+
+
+def test_an_admin_assigns_and_the_list_filters(client: TestClient, db: Database, account: NewAccount) -> None:
+    conversation_id = said(db, account, "Where is my order?")
+    admin, admin_csrf, _ = session_of(db, account, "boss@acme.test", "admin")
+    agent, agent_csrf, agent_id = session_of(db, account, "cara@acme.test", "agent")
+    page = client.get(f"/inbox/{conversation_id}", headers=admin)
+    assert page.status_code == 200 and "Assign to" in page.text
+    assert "Assign to" not in client.get(f"/inbox/{conversation_id}", headers=agent).text  # an admin's
+
+    form = {"csrf_token": admin_csrf, "assignee": str(agent_id), "back": "state=new"}
+    given = client.post(f"/inbox/{conversation_id}/assign", data=form, headers=admin, follow_redirects=False)
+    assert given.status_code == 303 and given.headers["location"] == f"/inbox/{conversation_id}?state=new"
+    mine = client.get("/inbox?assignee=mine", headers=agent).text
+    assert "Where is my order?" in mine and "You hold it" not in mine  # (no thread open)
+    assert "Where is my order?" not in client.get("/inbox?assignee=none", headers=agent).text
+    assert "Where is my order?" in client.get("/inbox?q=order", headers=agent).text
+    assert "Where is my order?" not in client.get("/inbox?q=refund", headers=agent).text
+    assert "Where is my order?" not in client.get("/inbox?state=resolved", headers=agent).text
+
+    labelled = {"csrf_token": agent_csrf, "labels": "Shipping, vip"}
+    client.post(f"/inbox/{conversation_id}/labels", data=labelled, headers=agent, follow_redirects=False)
+    assert "Where is my order?" in client.get("/inbox?label=vip", headers=agent).text
+    assert "Where is my order?" not in client.get("/inbox?label=refund", headers=agent).text
+
+    # The agent who holds it answers; the admin's answer over them is theirs to give, an agent's is not.
+    other, other_csrf, _ = session_of(db, account, "dev@acme.test", "agent")
+    refused = client.post(
+        f"/inbox/{conversation_id}/resolve",
+        data={"csrf_token": other_csrf},
+        headers=other,
+        follow_redirects=False,
+    )
+    assert refused.status_code == 409 and "cara@acme.test holds this conversation" in refused.text
+    resolved = client.post(
+        f"/inbox/{conversation_id}/resolve",
+        data={"csrf_token": admin_csrf},
+        headers=admin,
+        follow_redirects=False,
+    )
+    assert resolved.status_code == 303
+
+
+def test_what_users_send_is_shown(client: TestClient, db: Database, account: NewAccount) -> None:
+    said(db, account, "Here is the place", kind="location", data={"latitude": 18.52, "longitude": 73.85})
+    said(db, account, "", kind="reaction", data={"emoji": "❤️", "message_id": "x"})
+    conversation_id = said(db, account, "The receipt", kind="image")
+    with db.session() as session:
+        kept = store_media(session, account.account_id, PNG, "image/png", None)
+        doc = store_media(session, account.account_id, b"%PDF-1.4", "application/pdf", "bill.pdf")
+        session.execute(
+            update(InboundMessage).where(InboundMessage.text == "The receipt").values(media_id=kept.id)
+        )
+        session.add(
+            InboundMessage(
+                account_id=account.account_id,
+                from_phone=PHONE,
+                provider="sandbox",
+                provider_message_id="wamid.doc",
+                kind="document",
+                media_id=doc.id,
+                received_at=utcnow(),
+            )
+        )
+    agent, _, _ = session_of(db, account, "cara@acme.test", "agent")
+    page = client.get(f"/inbox/{conversation_id}", headers=agent).text
+    assert f'src="/inbox/media/{kept.id}"' in page
+    assert f'href="/inbox/media/{doc.id}" download' in page
+    assert "18.52, 73.85" in page
+    assert "Reacted ❤️" in page
