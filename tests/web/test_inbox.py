@@ -6,12 +6,12 @@ the user writes STOP and the profile beside the thread shows them opted out."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -31,8 +31,7 @@ from tidings.db import Database, utcnow
 from tidings.delivery.models import Message
 from tidings.profiles.service import ingest
 from tidings.providers.base import InboundReply
-from tidings.providers.sandbox import SANDBOX_NUMBER
-from tidings.providers.vonage import sign_webhook
+from tidings.providers.sandbox import user_says_blocking, webhook_base_url
 from tidings.secrets import SecretBox
 from tidings.templates.service import create_template
 from tidings.users.service import create_user, start_session
@@ -62,34 +61,17 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"sandbox": sandbox})
 
 
-def user_says(site: Site, box: SecretBox, text: str, answers: str | None = None) -> None:
-    """The user's WhatsApp message, as the sandbox posts it: Vonage's inbound shape, signed with the
-    account's sandbox secret."""
+def user_says(site: Site, box: SecretBox, text: str, **more: Any) -> str:
+    """Asha writes to the business, as the sandbox posts it (``sandbox.user_says``: Vonage's inbound
+    shape, signed with the account's sandbox secret). Run in a thread of its own: Playwright's sync API
+    holds this thread's event loop."""
     with site.db.read() as session:
         integration = session.get(Integration, site.account.account_id)
         assert integration is not None
         secret = str(box.open(integration.secrets)["signature_secret"])
-    payload: dict[str, Any] = {
-        "channel": "whatsapp",
-        "message_uuid": str(uuid.uuid4()),
-        "to": SANDBOX_NUMBER,
-        "from": PHONE.lstrip("+"),
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "profile": {"name": "Asha"},
-        "message_type": "text",
-        "text": text,
-    }
-    if answers:
-        payload["context"] = {"message_uuid": answers, "message_from": SANDBOX_NUMBER}
-    body = json.dumps(payload).encode()
-    headers = {
-        "Authorization": sign_webhook(body, secret, api_key="sandbox"),
-        "Content-Type": "application/json",
-    }
-    answer = httpx.post(
-        f"{site.url}/webhooks/sandbox/{site.account.account_id}/inbound", content=body, headers=headers
-    )
-    assert answer.status_code == 200, answer.text
+    base = webhook_base_url(site.url, site.account.account_id)
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(user_says_blocking, base, secret, PHONE, text, **more).result()
 
 
 def campaign_sent(site: Site) -> str:
@@ -159,7 +141,7 @@ def test_an_agent_answers_a_campaign_reply(
     check_page(page)
 
     # The user answers the campaign: the conversation appears as New, without a reload.
-    user_says(site, box, "Is the sale still on tomorrow?", answers=provider_id)
+    user_says(site, box, "Is the sale still on tomorrow?", context=provider_id)
     conv = page.locator(".conv").first
     expect(conv).to_contain_text("Asha", timeout=WAIT)
     expect(conv).to_contain_text("Is the sale still on tomorrow?")
@@ -178,6 +160,14 @@ def test_an_agent_answers_a_campaign_reply(
     expect(page.locator("#inbox-profile")).to_contain_text("Winter sale")
     page.get_by_role("button", name="Take").click()
     expect(page.locator("#inbox-head .holder")).to_have_text("You hold it")
+
+    # Asha sends a photo: the worker fetches it from the sandbox, and it shows in the thread.
+    user_says(site, box, "the dent", media_kind="image")
+    photo = thread.locator(".from-user img.bubble-image")
+    expect(photo).to_be_visible(timeout=WAIT)
+    expect(photo).to_have_js_property("complete", True)
+    assert photo.evaluate("img => img.naturalWidth") > 0
+    expect(thread.locator(".from-user").last).to_contain_text("the dent")
 
     # … answers with a saved reply (typed as /hours then Tab), and sees the ticks fill in.
     box_ = page.get_by_label("Reply", exact=True)
