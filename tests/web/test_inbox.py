@@ -337,6 +337,22 @@ def test_an_admin_assigns_and_the_list_filters(client: TestClient, db: Database,
         follow_redirects=False,
     )
     assert refused.status_code == 409 and "cara@acme.test holds this conversation" in refused.text
+    # A refused answer keeps what was written.
+    long = "a" * 4100
+    too_long = client.post(
+        f"/inbox/{conversation_id}/reply", data={"csrf_token": agent_csrf, "text": long}, headers=agent
+    )
+    assert too_long.status_code == 422 and "at most 4096 characters" in too_long.text
+    assert f">{long}</textarea>" in too_long.text
+    # An admin takes it over from whoever holds it, and may resolve it.
+    taken = client.post(
+        f"/inbox/{conversation_id}/take",
+        data={"csrf_token": admin_csrf},
+        headers=admin,
+        follow_redirects=False,
+    )
+    assert taken.status_code == 303
+    assert "You hold it" in client.get(f"/inbox/{conversation_id}", headers=admin).text
     resolved = client.post(
         f"/inbox/{conversation_id}/resolve",
         data={"csrf_token": admin_csrf},

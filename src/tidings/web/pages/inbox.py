@@ -233,6 +233,7 @@ def _page(
     conversation_id: int | None,
     *,
     error: str | None = None,
+    draft: str = "",
     status: int = 200,
 ) -> Response:
     at = now(request)
@@ -247,6 +248,7 @@ def _page(
     context |= {
         "title": "Inbox",
         "error": error,
+        "draft": draft,
         "campaigns": campaigns,
         "people": people,
         "live_url": "/inbox/live?" + urlencode({**dict(parse_qsl(chosen.query())), **live}),
@@ -300,6 +302,7 @@ def _act(
     conversation_id: int,
     back: str,
     action: Callable[[Session], object],
+    draft: str = "",
 ) -> Response:
     """Do ``action`` in one unit of work and go back to the thread; a refusal (another agent holds it,
     the window has closed, a missing value) is shown on the page, nothing changed."""
@@ -310,7 +313,9 @@ def _act(
     except ApiError as exc:
         if exc.status == 404:
             raise
-        return _page(request, viewer, db, chosen, conversation_id, error=exc.message, status=exc.status)
+        return _page(
+            request, viewer, db, chosen, conversation_id, error=exc.message, draft=draft, status=exc.status
+        )
     query = chosen.query()
     return RedirectResponse(f"/inbox/{conversation_id}" + (f"?{query}" if query else ""), status_code=303)
 
@@ -323,8 +328,16 @@ def take(request: Request, viewer: CurrentViewer, db: Db, conversation_id: Id, b
         db,
         conversation_id,
         back,
-        lambda s: conversations.take(s, viewer.account.id, conversation_id, _agent(viewer)),
+        lambda s: _take(s, viewer, conversation_id),
     )
+
+
+def _take(session: Session, viewer: Viewer, conversation_id: int) -> Conversation:
+    """Take it: an agent only when nobody holds it (``take``), an admin over whoever does (``assign``)."""
+    agent = _agent(viewer)
+    if agent.admin:
+        return conversations.assign(session, viewer.account.id, conversation_id, viewer.user.id, agent)
+    return conversations.take(session, viewer.account.id, conversation_id, agent)
 
 
 @router.post("/inbox/{conversation_id:int}/assign")
@@ -448,7 +461,7 @@ async def reply(
             now=at,
         )
 
-    return await run_in_threadpool(_act, request, viewer, db, conversation_id, back, send)
+    return await run_in_threadpool(_act, request, viewer, db, conversation_id, back, send, text)
 
 
 # --- files -------------------------------------------------------------------------------------------------
