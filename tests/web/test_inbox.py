@@ -36,6 +36,7 @@ from tidings.secrets import SecretBox
 from tidings.templates.service import create_template
 from tidings.users.service import create_user, start_session
 from tidings.web.auth import SESSION_COOKIE, csrf_for
+from tidings.web.pages.inbox import LIST_PAGE
 
 WAIT = 60_000  # ms: through the worker, the sandbox and its webhooks, on a busy machine
 PHONE = "+919810000001"
@@ -389,3 +390,16 @@ def test_what_users_send_is_shown(client: TestClient, db: Database, account: New
     assert f'href="/inbox/media/{doc.id}" download' in page
     assert "18.52, 73.85" in page
     assert "Reacted ❤️" in page
+
+
+def test_the_list_shows_a_page_then_more(client: TestClient, db: Database, account: NewAccount) -> None:
+    with db.session() as session:
+        for i in range(LIST_PAGE + 1):
+            said = InboundReply(f"wamid.{i}", f"+9198200{i:05d}", utcnow(), text=f"Message {i}")
+            record_inbound(session, account.account_id, "sandbox", said)
+    agent, _, _ = session_of(db, account, "cara@acme.test", "agent")
+    first = client.get("/inbox?state=new", headers=agent).text
+    assert first.count('class="conv ') == LIST_PAGE
+    assert 'href="/inbox?state=new&amp;shown=100">Show more conversations' in first
+    more = client.get("/inbox?state=new&shown=100", headers=agent).text
+    assert more.count('class="conv ') == LIST_PAGE + 1 and "Show more" not in more

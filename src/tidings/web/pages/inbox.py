@@ -47,7 +47,8 @@ from tidings.web.render import env, render
 router = APIRouter(include_in_schema=False, dependencies=[SIGNED_IN_PAGES])
 
 TABS = (State.new, State.pending, State.active, State.inactive, State.resolved)
-LIST_PAGE = 50
+LIST_PAGE = 50  # conversations the list shows, and how many more "Show more" adds
+LIST_MAX = 500
 THREAD_LINES = 200
 PROPERTIES = 15  # the profile panel's properties at most
 CHANGES = 5  # consent changes shown beside the thread
@@ -64,7 +65,7 @@ THREAD_PARTS = {
     "inbox-profile": "inbox/_profile.html",
     "inbox-composer": "inbox/_composer.html",
 }
-FILTER_KEYS = ("state", "campaign", "assignee", "label", "q")
+FILTER_KEYS = ("state", "campaign", "assignee", "label", "q", "shown")
 
 
 def now(request: Request) -> datetime:
@@ -85,6 +86,7 @@ class Chosen:
     assignee: str = ""  # "", "mine", "none" or a user id
     label: str = ""
     q: str = ""
+    shown: str = ""  # how many conversations the list shows, when more than a page
 
     @classmethod
     def of(cls, params: dict[str, str]) -> Chosen:
@@ -95,7 +97,12 @@ class Chosen:
             assignee=_assignee_value(params.get("assignee", "")),
             label=params.get("label", "").strip()[:40],
             q=params.get("q", "").strip()[:120],
+            shown=_shown_value(params.get("shown", "")),
         )
+
+    @property
+    def limit(self) -> int:
+        return int(self.shown) if self.shown else LIST_PAGE
 
     def query(self, **changed: str) -> str:
         values = {k: getattr(self, k) for k in FILTER_KEYS} | changed
@@ -116,6 +123,14 @@ class Chosen:
             label=self.label or None,
             q=self.q or None,
         )
+
+
+def _shown_value(raw: str) -> str:
+    """A multiple of the page up to ``LIST_MAX`` ("" for one page)."""
+    if not raw.isdigit() or len(raw) > 4:
+        return ""
+    pages = min(int(raw), LIST_MAX) // LIST_PAGE
+    return str(pages * LIST_PAGE) if pages > 1 else ""
 
 
 def _assignee_value(raw: str) -> str:
@@ -145,15 +160,18 @@ def left(delta: timedelta) -> str:
 
 def _list_context(session: Session, viewer: Viewer, chosen: Chosen, at: datetime) -> dict[str, Any]:
     account_id = viewer.account.id
+    listed = conversations.list_conversations(
+        session, account_id, chosen.filters(viewer), now=at, limit=chosen.limit + 1
+    )
+    more = len(listed) > chosen.limit and chosen.limit < LIST_MAX
     return {
         "viewer": viewer,
         "tz": viewer.account.timezone or None,
         "chosen": chosen,
         "tabs": TABS,
         "counts": conversations.counts(session, account_id, now=at),
-        "listed": conversations.list_conversations(
-            session, account_id, chosen.filters(viewer), now=at, limit=LIST_PAGE
-        ),
+        "listed": listed[: chosen.limit],
+        "more": chosen.query(shown=str(chosen.limit + LIST_PAGE)) if more else None,
     }
 
 
