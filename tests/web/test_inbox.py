@@ -198,9 +198,11 @@ def test_an_agent_answers_a_campaign_reply(
         files=[{"name": "shop.png", "mimeType": "image/png", "buffer": PNG}]
     )
     page.get_by_role("button", name="Send", exact=True).click()
-    expect(thread.locator(".from-agent", has_text="Our shop front")).to_contain_text("Image · Our shop front")
+    sent_file = thread.locator(".from-agent", has_text="Our shop front").locator("img.bubble-image")
+    expect(sent_file).to_be_visible(timeout=WAIT)  # shown inline, as the user's photos are
     with site.db.read() as session:
         media_id = session.scalar(select(MediaFile.id).where(MediaFile.filename == "shop.png"))
+    expect(sent_file).to_have_attribute("src", f"/inbox/media/{media_id}")
     served = page.request.get(f"/inbox/media/{media_id}")
     assert served.ok and served.body() == PNG and served.headers["content-type"] == "image/png"
 

@@ -614,7 +614,12 @@ def reply(
             if file is None:
                 raise NotFound(f"file {answer.media_id}")
             kind = media_kind(file.mime_type)
-            media = {"kind": kind, "url": f"{public_url}/media/{file.token}", "filename": file.filename}
+            media = {
+                "kind": kind,
+                "url": f"{public_url}/media/{file.token}",
+                "filename": file.filename,
+                "id": file.id,
+            }
             text = text or ""
         if text is None or (not text and media is None):
             raise Invalid("write a message, attach a file, or choose a template", code="empty_reply")
@@ -913,6 +918,7 @@ def thread(session: Session, conversation: Conversation, *, limit: int = 200) ->
                     out.id,
                     state=out.state,
                     author=author or "Tidings",
+                    media_id=(out.media or {}).get("id"),
                     error=out.error_detail if out.state in ("failed", "skipped") else None,
                 )
             )
