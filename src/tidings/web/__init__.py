@@ -14,6 +14,7 @@ from tidings.web.pages import (
     campaigns,
     inbox,
     profiles,
+    saved_replies,
     segments,
     settings,
     signin,
@@ -31,6 +32,7 @@ PAGE_ROUTERS = [
     settings.router,
     whatsapp.settings_router,
     whatsapp.templates_router,
+    saved_replies.router,  # before the inbox: /inbox/saved-replies is not a conversation
     inbox.router,
 ]
 
