@@ -98,10 +98,12 @@ def ids(site: Site) -> dict[str, str]:
         assert conversation is not None
         conversation.unread = 0  # (opening it then marks nothing: the worker's read mark would race)
         media = conversations.store_media(session, site.account.account_id, b"GIF89a", "image/gif", None)
-        conversation_id, media_id = conversation.id, media.id
+        saved = conversations.save_reply(session, site.account.account_id, "hours", "Open 9 to 6.")
+        conversation_id, media_id, saved_reply_id = conversation.id, media.id, saved.id
     return {
         "conversation_id": str(conversation_id),
         "media_id": str(media_id),
+        "saved_reply_id": str(saved_reply_id),
         "campaign_id": str(campaign["id"]),
         "segment_id": str(segment["id"]),
         "template_id": str(template["id"]),
