@@ -9,7 +9,8 @@ by ``GET/PATCH /api/v1/account`` and used when planning and sending; stored as i
              "timezone": "account" | "user",                # "user": the profile's Tz property, else account
              "action": "drop" | "delay"},                   # drop the message, or send when DND ends
      "keywords": {"es": {"opt_out": ["BAJA"], "opt_in": ["ALTA"]}},   # see conversations.keywords
-     "consent_replies": {"enabled": true, "opt_out": "…", "opt_in": "…"}}  # the confirmation sent
+     "consent_replies": {"enabled": true, "opt_out": "…", "opt_in": "…"},  # the confirmation sent
+     "reply_attribution_hours": 24}   # a reply without context counts for a campaign message this long
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ class Rules(BaseModel):
     consent_replies: ConsentReplies = Field(
         default=ConsentReplies(),
         description="The confirmation sent after STOP or START by message (may be turned off).",
+    )
+    reply_attribution_hours: StrictInt = Field(
+        default=24,
+        ge=1,
+        le=720,
+        description="A reply that quotes no message counts as a reply to the latest campaign message sent "
+        "to that number at most this many hours before (1-720, default 24).",
     )
 
     @property

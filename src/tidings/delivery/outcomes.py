@@ -15,6 +15,7 @@ from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from tidings.db import cast_table
+from tidings.delivery import system_events
 from tidings.delivery.claims import Claimed
 from tidings.delivery.models import Message, PendingStatus
 from tidings.delivery.statuses import apply_statuses, status_from_json
@@ -92,6 +93,7 @@ def record_attempts(
             failed.append({**row, "_reason": reason, "_detail": detail})
     guard = and_(table.c.id == bindparam("_id"), table.c.state == "sending")
     if sent:
+        _record_sent(session, [row["_id"] for row in sent], now)
         session.execute(
             update(table)
             .where(table.c.id == bindparam("_id"))
@@ -163,6 +165,14 @@ def record_attempts(
         )
     if sent:
         _apply_pending(session, [(a.claimed.account_id, a.provider, a.result) for a in attempts if a.result])
+
+
+def _record_sent(session: Session, ids: list[int], now: datetime) -> None:
+    """``Notification Sent`` for the campaign rows the provider accepted that are still ``sending`` (one
+    that a status webhook moved first recorded it then), read locked before the UPDATE moves them."""
+    rows = system_events.locked_rows(session, ids)
+    moves = [(system_events.ledger(row), system_events.steps(row.state, "sent"), now) for row in rows]
+    system_events.record(session, [move for move in moves if move[0].state == "sending"])
 
 
 def _apply_pending(session: Session, sent: Iterable[tuple[str, str, SendResult]]) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import Row, String, bindparam, func, insert, literal_column, sel
 from sqlalchemy.orm import Session
 
 from tidings.db import cast_table, utcnow
+from tidings.delivery import system_events
 from tidings.delivery.models import Message, PendingStatus
 from tidings.providers.base import Status, StatusUpdate
 
@@ -100,10 +101,18 @@ def _fits(update_: StatusUpdate) -> bool:
 
 
 def _rows_by(column: str) -> Any:
-    """The lookup of ``_find_rows``, built once (Core, an expanding IN): the hot path only binds values."""
+    """The lookup of ``_find_rows``, built once (Core, an expanding IN): the hot path only binds values.
+    The rows are locked as the UPDATE would lock them (``FOR NO KEY UPDATE`` on PostgreSQL, in id order),
+    so that the state read is the one the UPDATE moves from: the system events of a move are recorded by
+    exactly one transaction."""
     table = cast_table(Message.__table__)
-    columns = (table.c.id, table.c.account_id, table.c.state, table.c.provider_message_id)
-    return select(*columns).where(table.c[column].in_(bindparam("_keys", expanding=True)))
+    columns = (*system_events.LEDGER_COLUMNS, table.c.provider_message_id)
+    return (
+        select(*columns)
+        .where(table.c[column].in_(bindparam("_keys", expanding=True)))
+        .order_by(table.c.id)
+        .with_for_update(key_share=True)
+    )
 
 
 _ROWS_BY_ID, _ROWS_BY_PID = _rows_by("id"), _rows_by("provider_message_id")
@@ -118,6 +127,7 @@ class _Rows:
     by_id: dict[tuple[str, int], int]  # (account, ledger id) → row
     by_pid: dict[tuple[str, str], int]  # (account, provider's message id) → row
     account: dict[int, str]
+    ledger: dict[int, system_events.Ledger]
 
     def find(self, account_id: str, update_: StatusUpdate) -> int | None:
         ledger_id = _ledger_id(update_)
@@ -149,6 +159,7 @@ def _find_rows(session: Session, items: Sequence[tuple[str, str, StatusUpdate]])
         by_id={(row.account_id, row.id): row.id for row in found},
         by_pid={(row.account_id, row.provider_message_id): row.id for row in found},
         account={row.id: row.account_id for row in found},
+        ledger={row.id: system_events.ledger(row) for row in found},
     )
 
 
@@ -175,6 +186,7 @@ def apply_statuses(
     rows = _find_rows(session, [items[i] for i in wanted])
     batches: dict[Status, list[dict[str, Any]]] = {}
     unmatched: list[dict[str, Any]] = []
+    moves: list[tuple[system_events.Ledger, tuple[str, ...], datetime]] = []
     for i in sorted(wanted, key=lambda i: _STATUS_ORDER[items[i][2].status]):
         account_id, provider, update_ = items[i]
         row_id = rows.find(account_id, update_)
@@ -194,6 +206,9 @@ def apply_statuses(
         sources, target = _FORWARD[update_.status]
         if rows.state[row_id] not in sources:
             continue
+        moves.append(
+            (rows.ledger[row_id], system_events.steps(rows.state[row_id], target), update_.timestamp)
+        )
         rows.move(row_id, target, update_.provider_message_id)
         outcomes[i] = "applied"
         params: dict[str, Any] = {
@@ -207,6 +222,7 @@ def apply_statuses(
         batches.setdefault(update_.status, []).append(params)
     for status in sorted(batches, key=_STATUS_ORDER.__getitem__):
         session.execute(_STATUS_UPDATES[status], batches[status])
+    system_events.record(session, moves)
     if unmatched and keep_unmatched:
         session.execute(insert(PendingStatus), unmatched)
     return outcomes

@@ -913,6 +913,26 @@ def _insert_events(
     return ids
 
 
+# CleverTap's system events of a channel's subscription: the profile opted in to WhatsApp, or out.
+SUBSCRIBED = "Channel Subscribed"
+UNSUBSCRIBED = "Channel Unsubscribed"
+
+
+def consent_events(
+    changes: Sequence[tuple[int, bool | None, bool]], source: ConsentSource, actor: str | None, now: datetime
+) -> list[tuple[int, str, dict[str, Any], datetime]]:
+    """The events of these consent changes, as ``_insert_events`` takes them: ``Channel Subscribed`` or
+    ``Channel Unsubscribed`` with the channel, the new ``MSG-whatsapp``, its source and who made it, at
+    the change's time — so that segments and triggers can use a change of consent like any event."""
+    rows = []
+    for profile_id, _old, new in changes:
+        properties: dict[str, Any] = {"Channel": "WhatsApp", WHATSAPP: new, "Source": source.value}
+        if actor:
+            properties["Actor"] = actor[:254]
+        rows.append((profile_id, SUBSCRIBED if new else UNSUBSCRIBED, properties, now))
+    return rows
+
+
 def record_consent(
     session: Session,
     account_id: str,
@@ -922,9 +942,11 @@ def record_consent(
     now: datetime,
 ) -> None:
     """Keep (profile id, old value or None for a new profile, new value) changes of ``MSG-whatsapp`` in
-    the consent history, in one statement (an executemany)."""
+    the consent history, in one statement (an executemany), and on each profile as an event
+    (``consent_events``)."""
     if not changes:
         return
+    _insert_events(session, account_id, consent_events(changes, source, actor, now), now)
     session.execute(
         insert(_CONSENT),
         [

@@ -20,15 +20,14 @@ from tidings.profiles.models import Event
 from tidings.stats.reasons import explain, split
 
 
-def _counts(rows: list[tuple[str, str | None, int, int]]) -> dict[str, Any]:
-    """Sent, Errors, Delivered, Read, Control group, Replied from (state, reason, count, replies) rows.
-    Every ledger row is in exactly one of sent / errors / control_group / pending."""
+def _counts(rows: list[tuple[str, str | None, int]], replied: int = 0) -> dict[str, Any]:
+    """Sent, Errors, Delivered, Read, Control group from (state, reason, count) rows, and Replied as
+    given (the users who replied: ``_replied``). Every ledger row is in exactly one of sent / errors /
+    control_group / pending."""
     by_state: dict[str, int] = {}
     errors_by_reason: dict[str, int] = {}
-    replied = 0
-    for state, reason, count, replies in rows:
+    for state, reason, count in rows:
         by_state[state] = by_state.get(state, 0) + count
-        replied += replies
         if state in ("skipped", "failed"):
             key = reason or state
             errors_by_reason[key] = errors_by_reason.get(key, 0) + count
@@ -132,26 +131,40 @@ def _error_groups(rows: list[tuple[str, str | None, int]]) -> dict[str, list[dic
     return {"unreached": listed(groups["skipped"]), "failed": listed(groups["failed"])}
 
 
+def _replied(session: Session, campaign_id: int) -> tuple[int, dict[int | None, int]]:
+    """Replied: the users who replied to the campaign, each once however many times they wrote and
+    however many of its messages (a triggered campaign's occurrences) they answered — in total and per
+    variant. A replied message is ``read`` (``conversations.attribution.mark_replied``), so both counts
+    read only the campaign's read rows, from its (campaign, state) index."""
+    replied = (Message.campaign_id == campaign_id, Message.state == "read", Message.replied_at.is_not(None))
+    total = session.scalar(select(func.count(func.distinct(Message.profile_id))).where(*replied))
+    per_variant = session.execute(
+        select(Message.variant_id, func.count(func.distinct(Message.profile_id)))
+        .where(*replied)
+        .group_by(Message.variant_id)
+    ).all()
+    return int(total or 0), {variant_id: int(count) for variant_id, count in per_variant}
+
+
 def campaign_stats(session: Session, campaign_id: int) -> dict[str, Any]:
     rows = session.execute(
-        select(
-            Message.variant_id, Message.state, Message.reason, func.count(), func.count(Message.replied_at)
-        )
+        select(Message.variant_id, Message.state, Message.reason, func.count())
         .where(Message.campaign_id == campaign_id)
         .group_by(Message.variant_id, Message.state, Message.reason)
     ).all()
-    result = _counts([(state, reason, count, replies) for _v, state, reason, count, replies in rows])
+    replied, replied_by_variant = _replied(session, campaign_id)
+    result = _counts([(state, reason, count) for _v, state, reason, count in rows], replied)
     result["funnel"] = _funnel(result)
-    result["errors_grouped"] = _error_groups(
-        [(state, reason, count) for _v, state, reason, count, _r in rows]
-    )
+    result["errors_grouped"] = _error_groups([(state, reason, count) for _v, state, reason, count in rows])
     keys = dict(
         session.execute(
             select(CampaignVariant.id, CampaignVariant.key).where(CampaignVariant.campaign_id == campaign_id)
         ).all()
     )
     result["variants"] = {
-        key: _counts([(s, r, c, rp) for v, s, r, c, rp in rows if v == variant_id])
+        key: _counts(
+            [(s, r, c) for v, s, r, c in rows if v == variant_id], replied_by_variant.get(variant_id, 0)
+        )
         for variant_id, key in sorted(keys.items(), key=lambda kv: kv[1])
     }
     campaign = session.get(Campaign, campaign_id)
@@ -181,19 +194,31 @@ def campaign_timeline(
     session: Session, campaign_id: int, bucket: Bucket, tz: ZoneInfo
 ) -> list[dict[str, Any]]:
     """Sends, deliveries, reads and replies per hour or per day in the zone ``tz`` (the account's), the
-    oldest first; buckets with nothing are left out.
+    oldest first; buckets with nothing are left out. Replies count users, each at their first reply
+    (the timeline's replies add up to the stats' Replied).
 
     One aggregate query over the campaign's rows counts each series per UTC quarter hour (grouped in SQL,
     the same on SQLite and PostgreSQL); the few quarter hours are then put in the zone's hours or days here,
     which is exact for every zone, with its summer time, as no zone is offset by less than a quarter hour."""
     parts = []
     for name, column in SERIES.items():
+        if name == "replied":
+            continue
         slot = _slot(session, column).label("slot")
         parts.append(
             select(literal(name).label("series"), slot, func.count())
             .where(Message.campaign_id == campaign_id, column.is_not(None))
             .group_by(slot)
         )
+    # Replied counts users, as in the stats: each user once, at their first reply to the campaign.
+    first = (
+        select(func.min(Message.replied_at).label("at"))
+        .where(Message.campaign_id == campaign_id, Message.state == "read", Message.replied_at.is_not(None))
+        .group_by(Message.profile_id)
+        .subquery()
+    )
+    slot = _slot(session, first.c.at).label("slot")
+    parts.append(select(literal("replied").label("series"), slot, func.count()).group_by(slot))
     totals: dict[datetime, dict[str, int]] = {}
     for series, slot, count in session.execute(union_all(*parts)).all():
         local = datetime.fromtimestamp(int(slot) * SLOT_SECONDS, UTC).astimezone(tz)
@@ -216,9 +241,9 @@ def list_figures(session: Session, campaign_ids: list[int]) -> dict[int, dict[st
         .where(Message.campaign_id.in_(campaign_ids))
         .group_by(Message.campaign_id, Message.state)
     ).all()
-    by_campaign: dict[int | None, list[tuple[str, str | None, int, int]]] = {}
+    by_campaign: dict[int | None, list[tuple[str, str | None, int]]] = {}
     for campaign_id, state, count in rows:
-        by_campaign.setdefault(campaign_id, []).append((state, None, count, 0))
+        by_campaign.setdefault(campaign_id, []).append((state, None, count))
     figures = {}
     for campaign_id in campaign_ids:
         if campaign_id in by_campaign:
