@@ -252,7 +252,17 @@ def test_the_openapi_document_describes_every_rule(client: TestClient) -> None:
     assert not {"scheduled_at", "conversion_event", "conversion_window_hours"} & out
     # The account's engagement rules.
     rules = schemas["Rules"]["properties"]
-    assert set(rules) == {"system_control_group_pct", "frequency_cap", "dnd", "keywords"}
+    assert set(rules) == {
+        "system_control_group_pct",
+        "frequency_cap",
+        "dnd",
+        "keywords",
+        "reply_attribution_hours",
+    }
+    assert (rules["reply_attribution_hours"]["minimum"], rules["reply_attribution_hours"]["maximum"]) == (
+        1,
+        720,
+    )
     assert schemas["FrequencyCap"]["properties"]["hours"]["maximum"] == 8760
     assert set(schemas["Dnd"]["properties"]["action"]["enum"]) == {"drop", "delay"}
     assert "LanguageKeywords" in schemas
