@@ -257,6 +257,7 @@ def test_the_openapi_document_describes_every_rule(client: TestClient) -> None:
         "frequency_cap",
         "dnd",
         "keywords",
+        "consent_replies",
         "reply_attribution_hours",
     }
     assert (rules["reply_attribution_hours"]["minimum"], rules["reply_attribution_hours"]["maximum"]) == (
