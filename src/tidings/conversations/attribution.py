@@ -75,5 +75,5 @@ def mark_replied(session: Session, message_id: int, at: datetime) -> bool:
     )
     if row.replied_at is None:
         names = (*system_events.steps(row.state, "read"), system_events.REPLIED)
-        system_events.record(session, [(system_events.ledger(row), names, at)])
+        system_events.record(session, [(row.id, row.campaign_id, names)])
     return True

@@ -93,7 +93,7 @@ def record_attempts(
             failed.append({**row, "_reason": reason, "_detail": detail})
     guard = and_(table.c.id == bindparam("_id"), table.c.state == "sending")
     if sent:
-        _record_sent(session, [row["_id"] for row in sent], now)
+        _record_sent(session, [a for a in attempts if a.kind == "accepted"], now)
         session.execute(
             update(table)
             .where(table.c.id == bindparam("_id"))
@@ -167,12 +167,12 @@ def record_attempts(
         _apply_pending(session, [(a.claimed.account_id, a.provider, a.result) for a in attempts if a.result])
 
 
-def _record_sent(session: Session, ids: list[int], now: datetime) -> None:
-    """``Notification Sent`` for the campaign rows the provider accepted that are still ``sending`` (one
-    that a status webhook moved first recorded it then), read locked before the UPDATE moves them."""
-    rows = system_events.locked_rows(session, ids)
-    moves = [(system_events.ledger(row), system_events.steps(row.state, "sent"), now) for row in rows]
-    system_events.record(session, [move for move in moves if move[0].state == "sending"])
+def _record_sent(session: Session, attempts: Sequence[Attempt], now: datetime) -> None:
+    """``Notification Sent`` for the campaign rows the provider accepted that are still ``sending`` (a
+    row a status webhook moved first recorded it then): one ``INSERT … SELECT`` guarded by the state,
+    before the UPDATE moves them."""
+    moves = [(a.claimed.id, a.claimed.campaign_id, (system_events.SENT,)) for a in attempts]
+    system_events.record(session, moves, guard="sending", now=now)
 
 
 def _apply_pending(session: Session, sent: Iterable[tuple[str, str, SendResult]]) -> None:

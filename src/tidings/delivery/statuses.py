@@ -106,7 +106,13 @@ def _rows_by(column: str) -> Any:
     so that the state read is the one the UPDATE moves from: the system events of a move are recorded by
     exactly one transaction."""
     table = cast_table(Message.__table__)
-    columns = (*system_events.LEDGER_COLUMNS, table.c.provider_message_id)
+    columns = (
+        table.c.id,
+        table.c.account_id,
+        table.c.campaign_id,
+        table.c.state,
+        table.c.provider_message_id,
+    )
     return (
         select(*columns)
         .where(table.c[column].in_(bindparam("_keys", expanding=True)))
@@ -127,7 +133,7 @@ class _Rows:
     by_id: dict[tuple[str, int], int]  # (account, ledger id) → row
     by_pid: dict[tuple[str, str], int]  # (account, provider's message id) → row
     account: dict[int, str]
-    ledger: dict[int, system_events.Ledger]
+    campaign: dict[int, int | None]
 
     def find(self, account_id: str, update_: StatusUpdate) -> int | None:
         ledger_id = _ledger_id(update_)
@@ -159,7 +165,7 @@ def _find_rows(session: Session, items: Sequence[tuple[str, str, StatusUpdate]])
         by_id={(row.account_id, row.id): row.id for row in found},
         by_pid={(row.account_id, row.provider_message_id): row.id for row in found},
         account={row.id: row.account_id for row in found},
-        ledger={row.id: system_events.ledger(row) for row in found},
+        campaign={row.id: row.campaign_id for row in found},
     )
 
 
@@ -186,7 +192,7 @@ def apply_statuses(
     rows = _find_rows(session, [items[i] for i in wanted])
     batches: dict[Status, list[dict[str, Any]]] = {}
     unmatched: list[dict[str, Any]] = []
-    moves: list[tuple[system_events.Ledger, tuple[str, ...], datetime]] = []
+    moves: list[system_events.Move] = []
     for i in sorted(wanted, key=lambda i: _STATUS_ORDER[items[i][2].status]):
         account_id, provider, update_ = items[i]
         row_id = rows.find(account_id, update_)
@@ -206,9 +212,8 @@ def apply_statuses(
         sources, target = _FORWARD[update_.status]
         if rows.state[row_id] not in sources:
             continue
-        moves.append(
-            (rows.ledger[row_id], system_events.steps(rows.state[row_id], target), update_.timestamp)
-        )
+        steps = system_events.steps(rows.state[row_id], target)
+        moves.append((row_id, rows.campaign[row_id], steps))
         rows.move(row_id, target, update_.provider_message_id)
         outcomes[i] = "applied"
         params: dict[str, Any] = {

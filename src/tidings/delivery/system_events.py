@@ -15,11 +15,11 @@ status never both record it. Only campaign messages have them: an agent's reply 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select
+from sqlalchemy import Row, String, bindparam, case, cast, func, insert, literal_column, select
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
@@ -44,30 +44,10 @@ def steps(old_state: str, new_state: str) -> tuple[str, ...]:
     return _STEPS[_RANK.get(old_state, 0) : _RANK.get(new_state, 0)]
 
 
-@dataclass(frozen=True)
-class Ledger:
-    """What a system event needs of its ledger row."""
-
-    id: int
-    account_id: str
-    profile_id: int
-    campaign_id: int | None
-    variant_id: int | None
-    state: str
-
-
 _TABLE = cast_table(Message.__table__)
-LEDGER_COLUMNS = (
-    _TABLE.c.id,
-    _TABLE.c.account_id,
-    _TABLE.c.profile_id,
-    _TABLE.c.campaign_id,
-    _TABLE.c.variant_id,
-    _TABLE.c.state,
-)
 # The rows to move, locked as the UPDATE would lock them, in id order (two writers lock in one order).
 _LOCKED = (
-    select(*LEDGER_COLUMNS, _TABLE.c.replied_at)
+    select(_TABLE.c.id, _TABLE.c.campaign_id, _TABLE.c.state, _TABLE.c.replied_at)
     .where(_TABLE.c.id.in_(bindparam("_ids", expanding=True)))
     .order_by(_TABLE.c.id)
     .with_for_update(key_share=True)
@@ -75,61 +55,102 @@ _LOCKED = (
 
 
 def locked_rows(session: Session, ids: Iterable[int]) -> list[Row[Any]]:
-    """The ledger rows ``ids`` (id, account, profile, campaign, variant, state, replied_at), locked for
-    this transaction: their state is the one the transaction's UPDATE will move from."""
+    """The ledger rows ``ids`` (id, campaign_id, state, replied_at), locked for this transaction: their
+    state is the one the transaction's UPDATE will move from."""
     keys = sorted(set(ids))
     return list(session.connection().execute(_LOCKED, {"_ids": keys})) if keys else []
 
 
-def ledger(row: Any) -> Ledger:
-    return Ledger(row.id, row.account_id, row.profile_id, row.campaign_id, row.variant_id, row.state)
-
-
-def record(session: Session, moves: Sequence[tuple[Ledger, Sequence[str], datetime]]) -> int:
-    """Insert the system events of these moves — (row, event names, time) — in one executemany, with
-    the campaign's id, name and type, the variant and the channel as properties (CleverTap's names).
-    Rows of no campaign are left out. Returns how many were recorded."""
-    moves = [(row, names, ts) for row, names, ts in moves if names and row.campaign_id is not None]
-    if not moves:
-        return 0
-    campaign_ids = {row.campaign_id for row, _, _ in moves}
-    campaigns = {
-        c.id: (c.name, c.kind)
-        for c in session.execute(
-            select(Campaign.id, Campaign.name, Campaign.kind).where(Campaign.id.in_(campaign_ids))
-        )
-    }
-    variant_ids = {row.variant_id for row, _, _ in moves if row.variant_id is not None}
-    variants: dict[int, str] = (
-        {
-            v.id: v.key
-            for v in session.execute(
-                select(CampaignVariant.id, CampaignVariant.key).where(CampaignVariant.id.in_(variant_ids))
-            )
-        }
-        if variant_ids
-        else {}
+def _properties(dialect: str, campaigns: Any, variants: Any) -> Any:
+    """The event's properties built by the database from the campaign's and variant's rows (CleverTap's
+    names; no ``Variant`` for a campaign of one template)."""
+    build = func.jsonb_build_object if dialect == "postgresql" else func.json_object
+    common = (
+        ("Campaign id", campaigns.c.id),
+        ("Campaign name", campaigns.c.name),
+        ("Campaign type", campaigns.c.kind),
     )
-    now = utcnow()
-    rows = []
-    for row, names, ts in moves:
-        assert row.campaign_id is not None
-        name, kind = campaigns.get(row.campaign_id, ("", ""))
-        properties: dict[str, Any] = {"Campaign id": row.campaign_id, "Campaign name": name}
-        properties["Campaign type"] = kind
-        if row.variant_id is not None and row.variant_id in variants:
-            properties["Variant"] = variants[row.variant_id]
-        properties["Channel"] = CHANNEL
-        for event in names:
-            rows.append(
-                {
-                    "account_id": row.account_id,
-                    "profile_id": row.profile_id,
-                    "name": event,
-                    "properties": properties,
-                    "ts": ts,
-                    "created_at": now,
-                }
+
+    def of(*pairs: tuple[str, Any]) -> Any:
+        return build(*(part for key, value in pairs for part in (_constant(key), value)))
+
+    return case(
+        (variants.c.key.is_(None), of(*common, ("Channel", _constant(CHANNEL)))),
+        else_=of(*common, ("Variant", variants.c.key), ("Channel", _constant(CHANNEL))),
+    )
+
+
+def _constant(text: str) -> Any:
+    """A constant string written into the statement (ours, without quotes): no parameter of unknown type."""
+    assert "'" not in text
+    return literal_column(f"'{text}'", String())
+
+
+def _param(dialect: str, name: str, type_: Any) -> Any:
+    """A parameter of the SELECT list, typed on PostgreSQL (which cannot tell a bare one's type); SQLite
+    takes it as it comes (a CAST there would change a time into a number)."""
+    param = bindparam(name, type_=type_)
+    return cast(param, type_) if dialect == "postgresql" else param
+
+
+# The ledger column that holds each event's time once the row has passed that step (set with the status's
+# time, or the reply's, by the UPDATE that moved it; a step skipped gets the later step's time).
+_COLUMN = {SENT: "sent_at", DELIVERED: "delivered_at", VIEWED: "read_at", REPLIED: "replied_at"}
+
+
+@lru_cache(maxsize=32)
+def _insert(dialect: str, name: str, guard: str | None) -> Any:
+    """``INSERT INTO events … SELECT`` the event ``name`` of the ledger rows ``_ids`` joined to their
+    campaign (rows of no campaign have none) and variant, at the row's time of that step (``_now`` when
+    it has none yet), built once per database and event. ``guard``: only the rows in that state, locked
+    (``FOR NO KEY UPDATE`` on PostgreSQL) so that a transaction moving one meanwhile is waited for and
+    then seen."""
+    events = cast_table(Event.__table__)
+    campaigns = cast_table(Campaign.__table__)
+    variants = cast_table(CampaignVariant.__table__)
+    now = _param(dialect, "_now", events.c.created_at.type)
+    source = (
+        select(
+            _TABLE.c.account_id,
+            _TABLE.c.profile_id,
+            _constant(name),
+            _properties(dialect, campaigns, variants),
+            func.coalesce(_TABLE.c[_COLUMN[name]], now),
+            now,
+        )
+        .select_from(
+            _TABLE.join(campaigns, campaigns.c.id == _TABLE.c.campaign_id).outerjoin(
+                variants, variants.c.id == _TABLE.c.variant_id
             )
-    session.execute(insert(cast_table(Event.__table__)), rows)
-    return len(rows)
+        )
+        .where(_TABLE.c.id.in_(bindparam("_ids", expanding=True)))
+    )
+    if guard is not None:
+        source = source.where(_TABLE.c.state == guard).with_for_update(of=_TABLE, key_share=True)
+    columns = ["account_id", "profile_id", "name", "properties", "ts", "created_at"]
+    return insert(events).from_select(columns, source)
+
+
+Move = tuple[int, int | None, Sequence[str]]  # ledger id, its campaign, the events of its move
+
+
+def record(
+    session: Session, moves: Sequence[Move], *, guard: str | None = None, now: datetime | None = None
+) -> None:
+    """Insert the system events of these moves, one ``INSERT … SELECT`` per event name (the campaign's
+    id, name and type and the variant taken from their rows, the time from the ledger row: no lookup,
+    no JSON built here). Called after the UPDATE that moved the rows, so that their times are set; with
+    ``guard``, before it, for the rows still in that state (see ``_insert``), at ``now`` (the time the
+    UPDATE will set). Rows of no campaign have none."""
+    ids: dict[str, list[int]] = {}
+    for row_id, campaign_id, names in moves:
+        if campaign_id is not None:
+            for name in names:
+                ids.setdefault(name, []).append(row_id)
+    if not ids:
+        return
+    dialect = session.get_bind().dialect.name
+    now = now or utcnow()
+    for name in NAMES:
+        if name in ids:
+            session.execute(_insert(dialect, name, guard), {"_ids": ids[name], "_now": now})
