@@ -923,7 +923,8 @@ def consent_events(
 ) -> list[tuple[int, str, dict[str, Any], datetime]]:
     """The events of these consent changes, as ``_insert_events`` takes them: ``Channel Subscribed`` or
     ``Channel Unsubscribed`` with the channel, the new ``MSG-whatsapp``, its source and who made it, at
-    the change's time — so that segments and triggers can use a change of consent like any event."""
+    the change's time — so that segments and conversion goals can use a change of consent like any
+    event. (They are not uploaded events: no live trigger fires on them.)"""
     rows = []
     for profile_id, _old, new in changes:
         properties: dict[str, Any] = {"Channel": "WhatsApp", WHATSAPP: new, "Source": source.value}
