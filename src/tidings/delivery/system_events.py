@@ -19,7 +19,20 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Row, String, bindparam, case, cast, func, insert, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    String,
+    any_,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from tidings.campaigns.models import Campaign, CampaignVariant
@@ -86,6 +99,14 @@ def _constant(text: str) -> Any:
     return literal_column(f"'{text}'", String())
 
 
+def _ids(dialect: str) -> Any:
+    """The rows ``_ids``: ``id = ANY(:_ids)`` (one array parameter) on PostgreSQL, an expanding IN on
+    SQLite (measured cheaper there than an executemany of ``id = :_id``)."""
+    if dialect == "postgresql":
+        return _TABLE.c.id == any_(bindparam("_ids", type_=ARRAY(BigInteger())))
+    return _TABLE.c.id.in_(bindparam("_ids", expanding=True))
+
+
 def _param(dialect: str, name: str, type_: Any) -> Any:
     """A parameter of the SELECT list, typed on PostgreSQL (which cannot tell a bare one's type); SQLite
     takes it as it comes (a CAST there would change a time into a number)."""
@@ -123,7 +144,7 @@ def _insert(dialect: str, name: str, guard: str | None) -> Any:
                 variants, variants.c.id == _TABLE.c.variant_id
             )
         )
-        .where(_TABLE.c.id.in_(bindparam("_ids", expanding=True)))
+        .where(_ids(dialect))
     )
     if guard is not None:
         source = source.where(_TABLE.c.state == guard).with_for_update(of=_TABLE, key_share=True)
