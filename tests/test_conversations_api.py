@@ -253,6 +253,7 @@ def test_files_go_up_by_the_api_and_out_by_their_public_link(
         "kind": "image",
         "url": f"http://127.0.0.1:9/media/{token}",
         "filename": "photo.png",
+        "id": media["id"],
     }
     public = client.get(f"/media/{token}")
     assert public.status_code == 200 and public.content == png

@@ -13,9 +13,11 @@ from playwright.sync_api import Browser, Page, expect
 from tests.web.conftest import Site, check_page, shoot, sign_in
 from tidings.accounts.models import Account
 from tidings.accounts.service import update_account
+from tidings.campaigns.rules import ConsentReplies
 from tidings.users import service as users
 
 KEYWORDS = {"es": {"opt_out": ["BAJA"], "opt_in": ["ALTA"]}}
+DEFAULT_CONVERSATIONS = {"reply_attribution_hours": 24, "consent_replies": ConsentReplies().model_dump()}
 
 
 def test_the_account_settings_are_saved_and_each_error_is_shown_next_to_its_field(
@@ -56,6 +58,7 @@ def test_the_account_settings_are_saved_and_each_error_is_shown_next_to_its_fiel
             "frequency_cap": {"max": 3, "hours": 168},
             "dnd": {"start": "22:00", "end": "08:00", "timezone": "account", "action": "drop"},
             "keywords": KEYWORDS,
+            **DEFAULT_CONVERSATIONS,
         }
     expect(page.get_by_label("Within hours")).to_have_value("168")  # read back
     check_page(page)
@@ -70,7 +73,26 @@ def test_the_account_settings_are_saved_and_each_error_is_shown_next_to_its_fiel
     expect(page.get_by_role("status")).to_contain_text("Saved")
     with site.db.read() as session:
         saved = session.get_one(Account, site.account.account_id).settings
-    assert saved == {"system_control_group_pct": 3, "keywords": KEYWORDS}
+    assert saved == {"system_control_group_pct": 3, "keywords": KEYWORDS, **DEFAULT_CONVERSATIONS}
+
+    # Conversations: how long a reply counts for a campaign, and the STOP / START confirmation.
+    page.get_by_label("Reply attribution window (hours)").fill("0")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.locator("#e-reply_attribution_hours")).to_contain_text("greater than or equal to 1")
+    page.get_by_label("Reply attribution window (hours)").fill("48")
+    page.get_by_label("Confirm STOP and START with one message").uncheck()
+    page.get_by_label("After STOP").fill("Done: no more messages. START to come back.")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("status")).to_contain_text("Saved")
+    with site.db.read() as session:
+        saved = session.get_one(Account, site.account.account_id).settings
+    assert saved["reply_attribution_hours"] == 48
+    assert saved["consent_replies"] == {
+        **ConsentReplies().model_dump(),
+        "enabled": False,
+        "opt_out": "Done: no more messages. START to come back.",
+    }
+    expect(page.get_by_label("Confirm STOP and START with one message")).not_to_be_checked()
 
 
 def _id_of(site: Site, email: str) -> int:

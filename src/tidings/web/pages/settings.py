@@ -46,7 +46,7 @@ def _next_to_field(exc: ApiError, fields: dict[str, str]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ account
 
 # The form's field for each part of ``Rules`` (a pydantic error's ``loc``, joined by "_").
-_RULE_FIELDS = {"frequency_cap": "cap", "dnd": "dnd"}
+_RULE_FIELDS = {"frequency_cap": "cap", "dnd": "dnd", "consent_replies": "reply"}
 
 
 def _account_values(timezone: str, rules: Rules) -> dict[str, Any]:
@@ -60,6 +60,10 @@ def _account_values(timezone: str, rules: Rules) -> dict[str, Any]:
         "dnd_end": dnd.end.strftime("%H:%M") if dnd else "",
         "dnd_timezone": dnd.timezone if dnd else "account",
         "dnd_action": dnd.action if dnd else "delay",
+        "reply_attribution_hours": rules.reply_attribution_hours,
+        "confirm_consent": rules.consent_replies.enabled,
+        "reply_opt_out": rules.consent_replies.opt_out,
+        "reply_opt_in": rules.consent_replies.opt_in,
     }
 
 
@@ -103,6 +107,10 @@ def save_account_settings(
     dnd_end: Annotated[str, Form(max_length=8)] = "",
     dnd_timezone: Annotated[str, Form(max_length=16)] = "account",
     dnd_action: Annotated[str, Form(max_length=16)] = "delay",
+    reply_attribution_hours: Annotated[str, Form(max_length=8)] = "24",
+    confirm_consent: Annotated[str, Form(max_length=8)] = "",
+    reply_opt_out: Annotated[str, Form(max_length=2000)] = "",
+    reply_opt_in: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     """The time zone and the rules, replaced as a whole (an empty frequency cap or DND: none); the
     account's consent keywords, which this page does not show, are kept."""
@@ -115,8 +123,20 @@ def save_account_settings(
         "dnd_end": dnd_end,
         "dnd_timezone": dnd_timezone,
         "dnd_action": dnd_action,
+        "reply_attribution_hours": reply_attribution_hours,
+        "confirm_consent": bool(confirm_consent),
+        "reply_opt_out": reply_opt_out,
+        "reply_opt_in": reply_opt_in,
     }
-    given: dict[str, Any] = {"system_control_group_pct": _integer(system_control_group_pct)}
+    given: dict[str, Any] = {
+        "system_control_group_pct": _integer(system_control_group_pct),
+        "reply_attribution_hours": _integer(reply_attribution_hours),
+        "consent_replies": {
+            "enabled": bool(confirm_consent),
+            "opt_out": reply_opt_out.strip(),
+            "opt_in": reply_opt_in.strip(),
+        },
+    }
     cap = {k: _integer(v) for k, v in (("max", cap_max), ("hours", cap_hours)) if v.strip()}
     if cap:
         given["frequency_cap"] = cap
