@@ -327,3 +327,13 @@ def test_every_consent_change_is_an_event_with_its_source(
             )
         )
         assert set(events) == times
+
+
+def test_the_dashboards_pickers_offer_the_system_events(db: Database, account: NewAccount) -> None:
+    from tidings.web.pages.segments import suggestions
+
+    with db.read() as session:
+        offered = suggestions(session, account.account_id)
+    assert {*system_events.NAMES, profiles.SUBSCRIBED, profiles.UNSUBSCRIBED} <= set(offered["events"])
+    lists = dict(offered["per_event"])
+    assert "Campaign id" in lists[offered["event_lists"]["Notification Viewed"]]

@@ -96,6 +96,7 @@ def test_mixed_batch_reports_every_code_and_keeps_the_good_records(
         p("bad-optin", {"MSG-whatsapp": "yes"}),  # 17 → 512
         e("good-1", "Charged", {"Amount": 4}, ts="1468208340"),  # 18 good, ts as a string of digits
         p("good-2", {"Name": "Jill"}, ts=1468308340),  # 19 good
+        e("good-1", "Notification Viewed", {"Campaign id": 1}),  # 20 → 513: Tidings records it itself
     ]
     body = upload(client, account, records)
     expected = {
@@ -115,6 +116,7 @@ def test_mixed_batch_reports_every_code_and_keeps_the_good_records(
         14: 512,
         15: 512,
         17: 512,
+        20: 513,
     }
     got = {}
     for failure in body["unprocessed"]:

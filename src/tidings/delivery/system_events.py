@@ -46,6 +46,7 @@ VIEWED = "Notification Viewed"
 REPLIED = "Notification Replied"
 NAMES = (SENT, DELIVERED, VIEWED, REPLIED)
 CHANNEL = "WhatsApp"
+PROPERTIES = ("Campaign id", "Campaign name", "Campaign type", "Variant", "Channel")  # what each carries
 
 _STEPS = (SENT, DELIVERED, VIEWED)
 _RANK = {"sent": 1, "delivered": 2, "read": 3}  # the steps a state has passed; earlier states none

@@ -80,6 +80,7 @@ from sqlalchemy.sql import Select
 
 from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.db import UTCDateTime, is_postgres, utcnow
+from tidings.delivery import system_events
 from tidings.delivery.models import Message
 from tidings.delivery.send_rules import skip_not_opted_in
 from tidings.errors import Invalid, NotFound
@@ -119,6 +120,7 @@ class ConsentSource(StrEnum):
 
 # CleverTap's per-record codes.
 MISSING_EVENT_NAME = 509
+RESTRICTED_SYSTEM_EVENT = 513
 BAD_STRUCTURE = 512
 INVALID_PHONE = 516
 MISSING_IDENTITY = 523
@@ -256,6 +258,10 @@ def _parse(index: int, record: Any, now: datetime) -> _ProfileRecord | _EventRec
     if not isinstance(name, str) or not name.strip():
         raise RecordError(
             MISSING_EVENT_NAME, f"{where}: 'evtName' is mandatory for an event (a non-empty string)"
+        )
+    if name.strip() in SYSTEM_EVENTS:
+        raise RecordError(
+            RESTRICTED_SYSTEM_EVENT, f"{where}: {name.strip()!r} is a system event: Tidings records it itself"
         )
     _utf8_len(where, "'evtName'", name)
     if len(name) > MAX_EVENT_NAME_CHARS:
@@ -916,6 +922,23 @@ def _insert_events(
 # CleverTap's system events of a channel's subscription: the profile opted in to WhatsApp, or out.
 SUBSCRIBED = "Channel Subscribed"
 UNSUBSCRIBED = "Channel Unsubscribed"
+
+# The events Tidings records itself, with their properties: the dashboard's pickers offer them next to the
+# uploaded ones, and an upload may not name them (CleverTap's 513, restricted system event).
+SYSTEM_EVENTS: dict[str, tuple[str, ...]] = {
+    **{name: system_events.PROPERTIES for name in system_events.NAMES},
+    SUBSCRIBED: ("Channel", WHATSAPP, "Source", "Actor"),
+    UNSUBSCRIBED: ("Channel", WHATSAPP, "Source", "Actor"),
+}
+
+
+def event_catalogue(catalogue: PropertyCatalogue) -> dict[str, list[str]]:
+    """Every event a segment or a goal may name, with its properties: the uploaded ones and the system
+    events."""
+    merged = {name: set(props) for name, (_, props) in catalogue.events.items()}
+    for name, props in SYSTEM_EVENTS.items():
+        merged.setdefault(name, set()).update(props)
+    return {name: sorted(props) for name, props in sorted(merged.items())}
 
 
 def consent_events(

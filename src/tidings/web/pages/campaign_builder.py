@@ -456,7 +456,7 @@ def _catalogue(session: Any, account_id: str) -> dict[str, Any]:
     catalogue = profiles.property_catalogue(session, account_id)
     return {
         "profile_properties": sorted(catalogue.profile),
-        "events": {name: sorted(props) for name, (_, props) in sorted(catalogue.events.items())},
+        "events": profiles.event_catalogue(catalogue),
     }
 
 

@@ -551,16 +551,17 @@ def apply_action(builder: Builder, action: str) -> None:
 
 
 def suggestions(session: Session, account_id: str) -> dict[str, Any]:
-    """Names to pick from, from the catalogue the upload keeps: the account's profile properties, event
-    names, each event's properties (``event_lists``: event name → the id of its datalist) and those of
-    every event (for a filter whose event is not known yet)."""
+    """Names to pick from, from the catalogue the upload keeps (and the system events): the account's
+    profile properties, event names, each event's properties (``event_lists``: event name → the id of
+    its datalist) and those of every event (for a filter whose event is not known yet)."""
     catalogue = profiles.property_catalogue(session, account_id)
-    events = sorted(catalogue.events)
+    per_event = profiles.event_catalogue(catalogue)
+    events = list(per_event)
     return {
         "profile_properties": sorted(catalogue.profile),
         "events": events,
-        "event_properties": sorted({name for _, names in catalogue.events.values() for name in names}),
-        "per_event": [(f"seg-ep-{i}", sorted(catalogue.events[e][1])) for i, e in enumerate(events)],
+        "event_properties": sorted({name for names in per_event.values() for name in names}),
+        "per_event": [(f"seg-ep-{i}", per_event[e]) for i, e in enumerate(events)],
         "event_lists": {event: f"seg-ep-{i}" for i, event in enumerate(events)},
     }
 
