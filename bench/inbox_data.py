@@ -292,13 +292,13 @@ def _rows(
                 _stamp(created),
             )
         )
-        state = "new" if cid == long_one else rnd.choices(states, weights)[0]
+        state = "pending" if cid == long_one else rnd.choices(states, weights)[0]
         recent = rnd.random() < 0.35
         last_inbound = now - timedelta(hours=rnd.random() * (24 if recent else 24 * 30))
         n_inbound = sizes.long_thread if cid == long_one else 1 + int(rnd.random() ** 2 * 5)
         spacing = timedelta(minutes=1 + rnd.random() * 90)
         first_inbound = last_inbound - spacing * (n_inbound - 1)
-        campaign_id = rnd.choice(campaign_ids[-12:]) if rnd.random() < 0.6 else None
+        campaign_id = rnd.choice(campaign_ids[-12:]) if cid == long_one or rnd.random() < 0.6 else None
         assignee = None
         if state != "new" or rnd.random() < 0.3:
             assignee = agents[min(len(agents) - 1, int(rnd.random() ** 1.5 * len(agents)))]

@@ -32,10 +32,9 @@ class Conversation(Base):
     __tablename__ = "conversations"
     __table_args__ = (
         UniqueConstraint("account_id", "phone", name="uq_conversations_phone"),
-        # The tabs: a state's conversations, the oldest waiting (then the latest) first.
-        Index("ix_conversations_queue", "account_id", "state", "waiting_since", "last_message_at"),
         Index("ix_conversations_recent", "account_id", "last_message_at", "id"),
-        Index("ix_conversations_assignee", "account_id", "assignee_id", "state"),
+        # The tabs' counts, from the index alone: per state, and the active ones whose window is open.
+        Index("ix_conversations_tabs", "account_id", "state", "last_inbound_at", "unread"),
         # What changed since a live page last looked.
         Index("ix_conversations_changed", "account_id", "changed_at"),
     )
@@ -64,6 +63,22 @@ class Conversation(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+def _inbox_order(*leading: Any) -> tuple[Any, ...]:
+    """Index columns that read a list in the inbox's order (``service.list_conversations``: the oldest
+    waiting first, then the latest message first) after ``leading`` equalities, so that a page of 50 is
+    the index's first 50 entries instead of a sort of every conversation the filter keeps."""
+    c = Conversation.__table__.c
+    return (*leading, c.waiting_since.is_(None), c.waiting_since, c.last_message_at.desc(), c.id.desc())
+
+
+_c = Conversation.__table__.c
+# Every conversation (the default tab, and filters by label, campaign or words), a state's tab, an agent's.
+Index("ix_conversations_inbox", *_inbox_order(_c.account_id))
+# A state's tab; ``last_inbound_at`` last: the active and inactive tabs test the window on the index entry.
+Index("ix_conversations_queue", *_inbox_order(_c.account_id, _c.state), _c.last_inbound_at)
+Index("ix_conversations_assignee", *_inbox_order(_c.account_id, _c.assignee_id))
 
 
 class ConversationLabel(Base):

@@ -771,7 +771,9 @@ def _filtered(account_id: str, filters: Filters, now: datetime) -> Any:
     if q:
         like = f"%{q.lower()}%"
         digits = "".join(c for c in q if c.isdigit())
-        found: list[Any] = [
+        # The cheapest test first: each conversation is tested in the list's order until a page is full.
+        found: list[Any] = [Conversation.phone.like(f"%{digits}%")] if digits else []
+        found += [
             select(Profile.id)
             .where(Profile.id == Conversation.profile_id, Profile.name_key.like(like))
             .correlate_except(Profile)  # the list joins profiles too: this one is the subquery's own
@@ -784,8 +786,6 @@ def _filtered(account_id: str, filters: Filters, now: datetime) -> Any:
             )
             .exists(),
         ]
-        if digits:
-            found.append(Conversation.phone.like(f"%{digits}%"))
         conditions.append(or_(*found))
     return and_(*conditions)
 
@@ -826,16 +826,27 @@ def list_conversations(
 
 
 def counts(session: Session, account_id: str, *, now: datetime | None = None) -> dict[str, dict[str, int]]:
-    """Per shown state: how many conversations, and how many of them have unread messages."""
+    """Per shown state: how many conversations, and how many of them have unread messages. Counted per
+    kept state in the order of ``ix_conversations_tabs`` (no sort), then the active ones whose window is
+    open from a range of it: the other active ones are inactive."""
     now = now or utcnow()
-    shown_state = _shown_state(now).label("s")
+    unread = func.count(case((Conversation.unread > 0, 1)))
+    mine = Conversation.account_id == account_id
     found = {s.value: {"total": 0, "unread": 0} for s in State}
-    for state, total, unread in session.execute(
-        select(shown_state, func.count(), func.count(case((Conversation.unread > 0, 1))))
-        .where(Conversation.account_id == account_id)
-        .group_by(shown_state)
+    for state, total, waiting in session.execute(
+        select(Conversation.state, func.count(), unread).where(mine).group_by(Conversation.state)
     ):
-        found[state] = {"total": int(total), "unread": int(unread)}
+        found[state] = {"total": int(total), "unread": int(waiting)}
+    total, waiting = session.execute(
+        select(func.count(), unread).where(mine, _state_is(State.active, now))
+    ).one()
+    kept = found[State.active.value]
+    # max(0, …): a conversation may change state between the two statements
+    found[State.inactive.value] = {
+        "total": max(0, kept["total"] - int(total)),
+        "unread": max(0, kept["unread"] - int(waiting)),
+    }
+    found[State.active.value] = {"total": int(total), "unread": int(waiting)}
     return found
 
 
