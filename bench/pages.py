@@ -12,7 +12,11 @@ requests each page ``--runs`` times after ``--warmup`` requests, one at a time. 
 from sending the request to reading the whole body over loopback: an upper bound of the server's. The ids
 in the paths (a completed campaign with the most ledger rows, a past-behaviour segment, the profile with
 the most events, a name prefix) come from the manifest. ``--api`` measures the API calls the pages rely on
-as well, with the account's passcode; ``--path`` measures only the paths given.
+as well, with the account's passcode; ``--path`` measures only the paths given. ``--inbox`` measures the
+inbox's pages instead, over the data set of bench/inbox_data.py (``<data dir>/inbox-bench.json``: 100,000
+conversations): the list's default tab, each state's tab, its filters, and a long thread.
+
+    .venv/bin/python -m bench.pages --data-dir /work/bigdata/inbox --inbox
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from bench.inbox_data import MANIFEST as INBOX_MANIFEST
 from bench.pages_data import MANIFEST
 from tests.cluster import free_port, start_server, stop, tidings_env
 
@@ -57,6 +62,22 @@ PAGES = (
     "/settings/account",
     "/settings/users",
     "/settings/api-keys",
+)
+# The inbox's pages (issue 12), with the ids of bench/inbox_data.py's data set in braces.
+INBOX = (
+    "/inbox",
+    "/inbox?state=new",
+    "/inbox?state=pending",
+    "/inbox?state=active",
+    "/inbox?state=inactive",
+    "/inbox?state=resolved",
+    "/inbox?label={label}",
+    "/inbox?campaign={campaign_id}",
+    "/inbox?assignee={assignee_id}",
+    "/inbox?assignee=none&state=new",
+    "/inbox?q={word}",
+    "/inbox?q={name}",
+    "/inbox/{conversation_id}",
 )
 # The API calls the pages rely on (method, path, JSON body), asked with the account's passcode.
 PAST_BEHAVIOUR = {
@@ -198,10 +219,11 @@ def run(
     pages: bool = True,
     api: bool = False,
     paths: list[str] | None = None,
+    inbox: bool = False,
     say: Any = print,
 ) -> list[Result]:
     account = manifest["account"]
-    ids = {k: account[k] for k in ("campaign_id", "segment_id", "identity", "name_prefix")}
+    ids = dict(account)  # the ids the paths name in braces
     passcode = {"X-CleverTap-Account-Id": account["account_id"], "X-CleverTap-Passcode": account["passcode"]}
     results: list[Result] = []
     with httpx.Client(base_url=base_url, timeout=60, follow_redirects=False) as http:
@@ -216,7 +238,7 @@ def run(
             say(f"sign-in as {manifest['email']}: {problem or 'ok'}")
             if problem:
                 results.append(Result("sign-in", problem=problem))
-            for path in PAGES:
+            for path in INBOX if inbox else PAGES:
                 results.append(measure(http, path, "GET", path.format(**ids), runs, warmup))
                 say(results[-1].line())
         if api:
@@ -240,13 +262,17 @@ def main() -> None:
     parser.add_argument("--path", action="append", help="measure only these paths (repeatable)")
     parser.add_argument("--base-url", help="a server already running over the same database")
     parser.add_argument("--json", type=Path, help="write the timings here")
+    parser.add_argument("--inbox", action="store_true", help=f"the inbox's pages, over {INBOX_MANIFEST}")
     args = parser.parse_args()
-    manifest = json.loads((args.data_dir / MANIFEST).read_text())
+    manifest = json.loads((args.data_dir / (INBOX_MANIFEST if args.inbox else MANIFEST)).read_text())
     sizes = manifest["sizes"]
     backend = manifest["database_url"].split(":", 1)[0]
+    if args.inbox:
+        data = f"{sizes['conversations']:,} conversations"
+    else:
+        data = f"{sizes['profiles']:,} profiles, {sizes['events']:,} events, {sizes['campaigns']:,} campaigns"
     print(
-        f"{backend}: {sizes['profiles']:,} profiles, {sizes['events']:,} events, "
-        f"{sizes['campaigns']:,} campaigns; {args.runs} requests a page after {args.warmup} warm-ups; "
+        f"{backend}: {data}; {args.runs} requests a page after {args.warmup} warm-ups; "
         f"limit p95 < {LIMIT_MS:.0f} ms; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     options = {
@@ -255,6 +281,7 @@ def main() -> None:
         "pages": not args.no_pages,
         "api": args.api,
         "paths": args.path,
+        "inbox": args.inbox,
     }
     if args.base_url:
         results = run(manifest, args.base_url, **options)
