@@ -77,6 +77,9 @@ def handle_requests(
                 owners.append(n)
     for n, outcome in zip(owners, apply_statuses(session, statuses), strict=True):
         outcomes[n][f"status_{outcome}"] += 1
+    # Held for the batch: every inbound message reads its account's keywords and rules, and an account
+    # nothing holds leaves the session's identity map and is read again (one SELECT a message).
+    held = [session.get(Account, account_id) for account_id in {r[0] for r in requests}]
     for n, (account_id, provider, events) in enumerate(requests):
         for event in events:
             if isinstance(event, InboundReply):
@@ -84,4 +87,5 @@ def handle_requests(
                 outcomes[n]["inbound_new" if new else "inbound_repeat"] += 1
             elif isinstance(event, TemplateStatusUpdate):
                 outcomes[n][_template_status(session, account_id, event)] += 1
+    del held
     return [dict(outcome) for outcome in outcomes]
