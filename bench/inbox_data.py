@@ -238,6 +238,7 @@ MESSAGE_COLUMNS = (
     "occurrence",
     "state",
     "to_phone",
+    "params",
     "text",
     "conversation_id",
     "author_id",
@@ -353,6 +354,7 @@ def _rows(
                     "",
                     "read",
                     phone,
+                    json.dumps([name.split()[0]]),  # the template's one value, as rendered
                     None,
                     None,
                     None,
@@ -394,6 +396,7 @@ def _rows(
                         f"reply:{cid}-{j}",
                         state_out,
                         phone,
+                        None,
                         rnd.choice(ANSWERS),
                         cid,
                         assignee or agents[0],

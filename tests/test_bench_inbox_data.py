@@ -1,6 +1,6 @@
 """The inbox benchmark's data set (bench/inbox_data.py) at a tiny size, on SQLite and PostgreSQL: the counts
 it promises, one account's rows apart from the other's, every state and filter of the inbox finding
-conversations, and the measurement running over it."""
+conversations, and the measurement and the page runner (bench/pages.py --inbox) running over it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bench.inbox_data import AGENTS, MANIFEST, Sizes, fill, measure, queries
+from bench.pages import INBOX, run, serving
 from tidings.conversations.models import Conversation, ConversationLabel, InboundMessage, State
 from tidings.conversations.service import Filters, counts, get_conversation, list_conversations, thread
 from tidings.db import Database
@@ -99,3 +100,15 @@ def test_measure_runs_every_call(filled: dict) -> None:
     assert list(timings) == [label for label, _ in queries(filled["account"])]
     assert all(len(times) == 2 for times in timings.values())
     assert len(lines) == len(timings)
+
+
+def test_inbox_pages_over_a_real_server(filled: dict, tmp_path: Path) -> None:
+    """bench/pages.py --inbox: every inbox page answers 200 to the signed-in admin over this data set."""
+    lines: list[str] = []
+    with serving(filled, tmp_path) as url:
+        results = run(filled, url, runs=2, warmup=0, inbox=True, say=lines.append)
+    assert lines[0].endswith(": ok")  # signed in
+    assert [r.label for r in results] == list(INBOX)
+    # two timings each, or fewer when one passed the limit (a busy machine): the runner stops at a p95 decided
+    for result in results:
+        assert result.status == 200 and not result.problem and (len(result.times_ms) == 2 or result.cut), result
