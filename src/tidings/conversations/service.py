@@ -122,20 +122,6 @@ def _state_is(state: State, now: datetime) -> Any:
     return Conversation.state == state
 
 
-def _shown_state(now: datetime) -> Any:
-    """The shown state as an SQL expression (for counting per state)."""
-    return case(
-        (
-            and_(
-                Conversation.state == State.active,
-                or_(Conversation.last_inbound_at.is_(None), Conversation.last_inbound_at <= now - WINDOW),
-            ),
-            State.inactive.value,
-        ),
-        else_=Conversation.state,
-    )
-
-
 # --- inbound messages ----------------------------------------------------------------------------------
 
 
