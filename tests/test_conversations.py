@@ -865,3 +865,25 @@ def test_the_same_key_twice_queues_one_reply(db: Database, account: NewAccount) 
     assert first.id == again.id != other.id
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Message)) == 2
+
+
+def test_the_thread_shows_what_a_campaign_message_said_even_without_its_values(
+    db: Database, account: NewAccount
+) -> None:
+    """The inbox page fills the template's body with the values a message was sent with; a message
+    without them (or with fewer than the template has now) shows the body as written, never an error."""
+    from tidings.templates.models import Template
+    from tidings.web.pages.inbox import _campaign_bodies
+
+    campaign_id = running_campaign(db, account.account_id, [phone(1), phone(2)])
+    with db.session() as session:
+        session.execute(update(Template).values(body="Hi {{1}}, see you", variable_count=1))
+        of_campaign = select(Message.id).where(Message.campaign_id == campaign_id).order_by(Message.id)
+        ids = list(session.scalars(of_campaign))
+        session.execute(update(Message).where(Message.id == ids[0]).values(params=["Asha"]))
+    with db.read() as session:
+        assert _campaign_bodies(session, account.account_id, ids) == {
+            ids[0]: "Hi Asha, see you",
+            ids[1]: "Hi {{1}}, see you",
+        }
+        assert _campaign_bodies(session, "another-account", ids) == {}

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tidings.bounds import Id
-from tidings.campaigns.models import Campaign
+from tidings.campaigns.models import Campaign, CampaignVariant
 from tidings.campaigns.service import list_campaigns
 from tidings.conversations import service as conversations
 from tidings.conversations.models import Conversation, MediaFile, State
@@ -237,10 +237,21 @@ def _campaign_bodies(session: Session, account_id: str, message_ids: list[int]) 
     rows = session.execute(
         select(Message.id, Message.params, Template.body)
         .join(Campaign, Campaign.id == Message.campaign_id)
-        .join(Template, Template.id == func.coalesce(Message.template_id, Campaign.template_id))
+        .outerjoin(CampaignVariant, CampaignVariant.id == Message.variant_id)
+        .join(
+            Template,
+            Template.id
+            == func.coalesce(Message.template_id, CampaignVariant.template_id, Campaign.template_id),
+        )
         .where(Message.id.in_(message_ids), Message.account_id == account_id)
     )
-    return {i: render_body(body, params or []) for i, params, body in rows}
+    bodies = {}
+    for message_id, params, body in rows:
+        try:
+            bodies[message_id] = render_body(body, params or [])
+        except ValueError:  # values not kept (or the template changed since): the body as written
+            bodies[message_id] = body
+    return bodies
 
 
 def _page(
