@@ -23,19 +23,19 @@ Free text and files only inside the window, decided here and again where the mes
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account
 from tidings.campaigns.models import Campaign
 from tidings.campaigns.rules import account_rules
-from tidings.conversations.attribution import find_answered, mark_replied
+from tidings.conversations.attribution import answered_campaign, mark_replied
 from tidings.conversations.keywords import Keywords, account_keywords, consent_change
 from tidings.conversations.models import (
     Conversation,
@@ -46,7 +46,7 @@ from tidings.conversations.models import (
     SavedReply,
     State,
 )
-from tidings.db import is_postgres, utcnow
+from tidings.db import cast_table, is_postgres, utcnow
 from tidings.delivery.models import SENT_STATES, Message
 from tidings.errors import ApiError, Conflict, Invalid, NotFound
 from tidings.profiles.models import Profile
@@ -153,6 +153,27 @@ def consent_of(session: Session, account_id: str, reply: InboundReply) -> bool |
     return consent
 
 
+# ``profile_by_phone``'s choice, its id only: a reply needs no Profile object loaded.
+_PROFILE_ID = (
+    select(Profile.id)
+    .where(Profile.account_id == bindparam("_account"), Profile.phone == bindparam("_phone"))
+    .order_by(Profile.updated_at.desc(), Profile.id.desc())
+    .limit(1)
+)
+
+
+def _profile_id(session: Session, account_id: str, phone: str, name: str | None) -> int | None:
+    """The id of the number's profile (``profile_by_phone``), made when it has none (``_new_profile``)."""
+    text = phone.strip()
+    e164 = normalize_phone(text if text.startswith("+") else f"+{text}") or text
+    session.flush()  # what the session holds is seen, as its own SELECT would see it
+    found = session.connection().scalar(_PROFILE_ID, {"_account": account_id, "_phone": e164})
+    if found is not None:
+        return int(found)
+    profile = _new_profile(session, account_id, phone, name)
+    return profile.id if profile is not None else None
+
+
 def _new_profile(session: Session, account_id: str, phone: str, name: str | None) -> Profile | None:
     """A profile for a number Tidings does not know: identity the number, opted out (MSG-whatsapp false:
     writing to a business is not consent to its campaigns), named with the user's WhatsApp name."""
@@ -163,35 +184,44 @@ def _new_profile(session: Session, account_id: str, phone: str, name: str | None
     return profile_by_phone(session, account_id, phone)
 
 
-def _conversation_for(session: Session, account_id: str, phone: str, profile_id: int | None) -> Conversation:
-    """The number's conversation, locked for this transaction (made when it has none)."""
+def _conversation_for(
+    session: Session,
+    account_id: str,
+    phone: str,
+    profile_id: int | None,
+    wrote: Callable[[Conversation], None],
+) -> Conversation:
+    """The number's conversation, locked for this transaction (made when it has none), with the user's
+    message applied (``wrote``): a new one is inserted with it, one statement."""
     query = select(Conversation).where(Conversation.account_id == account_id, Conversation.phone == phone)
     if is_postgres(session):
         query = query.with_for_update()
     found = session.scalars(query).first()
-    if found is not None:
-        if found.profile_id is None:
-            found.profile_id = profile_id
-        return found
-    now = utcnow()
-    try:
-        with session.begin_nested():
-            created = Conversation(
-                account_id=account_id,
-                phone=phone,
-                profile_id=profile_id,
-                state=State.new,
-                last_message_at=now,
-                unread=0,
-                preview="",
-                created_at=now,
-                changed_at=now,
-            )
-            session.add(created)
-            session.flush()
-        return created
-    except IntegrityError:  # another transaction made it first
-        return session.scalars(query).one()
+    if found is None:
+        now = utcnow()
+        created = Conversation(
+            account_id=account_id,
+            phone=phone,
+            profile_id=profile_id,
+            state=State.new,
+            last_message_at=now,
+            unread=0,
+            preview="",
+            created_at=now,
+            changed_at=now,
+        )
+        wrote(created)
+        try:
+            with session.begin_nested():
+                session.add(created)
+                session.flush()
+            return created
+        except IntegrityError:  # another transaction made it first
+            found = session.scalars(query).one()
+    if found.profile_id is None:
+        found.profile_id = profile_id
+    wrote(found)
+    return found
 
 
 def _user_wrote(conversation: Conversation, at: datetime, line: str, campaign_id: int | None) -> None:
@@ -215,56 +245,91 @@ def _user_wrote(conversation: Conversation, at: datetime, line: str, campaign_id
         conversation.waiting_since = at
 
 
-def record_inbound(session: Session, account_id: str, provider: str, reply: InboundReply) -> bool:
-    """Keep one inbound message and apply it (see the module's docstring). Returns whether it was new."""
-    seen = session.scalar(
-        select(InboundMessage.id).where(
-            InboundMessage.account_id == account_id,
-            InboundMessage.provider == provider,
-            InboundMessage.provider_message_id == reply.provider_message_id,
+def known_inbound(session: Session, keys: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """Which of these inbound messages ``(account id, provider, provider message id)`` are kept already:
+    a batch's repeat check in one SELECT per account and provider rather than one a message."""
+    by_source: dict[tuple[str, str], set[str]] = {}
+    for account_id, provider, provider_id in keys:
+        by_source.setdefault((account_id, provider), set()).add(provider_id)
+    known: set[tuple[str, str, str]] = set()
+    for (account_id, provider), ids in by_source.items():
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), 500):
+            known.update(
+                (account_id, provider, provider_id)
+                for provider_id in session.scalars(
+                    select(InboundMessage.provider_message_id).where(
+                        InboundMessage.account_id == account_id,
+                        InboundMessage.provider == provider,
+                        InboundMessage.provider_message_id.in_(ordered[start : start + 500]),
+                    )
+                )
+            )
+    return known
+
+
+def record_inbound(
+    session: Session, account_id: str, provider: str, reply: InboundReply, *, checked: bool = False
+) -> bool:
+    """Keep one inbound message and apply it (see the module's docstring). Returns whether it was new;
+    ``checked`` when the caller knows it is (``known_inbound``), so it is not looked up again."""
+    if not checked:
+        seen = session.scalar(
+            select(InboundMessage.id).where(
+                InboundMessage.account_id == account_id,
+                InboundMessage.provider == provider,
+                InboundMessage.provider_message_id == reply.provider_message_id,
+            )
         )
-    )
-    if seen is not None:
-        return False
+        if seen is not None:
+            return False
     phone = normalize_phone(reply.from_phone) or reply.from_phone
-    profile = profile_by_phone(session, account_id, phone) or _new_profile(
-        session, account_id, phone, reply.profile_name
-    )
-    answered = find_answered(session, account_id, phone, reply.context_message_id, reply.timestamp)
+    profile_id = _profile_id(session, account_id, phone, reply.profile_name)
+    answered = answered_campaign(session, account_id, phone, reply.context_message_id, reply.timestamp)
     campaign_id = None
     if answered is not None:
-        mark_replied(session, answered, reply.timestamp)
-        campaign_id = session.scalar(select(Message.campaign_id).where(Message.id == answered))
+        mark_replied(session, answered[0], reply.timestamp)
+        campaign_id = answered[1]
     media = reply.media
-    inbound = InboundMessage(
-        account_id=account_id,
-        profile_id=profile.id if profile is not None else None,
-        from_phone=phone,
-        provider=provider,
-        provider_message_id=reply.provider_message_id,
-        kind=reply.kind,
-        text=reply.text,
-        payload=reply.payload[:256] if reply.payload else None,
-        data=reply.data,
-        media=(
-            {
-                "ref": media.ref,
-                "mime_type": media.mime_type,
-                "filename": media.filename,
-                "sha256": media.sha256,
-            }
-            if media is not None
-            else None
-        ),
-        media_state="pending" if media is not None else None,
-        context_message_id=reply.context_message_id,
-        answers_message_id=answered,
-        campaign_id=campaign_id,
-        received_at=reply.timestamp,
+    # A Core INSERT: nothing reads the row back as an object, and the unit of work's flush of one new
+    # object costs several times the statement.
+    session.connection().execute(
+        insert(cast_table(InboundMessage.__table__)),
+        {
+            "account_id": account_id,
+            "profile_id": profile_id,
+            "from_phone": phone,
+            "provider": provider,
+            "provider_message_id": reply.provider_message_id,
+            "kind": reply.kind,
+            "text": reply.text,
+            "payload": reply.payload[:256] if reply.payload else None,
+            "data": reply.data,
+            "media": (
+                {
+                    "ref": media.ref,
+                    "mime_type": media.mime_type,
+                    "filename": media.filename,
+                    "sha256": media.sha256,
+                }
+                if media is not None
+                else None
+            ),
+            "media_state": "pending" if media is not None else None,
+            "context_message_id": reply.context_message_id,
+            "answers_message_id": answered[0] if answered is not None else None,
+            "campaign_id": campaign_id,
+            "received_at": reply.timestamp,
+        },
     )
-    session.add(inbound)
-    conversation = _conversation_for(session, account_id, phone, profile.id if profile else None)
-    _user_wrote(conversation, reply.timestamp, shown(reply.kind, reply.text), campaign_id)
+    line = shown(reply.kind, reply.text)
+    conversation = _conversation_for(
+        session,
+        account_id,
+        phone,
+        profile_id,
+        lambda conversation: _user_wrote(conversation, reply.timestamp, line, campaign_id),
+    )
     consent = consent_of(session, account_id, reply)
     if consent is not None:
         # Recorded in the consent history as the person's own word: the number that sent it.

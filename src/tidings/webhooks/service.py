@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account, Integration
-from tidings.conversations.service import record_inbound
+from tidings.conversations.service import known_inbound, record_inbound
 from tidings.delivery.statuses import apply_statuses
 from tidings.errors import ApiError, Invalid
 from tidings.providers import registry
@@ -80,10 +80,22 @@ def handle_requests(
     # Held for the batch: every inbound message reads its account's keywords and rules, and an account
     # nothing holds leaves the session's identity map and is read again (one SELECT a message).
     held = [session.get(Account, account_id) for account_id in {r[0] for r in requests}]
+    # The batch's repeat check at once; a message sent twice within the batch is new once.
+    known = known_inbound(
+        session,
+        [
+            (account_id, provider, event.provider_message_id)
+            for account_id, provider, events in requests
+            for event in events
+            if isinstance(event, InboundReply)
+        ],
+    )
     for n, (account_id, provider, events) in enumerate(requests):
         for event in events:
             if isinstance(event, InboundReply):
-                new = record_inbound(session, account_id, provider, event)
+                key = (account_id, provider, event.provider_message_id)
+                new = key not in known and record_inbound(session, account_id, provider, event, checked=True)
+                known.add(key)
                 outcomes[n]["inbound_new" if new else "inbound_repeat"] += 1
             elif isinstance(event, TemplateStatusUpdate):
                 outcomes[n][_template_status(session, account_id, event)] += 1
