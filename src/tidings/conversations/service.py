@@ -184,6 +184,13 @@ def _new_profile(session: Session, account_id: str, phone: str, name: str | None
     return profile_by_phone(session, account_id, phone)
 
 
+_CONVERSATIONS = cast_table(Conversation.__table__)
+_CONVERSATION = select(Conversation).where(
+    Conversation.account_id == bindparam("_account"), Conversation.phone == bindparam("_phone")
+)
+_CONVERSATION_LOCKED = _CONVERSATION.with_for_update()
+
+
 def _conversation_for(
     session: Session,
     account_id: str,
@@ -192,11 +199,12 @@ def _conversation_for(
     wrote: Callable[[Conversation], None],
 ) -> Conversation:
     """The number's conversation, locked for this transaction (made when it has none), with the user's
-    message applied (``wrote``): a new one is inserted with it, one statement."""
-    query = select(Conversation).where(Conversation.account_id == account_id, Conversation.phone == phone)
-    if is_postgres(session):
-        query = query.with_for_update()
-    found = session.scalars(query).first()
+    message applied (``wrote``). A new one is inserted with it applied, by one Core statement (the unit of
+    work's flush of one new object costs several times the statement): what is returned for it holds
+    its values and id, detached from the session (``session.get`` it to change it)."""
+    query = _CONVERSATION_LOCKED if is_postgres(session) else _CONVERSATION
+    params = {"_account": account_id, "_phone": phone}
+    found = session.scalars(query, params).first()
     if found is None:
         now = utcnow()
         created = Conversation(
@@ -211,13 +219,18 @@ def _conversation_for(
             changed_at=now,
         )
         wrote(created)
+        values = {
+            column.key: getattr(created, column.key) for column in _CONVERSATIONS.c if column.key != "id"
+        }
         try:
             with session.begin_nested():
-                session.add(created)
-                session.flush()
+                inserted = session.connection().execute(insert(_CONVERSATIONS), values)
+            key = inserted.inserted_primary_key
+            assert key is not None
+            created.id = int(key[0])
             return created
         except IntegrityError:  # another transaction made it first
-            found = session.scalars(query).one()
+            found = session.scalars(query, params).one()
     if found.profile_id is None:
         found.profile_id = profile_id
     wrote(found)
@@ -337,7 +350,9 @@ def record_inbound(
             session, account_id, phone, consent, ConsentSource.keyword, phone
         )
         if changed and conversation.profile_id is not None:
-            _confirm(session, account_id, conversation, consent, reply.provider_message_id)
+            held = session.get(Conversation, conversation.id)  # a new one is not in the session
+            assert held is not None
+            _confirm(session, account_id, held, consent, reply.provider_message_id)
     session.flush()
     return True
 
