@@ -162,16 +162,54 @@ _PROFILE_ID = (
 )
 
 
-def _profile_id(session: Session, account_id: str, phone: str, name: str | None) -> int | None:
-    """The id of the number's profile (``profile_by_phone``), made when it has none (``_new_profile``)."""
+def _numbers(from_phone: str) -> tuple[str, str]:
+    """A sender's number as kept (E.164 when it parses) and as profiles are looked up by it."""
+    phone = normalize_phone(from_phone) or from_phone
     text = phone.strip()
-    e164 = normalize_phone(text if text.startswith("+") else f"+{text}") or text
+    return phone, normalize_phone(text if text.startswith("+") else f"+{text}") or text
+
+
+def profile_ids(session: Session, senders: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The profile ids of these senders ``(account id, from_phone)``, by ``(account id, looked-up
+    number)``: ``profile_by_phone``'s choice for a batch in one SELECT per account rather than one a
+    message (``record_inbound``'s ``profiles``). A number with no profile is absent."""
+    by_account: dict[str, set[str]] = {}
+    for account_id, from_phone in senders:
+        by_account.setdefault(account_id, set()).add(_numbers(from_phone)[1])
+    found: dict[tuple[str, str], int] = {}
+    for account_id, numbers in by_account.items():
+        ordered = sorted(numbers)
+        for start in range(0, len(ordered), 500):
+            rows = session.execute(
+                select(Profile.phone, Profile.id)
+                .where(Profile.account_id == account_id, Profile.phone.in_(ordered[start : start + 500]))
+                .order_by(Profile.phone, Profile.updated_at.desc(), Profile.id.desc())
+            )
+            for number, profile_id in rows:
+                found.setdefault((account_id, str(number)), int(profile_id))
+    return found
+
+
+def _profile_id(
+    session: Session,
+    account_id: str,
+    phone: str,
+    number: str,
+    name: str | None,
+    profiles: dict[tuple[str, str], int] | None,
+) -> int | None:
+    """The id of the number's profile (``profile_by_phone``; from ``profiles`` when it holds it), made
+    when it has none (``_new_profile``)."""
+    if profiles is not None and (account_id, number) in profiles:
+        return profiles[(account_id, number)]
     session.flush()  # what the session holds is seen, as its own SELECT would see it
-    found = session.connection().scalar(_PROFILE_ID, {"_account": account_id, "_phone": e164})
-    if found is not None:
-        return int(found)
-    profile = _new_profile(session, account_id, phone, name)
-    return profile.id if profile is not None else None
+    found = session.connection().scalar(_PROFILE_ID, {"_account": account_id, "_phone": number})
+    if found is None:
+        profile = _new_profile(session, account_id, phone, name)
+        found = profile.id if profile is not None else None
+    if found is not None and profiles is not None:
+        profiles[(account_id, number)] = int(found)
+    return None if found is None else int(found)
 
 
 def _new_profile(session: Session, account_id: str, phone: str, name: str | None) -> Profile | None:
@@ -282,10 +320,18 @@ def known_inbound(session: Session, keys: Sequence[tuple[str, str, str]]) -> set
 
 
 def record_inbound(
-    session: Session, account_id: str, provider: str, reply: InboundReply, *, checked: bool = False
+    session: Session,
+    account_id: str,
+    provider: str,
+    reply: InboundReply,
+    *,
+    checked: bool = False,
+    profiles: dict[tuple[str, str], int] | None = None,
 ) -> bool:
-    """Keep one inbound message and apply it (see the module's docstring). Returns whether it was new;
-    ``checked`` when the caller knows it is (``known_inbound``), so it is not looked up again."""
+    """Keep one inbound message and apply it (see the module's docstring). Returns whether it was new.
+    A batch's caller reads at once what each message would look up: ``checked`` when it knows the
+    message is new (``known_inbound``); ``profiles``, the senders' profile ids (``profile_ids``), kept
+    up to date here (a profile made is added, a number whose consent changed is read again)."""
     if not checked:
         seen = session.scalar(
             select(InboundMessage.id).where(
@@ -296,8 +342,8 @@ def record_inbound(
         )
         if seen is not None:
             return False
-    phone = normalize_phone(reply.from_phone) or reply.from_phone
-    profile_id = _profile_id(session, account_id, phone, reply.profile_name)
+    phone, number = _numbers(reply.from_phone)
+    profile_id = _profile_id(session, account_id, phone, number, reply.profile_name, profiles)
     answered = answered_campaign(session, account_id, phone, reply.context_message_id, reply.timestamp)
     campaign_id = None
     if answered is not None:
@@ -345,6 +391,8 @@ def record_inbound(
     )
     consent = consent_of(session, account_id, reply)
     if consent is not None:
+        if profiles is not None:  # the number's profiles are updated: the latest may be another
+            profiles.pop((account_id, number), None)
         # Recorded in the consent history as the person's own word: the number that sent it.
         changed = set_whatsapp_opt_in_by_phone(
             session, account_id, phone, consent, ConsentSource.keyword, phone

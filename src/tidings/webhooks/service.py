@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tidings.accounts.models import Account, Integration
-from tidings.conversations.service import known_inbound, record_inbound
+from tidings.conversations.service import known_inbound, profile_ids, record_inbound
 from tidings.delivery.statuses import apply_statuses
 from tidings.errors import ApiError, Invalid
 from tidings.providers import registry
@@ -80,21 +80,23 @@ def handle_requests(
     # Held for the batch: every inbound message reads its account's keywords and rules, and an account
     # nothing holds leaves the session's identity map and is read again (one SELECT a message).
     held = [session.get(Account, account_id) for account_id in {r[0] for r in requests}]
-    # The batch's repeat check at once; a message sent twice within the batch is new once.
-    known = known_inbound(
-        session,
-        [
-            (account_id, provider, event.provider_message_id)
-            for account_id, provider, events in requests
-            for event in events
-            if isinstance(event, InboundReply)
-        ],
-    )
+    # What each inbound message would look up, read for the batch at once: whether it is kept already (a
+    # message sent twice within the batch is new once) and its sender's profile.
+    inbound = [
+        (account_id, provider, event)
+        for account_id, provider, events in requests
+        for event in events
+        if isinstance(event, InboundReply)
+    ]
+    known = known_inbound(session, [(a, p, event.provider_message_id) for a, p, event in inbound])
+    profiles = profile_ids(session, [(a, event.from_phone) for a, _, event in inbound])
     for n, (account_id, provider, events) in enumerate(requests):
         for event in events:
             if isinstance(event, InboundReply):
                 key = (account_id, provider, event.provider_message_id)
-                new = key not in known and record_inbound(session, account_id, provider, event, checked=True)
+                new = key not in known and record_inbound(
+                    session, account_id, provider, event, checked=True, profiles=profiles
+                )
                 known.add(key)
                 outcomes[n]["inbound_new" if new else "inbound_repeat"] += 1
             elif isinstance(event, TemplateStatusUpdate):
