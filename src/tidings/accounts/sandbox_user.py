@@ -13,7 +13,7 @@ from tidings.accounts.service import get_integration
 from tidings.db import Database
 from tidings.errors import Conflict, Invalid
 from tidings.profiles.service import normalize_phone
-from tidings.providers.sandbox import SandboxUserError, user_says, webhook_base_url
+from tidings.providers.sandbox import Sandbox, SandboxUserError, user_says, webhook_base_url
 from tidings.secrets import SecretBox
 
 
@@ -42,7 +42,7 @@ async def sandbox_user_writes(
             return integration.kind, integration.secrets
 
     kind_of, sealed = await run_in_threadpool(load)
-    if kind_of != "sandbox":
+    if kind_of != Sandbox.kind:
         raise Conflict(
             f"this account's provider is {kind_of}: only a sandbox user can be written as", "not_sandbox"
         )
